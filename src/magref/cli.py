@@ -1,0 +1,166 @@
+"""The `magref` command: generate, batch, compose.
+
+Bad input prints one line (problem and fix) on stderr and exits with status 2, no traceback.
+Model code is imported only by the commands that need it, so `magref compose` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .defaults import DEFAULTS
+from .errors import MagrefInputError
+
+EXIT_USAGE = 2
+
+
+def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
+    g = p.add_argument_group("generation" + (" (defaults for every item; items may override)" if batch else ""))
+    g.add_argument("--model", default=None, help="tiny-random, a MagrefPipeline folder, or a hub id (default: the bundled model)")
+    g.add_argument("--height", type=int, default=DEFAULTS["height"])
+    g.add_argument("--width", type=int, default=DEFAULTS["width"])
+    g.add_argument("--frames", type=int, default=DEFAULTS["num_frames"], help="4n+1 frames (default 81)")
+    g.add_argument("--steps", type=int, default=DEFAULTS["num_inference_steps"])
+    g.add_argument("--guidance", type=float, default=DEFAULTS["guidance_scale"])
+    g.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="flow shift (3.0 at 480p, 5.0 at 720p)")
+    g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    g.add_argument("--solver", choices=["unipc", "dpm++"], default="unipc")
+    g.add_argument("--layout", default=None, help="layout JSON: one box [x0, y0, x1, y1] per reference")
+    g.add_argument("--layout-seed", type=int, default=None, help="official random placement for random.seed(N)")
+    g.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt plus 'camera shake'")
+    g.add_argument("--fps", type=float, default=DEFAULTS["fps"])
+    g.add_argument("--keep-first-frames", action="store_true", help="keep the first 4 decoded frames (the official output drops them)")
+
+
+def _settings_dict(args) -> dict:
+    return dict(
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        shift=args.shift,
+        seed=args.seed,
+        solver=args.solver,
+        layout=args.layout,
+        layout_seed=args.layout_seed,
+        fps=args.fps,
+        keep_first_frames=args.keep_first_frames,
+    )
+
+
+def _check_out(path: Path, suffix: str) -> None:
+    if path.suffix.lower() != suffix:
+        raise MagrefInputError(f"Output {path} does not end in {suffix}.", f"name the output like out{suffix}.")
+
+
+def cmd_generate(args) -> int:
+    from .jobs import GenerationSettings
+
+    out = Path(args.out)
+    _check_out(out, ".mp4")
+    settings = GenerationSettings(prompt=args.prompt, refs=args.ref, **_settings_dict(args))
+    prepared = settings.load()  # all input errors surface here, before the model loads
+
+    from .jobs import run_job
+    from .models import load_pipeline, model_fingerprint
+
+    pipe = load_pipeline(args.model)
+    sidecar = run_job(pipe, settings, out, args.model or "default", model_fingerprint(args.model, pipe), prepared)
+    o = sidecar["output"]
+    print(f"wrote {out} ({o['frames']} frames, {o['width']}x{o['height']}, {sidecar['timings_s']['generate']:.1f}s) and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .jobs import parse_batch
+
+    items = parse_batch(args.file, _settings_dict(args))
+
+    from .jobs import run_batch
+    from .models import load_pipeline, model_fingerprint
+
+    # Validate every item before loading the model: a bad item costs nothing.
+    for it in items:
+        it.settings.validate()
+    pipe = load_pipeline(args.model)
+    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe))
+    return 0
+
+
+def cmd_compose(args) -> int:
+    from .composition import RegionLayout, compose_references, mask_image
+    from .io import load_reference, write_json, write_png
+
+    images = [load_reference(p) for p in args.refs]
+    layout = RegionLayout.from_json(args.layout, args.height, args.width) if args.layout else None
+    comp = compose_references(images, args.height, args.width, layout=layout, layout_seed=args.layout_seed)
+    out = Path(args.out)
+    write_png(out / "canvas.png", comp.canvas)
+    write_png(out / "mask.png", mask_image(comp.pixel_mask))
+    write_json(out / "layout.json", {**comp.layout.to_dict(), "refs": [str(p) for p in args.refs]})
+    print(f"wrote {out / 'canvas.png'}, {out / 'mask.png'}, {out / 'layout.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
+    parser.add_argument("--version", action="version", version=f"magref {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="one video from a prompt and 1-8 reference images")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--ref", action="append", required=True, help="reference image (repeat for several)")
+    p.add_argument("--out", required=True, help="output .mp4 (a .json sidecar is written beside it)")
+    _add_generation_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("batch", help="resumable batch from a name@@prompt@@img... or JSONL file")
+    p.add_argument("file")
+    p.add_argument("--out-dir", required=True)
+    _add_generation_options(p, batch=True)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("compose", help="write the composed canvas, mask and layout")
+    p.add_argument("refs", nargs="+")
+    p.add_argument("--height", type=int, default=DEFAULTS["height"])
+    p.add_argument("--width", type=int, default=DEFAULTS["width"])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--layout", default=None)
+    g.add_argument("--layout-seed", type=int, default=None)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_compose)
+    return parser
+
+
+def _quiet_known_noise() -> None:
+    """transformers >= 5 warns that CLIPImageProcessor falls back to its PIL backend when
+    torchvision is absent (diffusers imports the name); the PIL backend is what we use."""
+    import logging
+
+    logging.getLogger("transformers.utils.import_utils").addFilter(lambda r: "requires torchvision" not in r.getMessage())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_known_noise()
+    try:
+        return args.func(args)
+    except MagrefInputError as e:
+        print(f"magref {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"magref {args.command}: interrupted; finished outputs are kept, rerun to resume.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Official MAGREF defaults (480p checkpoint), importable without any model code."""
+
+# Wan2.1's default negative prompt with MAGREF's "camera shake" (镜头晃动) term in front.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走"
+)
+MAGREF_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
+
+# Official defaults (480p checkpoint).
+DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=40, guidance_scale=5.0, shift=3.0, fps=15, seed=3407)
+DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them

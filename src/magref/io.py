@@ -1,0 +1,144 @@
+"""Files in and out: reference images, mp4 videos, JSON sidecars, all written atomically.
+
+Atomic = write to a temporary file in the destination folder, fsync, then `os.replace`; a
+process killed at any moment leaves either the old state or the complete new file, never a
+truncated one. The sidecar JSON is written last and marks a video as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import MagrefInputError
+
+SIDECAR_VERSION = 1
+
+
+def load_reference(path: str | os.PathLike) -> Image.Image:
+    """Open a reference image fully (so a truncated file fails here, not mid-generation)."""
+    p = Path(path)
+    if not p.exists():
+        raise MagrefInputError(f"Reference image {p} does not exist.", "check the path passed with --ref.")
+    if not p.is_file():
+        raise MagrefInputError(f"Reference {p} is not a file.", "pass an image file (PNG, JPEG, WebP) with --ref.")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            image = im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MagrefInputError(
+            f"Reference {p} is not a readable image ({type(e).__name__}: {e}).",
+            "re-export it as PNG or JPEG, or pass another file.",
+        ) from None
+    if image.width < 1 or image.height < 1:
+        raise MagrefInputError(f"Reference {p} has no pixels.", "pass a non-empty image.")
+    return image
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest` atomically."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name ends in the real suffix: ffmpeg chooses the container from it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".part" + (suffix if suffix is not None else dest.suffix), dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs should look like any file
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_png(path: str | os.PathLike, image: Image.Image) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """Write (F, H, W, 3) uint8 frames as H.264 (yuv420p) mp4 through imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    frames = np.ascontiguousarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    _, h, w, _ = frames.shape
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (w, h),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",  # the pixel format every player decodes
+            macro_block_size=2,  # yuv420p needs even sides; our sizes are multiples of 16
+            quality=8,
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+        if tmp.stat().st_size == 0:
+            raise RuntimeError(f"ffmpeg wrote no data for {path}")
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode an mp4 to (F, H, W, 3) uint8 (used by tests and the benchmark)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    w, h = meta["size"]
+    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(video_path: str | os.PathLike) -> Path:
+    return Path(video_path).with_suffix(".json")
+
+
+def is_complete(video_path: str | os.PathLike) -> bool:
+    """A video is complete when its sidecar says so and the mp4 has the recorded size and hash."""
+    video_path = Path(video_path)
+    side = sidecar_path(video_path)
+    if not (video_path.is_file() and side.is_file()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    out = meta.get("output", {})
+    return (
+        meta.get("status") == "complete"
+        and out.get("bytes") == video_path.stat().st_size
+        and out.get("sha256") == sha256_file(video_path)
+    )

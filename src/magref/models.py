@@ -1,0 +1,106 @@
+"""Resolve a `--model` argument to a MagrefPipeline.
+
+Accepted: `tiny-random` (built in code), a local MagrefPipeline folder (`model_index.json`,
+as written by `save_pretrained`), or a hub id (`org/name`), which is fetched only because the user
+named it. Anything else gets a clear error naming what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from .errors import CheckpointError, MagrefInputError
+
+TINY_RANDOM = "tiny-random"
+DEFAULT_MODEL = TINY_RANDOM  # until the trained miniature model ships (issue 7)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_pipeline(model: str | None = None, solver: str | None = None, shift: float | None = None, torch_dtype=None):
+    from .schedulers import make_scheduler
+
+    model = model or DEFAULT_MODEL
+    if model == TINY_RANDOM:
+        from .tiny import tiny_random_pipeline
+
+        pipe = tiny_random_pipeline()
+    else:
+        pipe = _load_path_or_hub(model, torch_dtype)
+    if solver is not None or shift is not None:
+        from .schedulers import solver_name
+
+        pipe.scheduler = make_scheduler(solver or solver_name(pipe.scheduler), shift if shift is not None else pipe.scheduler.config.flow_shift)
+    return pipe
+
+
+def _load_path_or_hub(model: str, torch_dtype):
+    from .pipeline import MagrefPipeline
+
+    path = Path(model).expanduser()
+    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    if path.exists():
+        if path.is_dir() and (path / "model_index.json").is_file():
+            try:
+                return MagrefPipeline.from_pretrained(str(path), **kwargs)
+            except Exception as e:  # a broken folder: name the folder and the cause
+                raise CheckpointError(
+                    f"Could not load the MAGREF pipeline folder {path} ({type(e).__name__}: {e}).",
+                    "check that the folder is complete, or re-create it with save_pretrained / `magref convert`.",
+                ) from None
+        if path.is_dir() and (path / "config.json").is_file() and '"WanModel"' in (path / "config.json").read_text():
+            raise CheckpointError(
+                f"{path} is an official MAGREF/Wan checkpoint folder, not a MagrefPipeline folder.",
+                f"convert it first: magref convert {path} OUT_DIR, then pass --model OUT_DIR.",
+            )
+        raise CheckpointError(
+            f"{path} is not a MagrefPipeline folder (no model_index.json).",
+            f"pass --model {TINY_RANDOM}, a folder written by MagrefPipeline.save_pretrained, or a hub id.",
+        )
+    if _HUB_ID.match(model):
+        try:
+            return MagrefPipeline.from_pretrained(model, **kwargs)
+        except Exception as e:
+            raise CheckpointError(
+                f"Could not load model {model!r} from a local path or the hub ({type(e).__name__}: {e}).",
+                "check the id and your network, or download it and pass the local folder.",
+            ) from None
+    raise MagrefInputError(
+        f"Unknown model {model!r}: no such path, and not a hub id.",
+        f"pass --model {TINY_RANDOM}, a local MagrefPipeline folder, or org/name.",
+    )
+
+
+def model_fingerprint(model: str | None, pipe=None) -> str:
+    """A cheap identity for the sidecar: sha256 over configs and weight file names/sizes for a
+    folder; over the transformer weights for models built in code (they are tiny)."""
+    model = model or DEFAULT_MODEL
+    h = hashlib.sha256()
+    path = Path(model)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(path).as_posix()
+                h.update(rel.encode())
+                if f.suffix == ".json":
+                    h.update(f.read_bytes())
+                else:
+                    h.update(str(f.stat().st_size).encode())
+        return "sha256:" + h.hexdigest()[:16]
+    if pipe is not None:
+        for name, tensor in sorted(pipe.transformer.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return "sha256:" + h.hexdigest()[:16]
+    return "id:" + model
+
+
+def describe(model: str | None) -> dict:
+    model = model or DEFAULT_MODEL
+    info = {"model": model}
+    p = Path(model)
+    if p.is_dir() and (p / "model_index.json").is_file():
+        info["model_index"] = json.loads((p / "model_index.json").read_text()).get("_class_name")
+    return info
