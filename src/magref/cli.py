@@ -108,6 +108,19 @@ def cmd_compose(args) -> int:
     return 0
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def cmd_convert(args) -> int:
+    import torch
+
+    from .checkpoints import convert
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    convert(args.src, args.dst, component=args.component, dtype=dtype, max_shard_size=args.max_shard_size, clip_heads=args.clip_heads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -135,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layout-seed", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("convert", help="official checkpoint -> diffusers/transformers folder(s)")
+    p.add_argument("src", help="official MAGREF folder, or (with --component) a component folder or single file")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--component", choices=["transformer", "vae", "text_encoder", "image_encoder"], default=None)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep the checkpoint's)")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--clip-heads", type=int, default=None, help="CLIP attention heads when the width is not a standard ViT")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

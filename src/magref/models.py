@@ -51,9 +51,13 @@ def _load_path_or_hub(model: str, torch_dtype):
                     "check that the folder is complete, or re-create it with save_pretrained / `magref convert`.",
                 ) from None
         if path.is_dir() and (path / "config.json").is_file() and '"WanModel"' in (path / "config.json").read_text():
+            from .checkpoints import detect_kind, load_official_pipeline
+
+            if detect_kind(path) == "official-magref":  # converted in memory; `magref convert` saves it
+                return load_official_pipeline(path, torch_dtype)
             raise CheckpointError(
-                f"{path} is an official MAGREF/Wan checkpoint folder, not a MagrefPipeline folder.",
-                f"convert it first: magref convert {path} OUT_DIR, then pass --model OUT_DIR.",
+                f"{path} is an official transformer folder without the VAE and encoders beside it.",
+                "pass the complete official MAGREF folder, or a MagrefPipeline folder.",
             )
         raise CheckpointError(
             f"{path} is not a MagrefPipeline folder (no model_index.json).",

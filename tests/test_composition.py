@@ -1,0 +1,150 @@
+"""Reference composition: golden parity (exact) and behaviour on odd inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import golden, run_cli
+from magref.composition import RegionLayout, compose_references, grid_cells, latent_mask_from_pixels
+from magref.conditioning import reference_mask
+from magref.errors import MagrefInputError
+
+
+def _refs(case):
+    return [Image.open(golden("compose", r["file"])) for r in case["refs"]]
+
+
+def _check(case, comp):
+    tensors = load_file(golden("compose", case["tensors"]))
+    canvas = np.asarray(Image.open(golden("compose", case["canvas_png"])))
+    assert np.array_equal(np.asarray(comp.canvas), canvas), "canvas pixels differ"
+    assert np.array_equal(comp.pixel_mask, tensors["pixel_mask"].numpy())
+    assert np.array_equal(comp.latent_mask, tensors["latent_mask"].numpy())
+    mask4 = reference_mask(torch.from_numpy(comp.latent_mask), 81)[0]
+    assert torch.equal(mask4.to(torch.uint8), tensors["mask_4ch_f81"])
+
+
+def test_golden_from_shuffle_seed(compose_cases):
+    assert len(compose_cases) == 8
+    for case in compose_cases:
+        h, w = case["canvas_hw"]
+        comp = compose_references(_refs(case), h, w, layout_seed=case["shuffle_seed"])
+        _check(case, comp)
+        blocks = load_file(golden("compose", case["tensors"]))["latent_blocks"].numpy()
+        assert np.array_equal(comp.latent_blocks, blocks)
+        assert [list(c) for c in comp.layout.cells] == case["cells_after_shuffle_x0y0x1y1"]
+        assert [r for r, _ in comp.layout.placement] == case["ref_order_after_shuffle"][: len(comp.layout.placement)]
+
+
+def test_golden_from_explicit_placement(compose_cases):
+    for case in compose_cases:
+        h, w = case["canvas_hw"]
+        comp = compose_references(_refs(case), h, w, layout={"placement": case["placement"]})
+        _check(case, comp)
+
+
+def test_cli_compose_reproduces_golden(tmp_path, compose_cases):
+    for case in compose_cases:
+        h, w = case["canvas_hw"]
+        refs = [golden("compose", r["file"]) for r in case["refs"]]
+        layout_file = tmp_path / f"{case['case']}_layout.json"
+        layout_file.write_text(json.dumps({"placement": case["placement"]}))
+        for how in (["--layout-seed", case["shuffle_seed"]], ["--layout", layout_file]):
+            out = tmp_path / case["case"] / how[0].strip("-")
+            rc, _, err = run_cli("compose", *refs, "--height", h, "--width", w, *how, "--out", out)
+            assert rc == 0, err
+            assert np.array_equal(np.asarray(Image.open(out / "canvas.png")), np.asarray(Image.open(golden("compose", case["canvas_png"]))))
+            mask = np.asarray(Image.open(out / "mask.png"))
+            assert set(np.unique(mask)) <= {0, 255}
+            assert np.array_equal(mask // 255, load_file(golden("compose", case["tensors"]))["pixel_mask"].numpy())
+            # the layout file it writes reproduces the same canvas
+            again = tmp_path / case["case"] / "again"
+            rc, _, err = run_cli("compose", *refs, "--height", h, "--width", w, "--layout", out / "layout.json", "--out", again)
+            assert rc == 0, err
+            assert np.array_equal(np.asarray(Image.open(again / "canvas.png")), np.asarray(Image.open(out / "canvas.png")))
+
+
+def test_official_random_matches_global_random_and_leaves_it_alone():
+    import random
+
+    random.seed(5)
+    before = random.random()
+    random.seed(5)
+    layout = RegionLayout.official_random(5, 480, 832, seed=11)
+    assert random.random() == before  # the global generator was not consumed
+    random.seed(11)
+    idx = list(range(5))
+    random.shuffle(idx)
+    cells = grid_cells(6, 480, 832)
+    random.shuffle(cells)
+    assert [r for r, _ in layout.placement] == idx and list(layout.cells) == cells
+
+
+@pytest.mark.parametrize("h,w", [(64, 96), (96, 64), (16, 16), (48, 800), (720, 1280)])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_odd_sizes_and_counts(h, w, n):
+    rng = np.random.default_rng(n * 1000 + h + w)
+    images = [Image.fromarray(rng.integers(0, 255, (int(rng.integers(1, 300)), int(rng.integers(1, 300)), 3), dtype=np.uint8)) for _ in range(n)]
+    comp = compose_references(images, h, w)
+    assert comp.canvas.size == (w, h)
+    assert comp.pixel_mask.shape == (h, w) and comp.latent_mask.shape == (h // 8, w // 8)
+    canvas = np.asarray(comp.canvas)
+    assert (canvas[comp.pixel_mask == 0] == 255).all(), "outside the references the canvas is white"
+    assert np.array_equal(comp.latent_mask, latent_mask_from_pixels(comp.pixel_mask))
+    for ref, box in enumerate(comp.layout.boxes()):
+        x0, y0, x1, y1 = box
+        inside = comp.pixel_mask[y0:y1, x0:x1]
+        sw, sh = comp.reference_sizes[ref]
+        assert inside.sum() == sw * sh, "each reference covers exactly its scaled size"
+        assert sw == x1 - x0 or sh == y1 - y0, "scaled to touch the cell on one side"
+
+
+def test_alpha_is_composited_on_white():
+    im = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    im.paste((0, 0, 255, 255), (8, 8, 24, 24))
+    comp = compose_references([im], 32, 32)
+    c = np.asarray(comp.canvas)
+    assert (c[0, 0] == 255).all() and tuple(c[16, 16]) == (0, 0, 255)
+    la = Image.new("LA", (32, 32), (0, 0))
+    assert (np.asarray(compose_references([la], 32, 32).canvas) == 255).all()
+
+
+def test_user_layout_places_references_where_asked():
+    red, blue = Image.new("RGB", (10, 10), (255, 0, 0)), Image.new("RGB", (10, 10), (0, 0, 255))
+    comp = compose_references([red, blue], 64, 96, layout={"boxes": [[0, 0, 32, 32], [48, 16, 96, 64]]})
+    c = np.asarray(comp.canvas)
+    assert tuple(c[16, 16]) == (255, 0, 0) and tuple(c[40, 72]) == (0, 0, 255) and tuple(c[50, 10]) == (255, 255, 255)
+    assert comp.pixel_mask[:32, :32].all() and comp.pixel_mask[16:64, 48:96].all() and comp.pixel_mask.sum() == 32 * 32 + 48 * 48
+
+
+def test_user_layout_allows_more_than_eight():
+    images = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(9)]
+    boxes = [[(i % 3) * 32, (i // 3) * 16, (i % 3) * 32 + 32, (i // 3) * 16 + 16] for i in range(9)]
+    comp = compose_references(images, 48, 96, layout={"boxes": boxes})
+    assert comp.reference_sizes == [(16, 16)] * 9  # square references letter-boxed into 32x16 boxes
+    for x0, y0, x1, y1 in boxes:
+        assert comp.pixel_mask[y0:y1, x0:x1].sum() == 16 * 16
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(images=[]), "No reference"),
+        (dict(images=[Image.new("RGB", (4, 4))] * 9), "at most 8"),
+        (dict(height=70), "multiple of 16"),
+        (dict(width=0), "multiple of 16"),
+        (dict(layout={"boxes": [[0, 0, 200, 32]]}), "outside"),
+        (dict(layout={"boxes": [[10, 10, 10, 20]]}), "empty or outside"),
+        (dict(layout={"boxes": [[0, 0, 8, 8], [8, 8, 16, 16]]}), "places 2 reference"),
+        (dict(layout={"nothing": 1}), "'boxes' list"),
+    ],
+)
+def test_bad_composition_input(kwargs, needle):
+    args = dict(images=[Image.new("RGB", (4, 4))], height=64, width=96)
+    args.update(kwargs)
+    with pytest.raises(MagrefInputError, match=needle):
+        compose_references(args.pop("images"), **args)
