@@ -187,6 +187,8 @@ def detect_kind(path: str | Path) -> str:
 
 def expect_kind(path: Path, component: str) -> str:
     kind = detect_kind(path)
+    if kind == "official-magref" and component == "transformer":
+        return "official-transformer"  # the official folder's own config.json and shards
     if kind not in COMPONENT_KINDS[component]:
         raise CheckpointError(
             f"{path} is {KIND_DESCRIPTIONS.get(kind, kind)}, not a {component} checkpoint.",

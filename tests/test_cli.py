@@ -1,0 +1,200 @@
+"""The magref command: end-to-end generation, bad input, resumable batches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, run_cli
+from magref.io import is_complete, read_video
+
+CHAR, MUG = EXAMPLES / "character.png", EXAMPLES / "mug.png"
+SMALL = ["--model", "tiny-random", "--height", "64", "--width", "96", "--frames", "9", "--steps", "2"]
+
+
+def test_generate_writes_playable_mp4_and_sidecar(tmp_path):
+    out = tmp_path / "clip.mp4"
+    t0 = time.time()
+    rc, stdout, err = run_cli("generate", "--prompt", "a man lifts a mug", "--ref", CHAR, "--ref", MUG, *SMALL, "--seed", "7", "--out", out)
+    assert rc == 0, err
+    assert time.time() - t0 < 60
+    frames = read_video(out)
+    assert frames.shape == (9 - 4, 64, 96, 3)
+    import av
+
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264" and float(stream.average_rate) == 15
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["status"] == "complete" and is_complete(out)
+    assert meta["settings"]["seed"] == 7 and meta["settings"]["steps"] == 2 and meta["settings"]["refs"] == [str(CHAR), str(MUG)]
+    assert meta["model"]["id"] == "tiny-random" and meta["model"]["fingerprint"].startswith("sha256:")
+    assert meta["layout"]["kind"] == "grid" and len(meta["layout"]["boxes"]) == 2
+    assert meta["output"]["frames"] == 5 and set(meta["timings_s"]) >= {"generate", "write_video"}
+    assert "magref_version" in meta
+    # same settings, same video
+    out2 = tmp_path / "again.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "a man lifts a mug", "--ref", CHAR, "--ref", MUG, *SMALL, "--seed", "7", "--out", out2)
+    assert rc == 0, err
+    assert np.array_equal(read_video(out2), frames)
+
+
+def test_generate_with_layout_file_and_keep_first_frames(tmp_path):
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps({"boxes": [[0, 0, 48, 64], [48, 16, 96, 64]]}))
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", CHAR, "--ref", MUG, *SMALL, "--layout", layout, "--keep-first-frames", "--solver", "dpm++", "--out", out)
+    assert rc == 0, err
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["layout"]["boxes"] == [[0, 0, 48, 64], [48, 16, 96, 64]] and meta["output"]["frames"] == 9
+    assert meta["settings"]["solver"] == "dpm++"
+
+
+def _corrupt(tmp_path):
+    p = tmp_path / "corrupt.png"
+    data = CHAR.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+BAD = {
+    "missing image": (lambda d: ["--ref", d / "nope.png"], "does not exist"),
+    "corrupt image": (lambda d: ["--ref", _corrupt(d)], "not a readable image"),
+    "not an image": (lambda d: ["--ref", __file__], "not a readable image"),
+    "nine refs": (lambda d: sum((["--ref", CHAR] for _ in range(9)), []), "at most 8"),
+    "frames not 4n+1": (lambda d: ["--ref", CHAR, "--frames", "10"], "4n+1"),
+    "size not multiple of 16": (lambda d: ["--ref", CHAR, "--width", "100"], "multiple of 16"),
+    "layout box outside": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 500, 64]]})], "outside"),
+    "layout not json": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", None)], "not valid JSON"),
+    "unknown model path": (lambda d: ["--ref", CHAR, "--model", d / "no-such-model"], "Unknown model"),
+    "model folder of the wrong kind": (lambda d: ["--ref", CHAR, "--model", d], "not a MagrefPipeline folder"),
+    "too few frames": (lambda d: ["--ref", CHAR, "--frames", "1"], "leaves no frame"),
+}
+
+
+def _write(p, obj):
+    p.write_text("{not json" if obj is None else json.dumps(obj))
+    return p
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
+    make_args, needle = BAD[case]
+    out = tmp_path / "out" / "v.mp4"
+    args = ["generate", "--prompt", "x", *[str(a) for a in make_args(tmp_path)], "--height", "64", "--width", "96", "--frames", "9", "--steps", "1", "--out", out]
+    if "--model" not in args:
+        args += ["--model", "tiny-random"]
+    # later options win in argparse, so the case's own --frames/--width override the small defaults
+    args = _last_wins(args)
+    rc, _, err = run_cli(*args)
+    assert rc == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0] and "Fix:" in lines[0], lines[0]
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _last_wins(args):
+    """Put the case's options after the defaults so argparse keeps the case's values."""
+    head, refs, opts, i = args[:3], [], {}, 3
+    order = []
+    while i < len(args):
+        k = args[i]
+        if k == "--ref":
+            refs += [k, args[i + 1]]
+        else:
+            if k not in opts:
+                order.append(k)
+            opts.setdefault(k, args[i + 1])
+        i += 2
+    out = head + refs
+    for k in order:
+        out += [k, opts[k]]
+    return out
+
+
+def _write_batch(tmp_path, n=5):
+    lines = []
+    for i in range(n):
+        item = {"id": f"item{i}", "prompt": f"scene {i}", "refs": [str(CHAR if i % 2 == 0 else MUG)], "seed": i}
+        if i >= 2:  # later items are slower, so the batch can be killed while they run
+            item.update(frames=33, steps=12, height=128, width=192)
+        lines.append(json.dumps(item))
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_batch_killed_after_two_then_resumed(tmp_path):
+    batch, out = _write_batch(tmp_path), tmp_path / "out"
+    cmd = [sys.executable, "-m", "magref.cli", "batch", str(batch), "--out-dir", str(out), *SMALL]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "item1.json").exists():
+        assert proc.poll() is None, "batch ended before the second item finished"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [i for i in range(5) if is_complete(out / f"item{i}.mp4")]
+    assert finished[:2] == [0, 1] and len(finished) < 5, finished
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.name.startswith(("item0", "item1"))}
+
+    rc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert rc.returncode == 0, rc.stderr
+    assert all(is_complete(out / f"item{i}.mp4") for i in range(5))
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.name.startswith(("item0", "item1"))}
+    assert after == before, "finished items were redone"
+    assert not list(out.glob(".*.part*")), "temporary files left behind"
+    assert f"{5 - len(finished)} generated, {len(finished)} already complete" in rc.stdout
+
+
+def test_batch_official_format_and_rerun_skips_all(tmp_path):
+    (tmp_path / "refs").mkdir()
+    Image.open(CHAR).save(tmp_path / "refs" / "a.png")
+    batch = tmp_path / "prompts.txt"
+    batch.write_text(f"one@@a person waves@@refs/a.png\ntwo@@a mug on a table@@{MUG}@@refs/a.png\n")
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 0, err
+    assert is_complete(out / "one.mp4") and is_complete(out / "two.mp4")
+    assert json.loads((out / "two.json").read_text())["settings"]["prompt"] == "a mug on a table"
+    rc, stdout, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 0 and "0 generated, 2 already complete" in stdout
+
+
+def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):
+    batch = tmp_path / "b.txt"
+    batch.write_text(f"one@@x@@{CHAR}\n")
+    out = tmp_path / "out"
+    assert run_cli("batch", batch, "--out-dir", out, *SMALL)[0] == 0
+    (out / "one.mp4").write_bytes(b"garbage")
+    assert not is_complete(out / "one.mp4")
+    rc, stdout, _ = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 0 and "1 generated" in stdout and is_complete(out / "one.mp4")
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('{"id": "a", "prompt": "x", "refs": ["missing.png"]}', "does not exist"),
+        ('{"id": "a", "prompt": "x", "refs": ["%s"], "colour": 1}' % CHAR, "unknown key"),
+        ('{"id": "a", "prompt": "x", "refs": ["%s"], "frames": 8}' % CHAR, "4n+1"),
+        ("just some text", "name@@prompt@@image"),
+        ('{"id": "a", "prompt": "x", "refs": ["%s"]}\n{"id": "a", "prompt": "y", "refs": ["%s"]}' % (CHAR, CHAR), "used on lines"),
+    ],
+)
+def test_batch_bad_items_fail_before_generating(tmp_path, content, needle):
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(content + "\n")
+    out = tmp_path / "out"
+    rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert not out.exists() or not any(out.glob("*.mp4"))
