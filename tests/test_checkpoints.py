@@ -118,3 +118,15 @@ def test_load_pipeline_from_official_folder(tmp_path):
         load_pipeline(str(root))  # non-standard CLIP width needs the head count; the error says so
     pipe = ck.load_official_pipeline(root, clip_heads=2)
     assert type(pipe).__name__ == "MagrefPipeline" and pipe.transformer.config.in_channels == 36
+
+
+def test_official_layout_spec_matches_the_golden_checkpoint(tmp_path):
+    """The synthetic-checkpoint writer uses the real key layout: checked on the golden tiny model."""
+    cfg = json.loads(golden("model", "configs.json").read_text())["dit_config_official"]
+    golden_shapes = {}
+    for f in golden("model", "dit_official").glob("*.safetensors"):
+        golden_shapes.update({k: tuple(v.shape) for k, v in load_file(f).items()})
+    assert ck.official_transformer_shapes(cfg) == golden_shapes
+    size = ck.write_synthetic_official_transformer(tmp_path / "syn", cfg)
+    model = ck.load_transformer(tmp_path / "syn", torch.bfloat16)
+    assert size == sum(p.numel() * 2 for p in model.parameters()) and model.dtype == torch.bfloat16
