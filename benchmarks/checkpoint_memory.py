@@ -23,6 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+# safetensors maps files lazily: a load that never reads its weights shows almost no RSS. Reading
+# every weight once (as a forward pass does) makes the figure honest.
+TOUCH = "print(sum(float(p.float().abs().sum()) for p in m.parameters()) > 0)"
+
 MEASURE = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
     "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
@@ -70,8 +74,8 @@ def main() -> None:
     rows.append(("imports only (baseline)", base, None))
     for label, cmd in (
         ("magref convert --component transformer --dtype bf16", [py, "-m", "magref.cli", "convert", str(src), str(dst), "--component", "transformer", "--dtype", "bf16", "--max-shard-size", args.max_shard_size]),
-        ("load official layout (magref.checkpoints.load_transformer, bf16)", [py, "-c", f"import torch; from magref.checkpoints import load_transformer; load_transformer({str(src)!r}, torch.bfloat16)"]),
-        ("load converted (diffusers WanTransformer3DModel.from_pretrained, bf16)", [py, "-c", f"import torch; from diffusers import WanTransformer3DModel; WanTransformer3DModel.from_pretrained({str(dst)!r}, torch_dtype=torch.bfloat16)"]),
+        ("load official layout (magref.checkpoints.load_transformer, bf16), every weight read", [py, "-c", f"import torch; from magref.checkpoints import load_transformer; m = load_transformer({str(src)!r}, torch.bfloat16); {TOUCH}"]),
+        ("load converted (diffusers WanTransformer3DModel.from_pretrained, bf16), every weight read", [py, "-c", f"import torch; from diffusers import WanTransformer3DModel; m = WanTransformer3DModel.from_pretrained({str(dst)!r}, torch_dtype=torch.bfloat16); {TOUCH}"]),
     ):
         rss, seconds = peak_rss_gib(cmd)
         rows.append((label, rss, seconds))

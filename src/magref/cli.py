@@ -121,6 +121,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from .data.prepare import PrepareSettings, prepare
+
+    settings = PrepareSettings(
+        frames=args.frames, fps=args.fps, height=args.height, width=args.width,
+        max_clips_per_video=args.max_clips_per_video, samples_per_shard=args.samples_per_shard, extractor=args.extractor,
+    )
+    prepare(args.videos_dir, args.out_dir, settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -157,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--clip-heads", type=int, default=None, help="CLIP attention heads when the width is not a standard ViT")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("prepare", help="videos -> training dataset (clips, captions, subject cut-outs)")
+    p.add_argument("videos_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--frames", type=int, default=17, help="clip length, 4n+1")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--max-clips-per-video", type=int, default=4)
+    p.add_argument("--samples-per-shard", type=int, default=256)
+    p.add_argument("--extractor", default="opencv", help="opencv (offline) or masks (ground-truth .masks.npz sidecars)")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""Region-aware dynamic masking: a fresh random layout of the subjects for every sample.
+
+Training composes through the same `compose_references` as inference, so a layout means the
+same thing in both. A layout is drawn by: dropping some subjects (at least one stays), shuffling
+their order, then either the official grid with official random placement (sometimes, so the
+inference layouts are seen) or a random rows x cols partition of the canvas in which each
+subject gets a random sub-box of random scale and position inside its own cell.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..composition import SPATIAL_STRIDE, RegionLayout
+
+
+@dataclass
+class LayoutSampler:
+    p_official_grid: float = 0.3
+    p_drop: float = 0.2  # each subject is dropped with this probability (one always stays)
+    min_scale: float = 0.5  # sub-box side as a fraction of its cell side
+    max_cells: int = 8
+
+    def __call__(self, num_subjects: int, height: int, width: int, rng: random.Random) -> tuple[list[int], RegionLayout]:
+        """Returns the kept subject indices (in canvas order) and their layout."""
+        keep = [i for i in range(num_subjects) if rng.random() >= self.p_drop] or [rng.randrange(num_subjects)]
+        keep = keep[: self.max_cells]
+        rng.shuffle(keep)
+        n = len(keep)
+        if rng.random() < self.p_official_grid:
+            return keep, RegionLayout.official_random(n, height, width, rng.randrange(2**31))
+        rows = rng.randint(1, n)
+        cols = -(-n // rows)
+        cells = [(r, c) for r in range(rows) for c in range(cols)]
+        rng.shuffle(cells)
+        boxes = []
+        for r, c in cells[:n]:
+            x0, x1 = width * c // cols, width * (c + 1) // cols
+            y0, y1 = height * r // rows, height * (r + 1) // rows
+            w = max(SPATIAL_STRIDE, int((x1 - x0) * rng.uniform(self.min_scale, 1.0)))
+            h = max(SPATIAL_STRIDE, int((y1 - y0) * rng.uniform(self.min_scale, 1.0)))
+            bx = x0 + rng.randint(0, max(0, x1 - x0 - w))
+            by = y0 + rng.randint(0, max(0, y1 - y0 - h))
+            boxes.append((bx, by, min(width, bx + w), min(height, by + h)))
+        return keep, RegionLayout.from_boxes(boxes, height, width)

@@ -1,0 +1,161 @@
+"""`magref prepare VIDEOS_DIR OUT_DIR`: videos -> clips with captions and subject cut-outs.
+
+Each video is decoded with PyAV, resampled to the target fps, centre-cropped and resized, cut into
+non-overlapping clips of F = 4n+1 frames, and its subjects are extracted from the clip's own
+frames. Resumable: `progress.jsonl` lists every video whose samples sit in a finished shard; a
+rerun skips those. A video that fails to decode is reported and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..conditioning import check_num_frames
+from ..errors import MagrefInputError
+from ..io import write_json
+from .extract import make_extractor
+from .shards import FORMAT, MANIFEST, Sample, write_shard
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
+
+
+@dataclass
+class PrepareSettings:
+    frames: int = 17
+    fps: float = 8.0
+    height: int = 64
+    width: int = 64
+    max_clips_per_video: int = 4
+    samples_per_shard: int = 256
+    extractor: str = "opencv"
+
+
+def find_videos(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+
+
+def load_captions(root: Path) -> dict[str, str]:
+    captions = {}
+    jsonl = root / "captions.jsonl"
+    if jsonl.is_file():
+        for line in jsonl.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                captions[obj["video"]] = obj["caption"]
+    return captions
+
+
+def caption_for(video: Path, root: Path, captions: dict[str, str]) -> str | None:
+    for side in (video.with_suffix(".txt"), video.with_suffix(".json")):
+        if side.is_file():
+            text = side.read_text(encoding="utf-8").strip()
+            return json.loads(text)["caption"] if side.suffix == ".json" else text
+    rel = video.relative_to(root).as_posix()
+    return captions.get(rel, captions.get(video.name))
+
+
+def decode(video: Path, fps: float, height: int, width: int) -> tuple[np.ndarray, list[int]]:
+    """All frames resampled to `fps` (nearest earlier source frame), centre-cropped to the target
+    aspect and resized: (N, H, W, 3) uint8, plus the source frame index of each output frame."""
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        src_fps = float(stream.average_rate or stream.guessed_rate or fps)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    if not frames:
+        raise ValueError("no decodable frames")
+    duration = len(frames) / src_fps
+    idx = [min(len(frames) - 1, int(k * src_fps / fps)) for k in range(max(1, int(duration * fps)))]
+    out = []
+    for i in idx:
+        im = Image.fromarray(frames[i])
+        scale = max(width / im.width, height / im.height)
+        cw, ch = round(width / scale), round(height / scale)
+        left, top = (im.width - cw) // 2, (im.height - ch) // 2
+        out.append(np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.Resampling.BICUBIC)))
+    return np.stack(out), idx
+
+
+def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettings, log=print) -> dict:
+    from tqdm.auto import tqdm
+
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    if not videos_dir.is_dir():
+        raise MagrefInputError(f"Video folder {videos_dir} does not exist.", "pass the folder holding your videos.")
+    check_num_frames(settings.frames)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []}
+    if manifest["settings"] != asdict(settings):
+        raise MagrefInputError(
+            f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
+        )
+    progress = out_dir / "progress.jsonl"
+    done = {json.loads(line)["video"] for line in progress.read_text().splitlines() if line.strip()} if progress.is_file() else set()
+    extractor = make_extractor(settings.extractor)
+    captions = load_captions(videos_dir)
+    videos = find_videos(videos_dir)
+    buffer: list[Sample] = []
+    buffered_videos: list[str] = []
+
+    def flush():
+        if not buffer:
+            return
+        name = f"shard-{len(manifest['shards']):05d}.tar"
+        write_shard(out_dir / name, buffer)
+        manifest["shards"].append({"file": name, "keys": [s.key for s in buffer]})
+        manifest["num_samples"] = sum(len(s["keys"]) for s in manifest["shards"])
+        write_json(manifest_path, manifest)
+        with open(progress, "a") as f:
+            for v in buffered_videos:
+                f.write(json.dumps({"video": v}) + "\n")
+        buffer.clear()
+        buffered_videos.clear()
+
+    skipped_now = 0
+    for video in tqdm(videos, desc="prepare", unit="video", file=sys.stderr):
+        rel = video.relative_to(videos_dir).as_posix()
+        if rel in done:
+            continue
+        caption = caption_for(video, videos_dir, captions)
+        try:
+            if caption is None:
+                raise ValueError("no caption (.txt, .json or captions.jsonl entry)")
+            frames, src_idx = decode(video, settings.fps, settings.height, settings.width)
+            clips = 0
+            background = np.median(frames[:: max(1, len(frames) // 64)], axis=0).astype(np.uint8)
+            for start in range(0, len(frames) - settings.frames + 1, settings.frames):
+                if clips >= settings.max_clips_per_video:
+                    break
+                clip = frames[start : start + settings.frames]
+                subjects = extractor(clip, {"source": str(video), "frame_indices": src_idx[start : start + settings.frames], "background": background})
+                if not subjects:
+                    continue
+                key = f"{Path(rel).with_suffix('').as_posix().replace('/', '__').replace('.', '_')}__{start:06d}"
+                buffer.append(Sample(key, clip, caption, subjects, {"source": rel, "start": start, "fps": settings.fps}))
+                clips += 1
+            if clips == 0:
+                raise ValueError(f"no clip of {settings.frames} frames with a detected subject")
+        except Exception as e:  # a bad video is reported and skipped, never fatal
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            print(f"magref prepare: warning: skipping {rel}: {reason}", file=sys.stderr)
+            manifest["skipped"] = [s for s in manifest["skipped"] if s["video"] != rel] + [{"video": rel, "reason": reason}]
+            skipped_now += 1
+            with open(progress, "a") as f:
+                f.write(json.dumps({"video": rel, "skipped": True}) + "\n")
+            continue
+        buffered_videos.append(rel)
+        if len(buffer) >= settings.samples_per_shard:
+            flush()
+    flush()
+    manifest["num_samples"] = sum(len(s["keys"]) for s in manifest["shards"])
+    write_json(manifest_path, manifest)
+    log(f"prepare: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
+    return manifest

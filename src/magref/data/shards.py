@@ -1,0 +1,119 @@
+"""Dataset format: a folder of tar shards plus `manifest.json`.
+
+Why tar shards (webdataset layout, `<key>.<ext>` members): one file per few hundred samples
+instead of millions of small files, sequential reads, readable by `tar` and by the webdataset
+library as is, and writable with the standard library alone. A sample is
+    <key>.json            caption, source video, clip start/fps, subjects [{file, box, kind}]
+    <key>.frames.npy      (F, H, W, 3) uint8 clip, lossless
+    <key>.subject<i>.png  RGBA cut-out of subject i (alpha = its mask)
+Shards are written to a temporary name and renamed when complete, so an interrupted
+`magref prepare` never leaves a half-written shard behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FORMAT = "magref-clips-v1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Subject:
+    image: Image.Image  # RGBA cut-out
+    box: tuple[int, int, int, int]  # where it was in its source frame (x0, y0, x1, y1)
+    kind: str  # face | person | object | animal | background
+
+
+@dataclass
+class Sample:
+    key: str
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    caption: str
+    subjects: list[Subject]
+    meta: dict
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible shards
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, samples: list[Sample]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with tarfile.open(tmp, "w") as tar:
+        for s in samples:
+            subjects = []
+            for i, sub in enumerate(s.subjects):
+                buf = io.BytesIO()
+                sub.image.save(buf, format="PNG")
+                _add(tar, f"{s.key}.subject{i}.png", buf.getvalue())
+                subjects.append({"file": f"{s.key}.subject{i}.png", "box": list(sub.box), "kind": sub.kind})
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(s.frames, dtype=np.uint8))
+            _add(tar, f"{s.key}.frames.npy", buf.getvalue())
+            _add(tar, f"{s.key}.json", json.dumps({**s.meta, "caption": s.caption, "subjects": subjects}, ensure_ascii=False).encode())
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(root: str | Path) -> dict:
+    from ..errors import MagrefInputError
+
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise MagrefInputError(f"{root} has no {MANIFEST}: it is not a magref dataset.", "create one with `magref prepare VIDEOS_DIR OUT_DIR`.")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise MagrefInputError(f"{path} is format {manifest.get('format')!r}, expected {FORMAT!r}.", "re-create the dataset with this magref version.")
+    return manifest
+
+
+class ClipDataset:
+    """Random access to the samples of a shard folder (tar indexes are built once per shard)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.index: list[tuple[str, str]] = []  # (shard file, key)
+        for shard in self.manifest["shards"]:
+            self.index += [(shard["file"], key) for key in shard["keys"]]
+        self._open: dict[str, tarfile.TarFile] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _tar(self, name: str) -> tarfile.TarFile:
+        if name not in self._open:
+            self._open[name] = tarfile.open(self.root / name, "r")
+        return self._open[name]
+
+    def __getitem__(self, i: int) -> Sample:
+        shard, key = self.index[i]
+        tar = self._tar(shard)
+        read = lambda member: tar.extractfile(member).read()  # noqa: E731
+        meta = json.loads(read(f"{key}.json"))
+        frames = np.load(io.BytesIO(read(f"{key}.frames.npy")))
+        subjects = []
+        for sub in meta.pop("subjects"):
+            image = Image.open(io.BytesIO(read(sub["file"])))
+            image.load()
+            subjects.append(Subject(image, tuple(sub["box"]), sub["kind"]))
+        return Sample(key, frames, meta.pop("caption"), subjects, meta)
+
+    def __getstate__(self):  # picklable for DataLoader workers: reopen tars lazily
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
