@@ -132,6 +132,22 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import yaml
+
+    from .training.trainer import run
+
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise MagrefInputError(f"--set {item!r} is not KEY=VALUE.", "write e.g. --set max_steps=200.")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    result = run(args.config, resume=args.resume, overrides=overrides)
+    print(f"trained to step {result['step']}, last loss {result['loss']:.5f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -180,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int, default=256)
     p.add_argument("--extractor", default="opencv", help="opencv (offline) or masks (ground-truth .masks.npz sidecars)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train (full or LoRA) with region-aware dynamic masking; torchrun for several processes")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level config value")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Training MAGREF: config (YAML, validated) and the flow-matching trainer."""

@@ -1,0 +1,156 @@
+"""Training configuration: YAML in, validated dataclass out.
+
+A wrong key or value is a `MagrefInputError` naming the key and the fix (CLI exit 2), never a
+run that silently ignores a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import MagrefInputError
+
+CHOICES = {
+    "mode": ("full", "lora"),
+    "sigma_sampling": ("shifted_uniform", "logit_normal"),
+    "mixed_precision": ("no", "bf16"),
+    "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
+    "first_frame": ("canvas", "clip"),
+}
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@dataclass
+class LayoutSettings:
+    p_official_grid: float = 0.3
+    p_drop: float = 0.2
+    min_scale: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output_dir: str
+    model: str = "tiny-random"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 1  # per process
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    mode: str = "full"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    sigma_sampling: str = "shifted_uniform"
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = None
+    checkpoint_every: int = 100
+    log_every: int = 1
+    caption_dropout: float = 0.0
+    first_frame: str = "canvas"  # the target's frame 0: the canvas (as Wan I2V's image) or the clip's
+    layout: LayoutSettings = field(default_factory=LayoutSettings)
+
+    def fingerprint(self) -> str:
+        """What must not change across a resume (everything but the step budget and cadence)."""
+        d = asdict(self)
+        for k in ("max_steps", "checkpoint_every", "log_every", "output_dir"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_NESTED = {"lora": LoraSettings, "layout": LayoutSettings}
+
+
+def _check_type(where: str, name: str, value: Any, default: Any, annotation: str):
+    if value is None and "None" in annotation:
+        return value
+    if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if "int" in annotation and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "bool" in annotation and isinstance(value, bool):
+        return value
+    if "str" in annotation and isinstance(value, str):
+        return value
+    if "list" in annotation and isinstance(value, list):
+        return value
+    raise MagrefInputError(f"{where}: '{name}' should be {annotation}, got {value!r}.", f"write e.g. {name}: {default!r}.")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise MagrefInputError(f"{where} must be a mapping of keys to values.", "see configs/ for examples.")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise MagrefInputError(
+                f"{where}: unknown key '{key}'.", f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}."
+            )
+        f = known[key]
+        if key in _NESTED:
+            kwargs[key] = _build(_NESTED[key], value, f"{where} [{key}]")
+            continue
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "...")
+        kwargs[key] = _check_type(where, key, value, default, str(f.type))
+    missing = [f.name for f in fields(cls) if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise MagrefInputError(f"{where}: missing required key(s) {', '.join(missing)}.", f"add {', '.join(missing)} to the file.")
+    return cls(**kwargs)
+
+
+def validate(cfg: TrainConfig, where: str) -> TrainConfig:
+    for key, options in CHOICES.items():
+        if getattr(cfg, key) not in options:
+            raise MagrefInputError(f"{where}: {key} = {getattr(cfg, key)!r} is not one of {', '.join(options)}.", f"set {key}: {options[0]}.")
+    positive = ("max_steps", "batch_size", "checkpoint_every", "log_every")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise MagrefInputError(f"{where}: {key} must be >= 1 (got {getattr(cfg, key)}).", f"set {key}: 1 or more.")
+    if not cfg.learning_rate > 0:
+        raise MagrefInputError(f"{where}: learning_rate must be > 0.", "set learning_rate: 1.0e-4.")
+    if not 0 <= cfg.caption_dropout < 1:
+        raise MagrefInputError(f"{where}: caption_dropout must be in [0, 1).", "set caption_dropout: 0.1.")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise MagrefInputError(f"{where}: ema_decay must be in (0, 1) or null.", "set ema_decay: 0.999.")
+    if len(cfg.adam_betas) != 2:
+        raise MagrefInputError(f"{where}: adam_betas needs two numbers.", "set adam_betas: [0.9, 0.999].")
+    if cfg.mode == "lora" and cfg.lora.rank < 1:
+        raise MagrefInputError(f"{where}: lora.rank must be >= 1.", "set lora: {rank: 16}.")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise MagrefInputError(f"Config file {path} does not exist.", "pass a YAML file (see configs/).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise MagrefInputError(f"{path} is not valid YAML ({str(e).splitlines()[0]}).", "fix the syntax.") from None
+    data.update(overrides or {})
+    return validate(_build(TrainConfig, data, str(path)), str(path))
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,392 @@
+"""`magref train CONFIG.yaml [--resume]`: flow matching with region-aware dynamic masking.
+
+One step, as the paper describes it on top of Wan's objective:
+    sample   clips + subject cut-outs; draw a random layout; compose the canvas (same code as
+             inference); the target video's frame 0 is the canvas (as Wan I2V's image)
+    encode   x0 = VAE latent of the video; y = [reference mask; VAE latent of canvas + black
+             frames]; CLIP features of the canvas; UMT5 embeddings of the caption (all frozen)
+    noise    sigma ~ shifted uniform or logit-normal; x_t = (1 - sigma) x0 + sigma e
+    predict  v = transformer([x_t; y], t = 1000 sigma, text, clip); loss = mse(v, e - x0)
+Every random draw of step k is seeded by (seed, k, rank), and the data order by (seed, epoch),
+so a resumed run reproduces an uninterrupted one bit for bit once weights, optimizer, LR
+schedule and EMA are restored. Runs alone or under torchrun (FSDP2 on the transformer blocks;
+gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..composition import compose_references
+from ..conditioning import canvas_to_tensor, channel_concat
+from ..data.masking import LayoutSampler
+from ..data.shards import ClipDataset
+from ..errors import MagrefInputError
+from ..io import write_json
+from .config import TrainConfig, config_dict
+
+# ----------------------------------------------------------------------------------------------
+# Flow matching (Wan / rectified flow)
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_sigmas(n: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if cfg.sigma_sampling == "logit_normal":
+        return torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
+    u = torch.rand(n, generator=generator)
+    return cfg.shift * u / (1 + (cfg.shift - 1) * u)  # the sampler's shift, applied to uniform draws
+
+
+def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor):
+    """x_t = (1 - s) x0 + s e; the velocity target is e - x0; the timestep is 1000 s."""
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - s) * x0 + s * noise, noise - x0, sigma * 1000
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def maybe_init_distributed() -> torch.device:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        from ..models import load_pipeline
+
+        self.cfg, self.log = cfg, log
+        self.device = maybe_init_distributed()
+        self.rank, self.world_size = world()
+        self.out = Path(cfg.output_dir)
+        self.dataset = ClipDataset(cfg.data)
+        if len(self.dataset) == 0:
+            raise MagrefInputError(f"Dataset {cfg.data} has no samples.", "prepare more videos.")
+        settings = self.dataset.manifest["settings"]
+        self.frames, self.height, self.width = settings["frames"], settings["height"], settings["width"]
+        self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale)
+
+        torch.manual_seed(cfg.seed)  # model init (tiny-random) and LoRA init
+        self.pipe = load_pipeline(cfg.model)
+        self.pipe.to(self.device)
+        for frozen in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
+            frozen.requires_grad_(False).eval()
+        self.transformer = self.pipe.transformer
+        self.transformer.train()
+        if cfg.mode == "lora":
+            from peft import LoraConfig
+
+            self.transformer.requires_grad_(False)
+            self.transformer.add_adapter(
+                LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules, init_lora_weights="gaussian")
+            )
+        else:
+            self.transformer.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        if self.world_size > 1:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.transformer.blocks:
+                fully_shard(block)
+            fully_shard(self.transformer)
+        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        self.trainable_names = [n for n, p in self.transformer.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+        self.ema = None
+        if cfg.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=cfg.ema_decay)
+        self.step = 0
+
+    # -- data ---------------------------------------------------------------------------------
+    def sample_indices(self, step: int) -> list[int]:
+        """This rank's dataset indices for `step`: epoch permutations seeded by (seed, epoch)."""
+        n, b = len(self.dataset), self.cfg.batch_size
+        out = []
+        for j in range(b):
+            g = (step * self.world_size + self.rank) * b + j
+            epoch, pos = divmod(g, n)
+            out.append(int(np.random.default_rng([self.cfg.seed, epoch]).permutation(n)[pos]))
+        return out
+
+    def example(self, index: int, rng: random.Random) -> dict:
+        sample = self.dataset[index]
+        keep, layout = self.layouts(len(sample.subjects), self.height, self.width, rng)
+        comp = compose_references([sample.subjects[i].image for i in keep], self.height, self.width, layout=layout)
+        canvas = canvas_to_tensor(comp.canvas)[0]  # (3, H, W) in [-1, 1]
+        video = torch.from_numpy(sample.frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # (3, F, H, W)
+        if self.cfg.first_frame == "canvas":
+            video[:, 0] = canvas
+        caption = "" if rng.random() < self.cfg.caption_dropout else sample.caption
+        return {"video": video, "canvas": canvas, "latent_mask": torch.from_numpy(comp.latent_mask), "caption": caption}
+
+    @torch.no_grad()
+    def encode(self, examples: list[dict]) -> dict:
+        """Frozen encoders, through the pipeline's own methods (one code path with inference)."""
+        pipe, dev = self.pipe, self.device
+        video = torch.stack([e["video"] for e in examples]).to(dev)
+        mean = torch.tensor(pipe.vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
+        std = torch.tensor(pipe.vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
+        x0 = (pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mode().float() - mean) / std
+        condition = torch.cat([pipe.prepare_condition(e["canvas"][None].to(dev), e["latent_mask"], self.frames) for e in examples])
+        image_embeds = torch.cat([pipe.encode_image(e["canvas"][None].to(dev), dev) for e in examples])
+        text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev)[0]
+        return {"x0": x0, "condition": condition, "image_embeds": image_embeds, "text": text}
+
+    # -- one step -----------------------------------------------------------------------------
+    def train_step(self, step: int) -> float:
+        cfg = self.cfg
+        seed = int(np.random.SeedSequence([cfg.seed, step, self.rank]).generate_state(1)[0])  # this step's draws
+        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+        batch = self.encode([self.example(i, rng) for i in self.sample_indices(step)])
+        x0 = batch["x0"]
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        sigma = sample_sigmas(x0.shape[0], cfg, gen).to(self.device)
+        x_t, target, timestep = flow_pair(x0, noise, sigma)
+        dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        with autocast:
+            pred = self.transformer(
+                hidden_states=channel_concat(x_t, batch["condition"]),
+                timestep=timestep,
+                encoder_hidden_states=batch["text"],
+                encoder_hidden_states_image=batch["image_embeds"],
+                return_dict=False,
+            )[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())  # the video latent only
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.params)
+        value = loss.detach()
+        if self.world_size > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        return float(value)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if resume:
+            self.load_checkpoint()
+        elif is_main() and (self.out / "checkpoints").exists():
+            raise MagrefInputError(f"{self.out} already holds a training run.", "pass --resume to continue it, or choose a new output_dir.")
+        if is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "config.json", {**config_dict(cfg), "fingerprint": cfg.fingerprint()})
+            self._trim_metrics(self.step)
+        progress = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not is_main())
+        loss = float("nan")
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss = self.train_step(self.step)
+            self.step += 1
+            seconds = time.perf_counter() - t0
+            if is_main() and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                record = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0], "samples_per_s": cfg.batch_size * self.world_size / seconds}
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        progress.close()
+        self.export()
+        if is_main():
+            plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+        return {"step": self.step, "loss": loss}
+
+    # -- state ----------------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            full = self.transformer.state_dict()
+        return {k: v.detach().cpu().contiguous() for k, v in full.items() if k in set(self.trainable_names)}
+
+    def optimizer_state(self) -> dict:
+        if self.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.transformer, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        weights, optim = self.trainable_state(), self.optimizer_state()
+        if not is_main():
+            return
+        final = self.out / "checkpoints" / f"step-{self.step:07d}"
+        tmp = final.with_name(final.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(weights, tmp / "trainable.safetensors")
+        torch.save(optim, tmp / "optimizer.pt")
+        torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        if self.ema is not None:
+            torch.save(self.ema.state_dict(), tmp / "ema.pt")
+        write_json(tmp / "state.json", {"step": self.step, "fingerprint": self.cfg.fingerprint(), "world_size": self.world_size})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # a checkpoint is complete or absent
+        self.log(f"checkpoint: {final}")
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
+        return ckpts[-1] if ckpts else None
+
+    def load_checkpoint(self) -> None:
+        from safetensors.torch import load_file
+
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            raise MagrefInputError(f"--resume: {self.out} has no checkpoint.", "start without --resume.")
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["fingerprint"] != self.cfg.fingerprint():
+            raise MagrefInputError(
+                f"--resume: the config differs from the one {ckpt} was trained with.",
+                "resume with the same config (only max_steps, checkpoint_every and log_every may change).",
+            )
+        weights = load_file(ckpt / "trainable.safetensors")
+        optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        if self.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.transformer, weights, options=opts)
+            set_optimizer_state_dict(self.transformer, self.optimizer, optim, options=opts)
+        else:
+            missing = set(self.trainable_names) - set(weights)
+            if missing:
+                raise MagrefInputError(f"--resume: {ckpt} lacks {len(missing)} trainable weight(s).", "the checkpoint is from another model or mode.")
+            self.transformer.load_state_dict(weights, strict=False)
+            self.optimizer.load_state_dict(optim)
+        self.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
+        if self.ema is not None:
+            self.ema.load_state_dict(torch.load(ckpt / "ema.pt", weights_only=True))
+        self.step = state["step"]
+        self.log(f"resumed from {ckpt} at step {self.step}")
+
+    def _trim_metrics(self, step: int) -> None:
+        """Metrics past the resumed step belong to work that was lost; drop them."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def export(self) -> None:
+        """final/: the LoRA (pytorch_lora_weights.safetensors) or the whole fine-tuned pipeline."""
+        weights = self.trainable_state()
+        if self.ema is not None:  # export the averaged weights
+            ema_params = self.ema.shadow_params
+            weights = {n: p.detach().cpu() for n, p in zip(self.trainable_names, ema_params)} if self.world_size == 1 else weights
+        if not is_main():
+            return
+        final = self.out / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        if self.cfg.mode == "lora":
+            from peft.utils import get_peft_model_state_dict
+
+            from ..pipeline import MagrefPipeline
+
+            if self.world_size == 1:
+                self.transformer.load_state_dict(weights, strict=False)
+                lora = get_peft_model_state_dict(self.transformer)
+            else:
+                lora = {k.replace(".default", ""): v for k, v in weights.items() if "lora_" in k}
+            MagrefPipeline.save_lora_weights(final, transformer_lora_layers=lora)
+        elif self.world_size == 1:
+            self.transformer.load_state_dict(weights, strict=False)
+            self.pipe.save_pretrained(final)
+        else:
+            # The live transformer is sharded; rank 0 gathers the full weights into a fresh,
+            # unsharded copy of the base pipeline and saves that.
+            from ..models import load_pipeline
+
+            torch.manual_seed(self.cfg.seed)
+            pipe = load_pipeline(self.cfg.model)
+            pipe.transformer.load_state_dict(weights, strict=False)
+            pipe.save_pretrained(final)
+        self.log(f"exported: {final}")
+
+
+def plot_loss(metrics: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=1, alpha=0.5, label="loss")
+    if len(losses) >= 5:
+        k = max(2, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, lw=2, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log" if min(losses) > 0 and max(losses) / max(min(losses), 1e-12) > 20 else "linear")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run(config_path: str, resume: bool = False, overrides: dict | None = None) -> dict:
+    from .config import load_config
+
+    cfg = load_config(config_path, overrides)
+    try:
+        return Trainer(cfg).train(resume=resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+

@@ -1,0 +1,191 @@
+"""Data preparation and training on tiny-random: loss goes down, resume is bit-exact,
+LoRA loads into the pipeline, 2-process FSDP on gloo runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from magref.data.masking import LayoutSampler
+from magref.data.shards import ClipDataset
+from videos import moving_subject_video
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    videos = root / "videos"
+    videos.mkdir()
+    for i, colour in enumerate([(220, 40, 40), (40, 40, 220), (40, 200, 40), (200, 200, 40)]):
+        moving_subject_video(videos / f"clip{i}.mp4", colour=colour, seed=i, frames=36, caption=f"a ball of colour {i} rolls to the right")
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (videos / "corrupt.txt").write_text("broken")
+    out = root / "ds"
+    rc, _, err = run_cli("prepare", videos, out, "--frames", "9", "--fps", "8", "--height", "64", "--width", "64", "--samples-per-shard", "5")
+    assert rc == 0, err
+    assert "skipping corrupt.mp4" in err
+    return out
+
+
+def test_prepare_writes_a_valid_dataset(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["format"] == "magref-clips-v1" and [s["video"] for s in manifest["skipped"]] == ["corrupt.mp4"]
+    ds = ClipDataset(dataset)
+    assert len(ds) == manifest["num_samples"] >= 8 and len(manifest["shards"]) >= 2
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s.frames.shape == (9, 64, 64, 3) and s.frames.dtype == np.uint8
+        assert s.caption.startswith("a ball of colour") and s.subjects
+        sub = s.subjects[0]
+        assert sub.image.mode == "RGBA" and sub.kind == "object"
+        alpha = np.asarray(sub.image)[..., 3]
+        assert alpha.mean() > 0.4 * 255, "the cut-out is mostly the subject"
+        # the cut-out's colours are the ball's colours, not the background's
+        rgb = np.asarray(sub.image)[..., :3][alpha > 0]
+        assert (rgb.max(1).astype(int) - rgb.min(1)).mean() > 100
+
+
+def test_prepare_resumes_without_redoing(dataset, tmp_path):
+    before = (dataset / "progress.jsonl").read_text()
+    videos = dataset.parent / "videos"
+    rc, out, err = run_cli("prepare", videos, dataset, "--frames", "9", "--fps", "8", "--height", "64", "--width", "64", "--samples-per-shard", "5")
+    assert rc == 0, err
+    assert (dataset / "progress.jsonl").read_text() == before and "skipping" not in err
+    rc, _, err = run_cli("prepare", videos, dataset, "--frames", "13", "--height", "64", "--width", "64")
+    assert rc == 2 and "other settings" in err
+
+
+def test_dynamic_layouts_vary_and_stay_inside():
+    sampler = LayoutSampler()
+    import random
+
+    rng = random.Random(0)
+    kinds, counts = set(), set()
+    for _ in range(200):
+        keep, layout = sampler(3, 64, 96, rng)
+        layout.validate(len(keep))
+        kinds.add(layout.kind)
+        counts.add(len(keep))
+        assert len(set(keep)) == len(keep) and set(keep) <= {0, 1, 2}
+    assert kinds == {"official-random", "user"} and counts == {1, 2, 3}
+
+
+def _cfg(tmp_path, dataset, name, **extra):
+    cfg = {
+        "model": "tiny-random", "data": str(dataset), "output_dir": str(tmp_path / name), "seed": 0, "max_steps": 20,
+        "batch_size": 2, "learning_rate": 1e-3, "checkpoint_every": 10, "caption_dropout": 0.1,
+    }
+    cfg.update(extra)
+    path = tmp_path / f"{name}.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode,lr", [("full", 1e-3), ("lora", 5e-3)])
+def test_loss_goes_down(tmp_path, dataset, mode, lr):
+    cfg = _cfg(tmp_path, dataset, mode, mode=mode, learning_rate=lr, max_steps=40, checkpoint_every=40, lora={"rank": 4, "alpha": 4})
+    rc, _, err = run_cli("train", cfg)
+    assert rc == 0, err
+    losses = _losses(tmp_path / mode)
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.85 * np.mean(losses[:8]), losses
+    assert (tmp_path / mode / "loss.png").stat().st_size > 1000
+
+
+def test_resume_is_bit_exact(tmp_path, dataset):
+    straight = _cfg(tmp_path, dataset, "straight", ema_decay=0.9)
+    split = _cfg(tmp_path, dataset, "split", ema_decay=0.9)
+    assert run_cli("train", straight)[0] == 0
+    rc, _, err = run_cli("train", split, "--set", "max_steps=10")
+    assert rc == 0, err
+    rc, _, err = run_cli("train", split, "--resume")
+    assert rc == 0, err
+    a = load_file(tmp_path / "straight" / "checkpoints" / "step-0000020" / "trainable.safetensors")
+    b = load_file(tmp_path / "split" / "checkpoints" / "step-0000020" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma = [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines())]
+    mb = [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines())]
+    assert ma == mb and len(ma) == 20
+    ea = torch.load(tmp_path / "straight" / "checkpoints" / "step-0000020" / "ema.pt", weights_only=True)
+    eb = torch.load(tmp_path / "split" / "checkpoints" / "step-0000020" / "ema.pt", weights_only=True)
+    assert all(torch.equal(x, y) for x, y in zip(ea["shadow_params"], eb["shadow_params"]))
+
+
+def test_trained_lora_loads_and_changes_output(tmp_path, dataset):
+    from magref.tiny import tiny_random_pipeline
+
+    cfg = _cfg(tmp_path, dataset, "lora", mode="lora", learning_rate=5e-3, max_steps=10, lora={"rank": 4, "alpha": 4})
+    assert run_cli("train", cfg)[0] == 0
+    lora = tmp_path / "lora" / "final" / "pytorch_lora_weights.safetensors"
+    assert lora.is_file()
+    refs = [Image.new("RGB", (32, 32), (220, 40, 40))]
+    kw = dict(prompt="a ball rolls", references=refs, height=64, width=64, num_frames=9, num_inference_steps=2, output_type="latent")
+    pipe = tiny_random_pipeline()
+    base = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+    pipe.load_lora_weights(lora.parent)
+    tuned = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+    assert not torch.allclose(base, tuned, atol=1e-4)
+
+
+def test_full_finetune_exports_a_loadable_pipeline(tmp_path, dataset):
+    cfg = _cfg(tmp_path, dataset, "ft", max_steps=5, checkpoint_every=5)
+    assert run_cli("train", cfg)[0] == 0
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--model", tmp_path / "ft" / "final", "--prompt", "a ball", "--ref", _a_ref(tmp_path),
+                         "--height", "64", "--width", "64", "--frames", "9", "--steps", "2", "--out", out)
+    assert rc == 0, err
+
+
+def _a_ref(tmp_path):
+    p = tmp_path / "ref.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(p)
+    return p
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_two_process_fsdp_gloo(tmp_path, dataset, mode):
+    cfg = _cfg(tmp_path, dataset, f"fsdp-{mode}", mode=mode, max_steps=12, checkpoint_every=6, learning_rate=2e-3, lora={"rank": 4, "alpha": 4})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "magref.cli", "train", str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = _losses(tmp_path / f"fsdp-{mode}")
+    assert len(losses) == 12 and np.mean(losses[-4:]) < np.mean(losses[:4])
+    final = tmp_path / f"fsdp-{mode}" / "final"
+    assert (final / ("pytorch_lora_weights.safetensors" if mode == "lora" else "model_index.json")).is_file()
+    # resume under FSDP picks up where it stopped
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    proc = subprocess.run(cmd + ["--resume", "--set", "max_steps=14"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_losses(tmp_path / f"fsdp-{mode}")) == 14
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [({"lerning_rate": 1e-3}, "did you mean 'learning_rate'"), ({"mode": "half"}, "not one of full, lora"), ({"max_steps": "ten"}, "should be int"),
+     ({"layout": {"p_grid": 0.5}}, "unknown key 'p_grid'")],
+)
+def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
+    cfg = _cfg(tmp_path, dataset, "bad", **extra)
+    rc, _, err = run_cli("train", cfg)
+    assert rc == 2 and needle in err and "Traceback" not in err, err
