@@ -34,6 +34,13 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     g.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt plus 'camera shake'")
     g.add_argument("--fps", type=float, default=DEFAULTS["fps"])
     g.add_argument("--keep-first-frames", action="store_true", help="keep the first 4 decoded frames (the official output drops them)")
+    a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
+    a.add_argument("--preset", choices=["quality", "fast", "lowmem"], default="quality",
+                   help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
+    a.add_argument("--cache", choices=["none", "fbcache", "taylorseer"], default="none", help="step cache (changes the output slightly)")
+    a.add_argument("--cache-threshold", type=float, default=0.05, help="first-block cache threshold")
+    a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
+    a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def _settings_dict(args) -> dict:
@@ -71,7 +78,10 @@ def cmd_generate(args) -> int:
     from .models import load_pipeline, model_fingerprint
 
     pipe = load_pipeline(args.model)
-    sidecar = run_job(pipe, settings, out, args.model or "default", model_fingerprint(args.model, pipe), prepared)
+    rank, accel = _accelerate(pipe, args)
+    sidecar = run_job(pipe, settings, out, args.model or "default", model_fingerprint(args.model, pipe), prepared, accel, write=rank == 0)
+    if rank != 0:
+        return 0
     o = sidecar["output"]
     print(f"wrote {out} ({o['frames']} frames, {o['width']}x{o['height']}, {sidecar['timings_s']['generate']:.1f}s) and {out.with_suffix('.json')}")
     return 0
@@ -89,8 +99,29 @@ def cmd_batch(args) -> int:
     for it in items:
         it.settings.validate()
     pipe = load_pipeline(args.model)
-    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe))
+    rank, accel = _accelerate(pipe, args)
+    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe), acceleration=accel, write=rank == 0)
     return 0
+
+
+def _accelerate(pipe, args) -> tuple[int, dict]:
+    """Apply --preset/--cache/--attention, and context parallelism under torchrun."""
+    import torch
+
+    from . import acceleration as acc
+
+    rank, world = acc.init_distributed_from_env()
+    if args.device:
+        device = torch.device(args.device)
+    else:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    applied = acc.apply_preset(pipe, args.preset, device)
+    acc.set_attention_backend(pipe, args.attention)
+    applied["attention"] = args.attention or "default"
+    applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
+    if world > 1:
+        applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
+    return rank, applied
 
 
 def cmd_compose(args) -> int:
@@ -227,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -86,8 +86,11 @@ class GenerationSettings:
         return images, composition
 
 
-def run_job(pipe, settings: GenerationSettings, out_path: str | Path, model: str, fingerprint: str, prepared=None) -> dict:
-    """Generate one video to `out_path` (mp4) with its sidecar; returns the sidecar dict."""
+def run_job(
+    pipe, settings: GenerationSettings, out_path: str | Path, model: str, fingerprint: str, prepared=None, acceleration: dict | None = None, write: bool = True
+) -> dict:
+    """Generate one video to `out_path` (mp4) with its sidecar; returns the sidecar dict.
+    `write=False` (the non-zero ranks of a context-parallel run) computes without writing."""
     import torch
 
     from .pipeline import to_uint8_frames
@@ -114,6 +117,8 @@ def run_job(pipe, settings: GenerationSettings, out_path: str | Path, model: str
         output_type="np",
     )
     t_gen = time.perf_counter()
+    if not write:
+        return {}
     frames = to_uint8_frames(result.frames[0])
     write_video(out_path, frames, settings.fps)
     t_write = time.perf_counter()
@@ -123,6 +128,7 @@ def run_job(pipe, settings: GenerationSettings, out_path: str | Path, model: str
         "settings": dataclasses.asdict(settings),
         "negative_prompt_used": settings.negative_prompt if settings.negative_prompt is not None else "magref default (Wan + camera shake)",
         "model": {"id": model, "fingerprint": fingerprint},
+        "acceleration": acceleration or {"preset": "quality"},
         "layout": composition.layout.to_dict(),
         "output": {
             "file": out_path.name,
@@ -221,7 +227,9 @@ def parse_batch(path: str | Path, defaults: dict[str, Any]) -> list[BatchItem]:
     return items
 
 
-def run_batch(pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print) -> dict:
+def run_batch(
+    pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print, acceleration: dict | None = None, write: bool = True
+) -> dict:
     """Generate every item not yet complete; returns counts. Items are validated up front."""
     from tqdm.auto import tqdm
 
@@ -240,7 +248,8 @@ def run_batch(pipe, items: list[BatchItem], out_dir: str | Path, model: str, fin
         if is_complete(video):
             skipped += 1
             continue
-        run_job(pipe, it.settings, video, model, fingerprint)
+        run_job(pipe, it.settings, video, model, fingerprint, acceleration=acceleration, write=write)
         done += 1
-    log(f"batch: {done} generated, {skipped} already complete, {len(items)} total in {out_dir}")
+    if write:
+        log(f"batch: {done} generated, {skipped} already complete, {len(items)} total in {out_dir}")
     return {"generated": done, "skipped": skipped, "total": len(items)}

@@ -1,0 +1,186 @@
+"""Denoising speed and memory per preset, against the official-style eager two-pass baseline.
+
+Builds the transformer with random weights directly on the device (no checkpoint needed): the
+real 14B I2V config on a GPU, a scaled config on a CPU. Everything is measured in this one run,
+so the ratios compare like with like.
+
+    python benchmarks/speed.py                      # GPU: 14B at 480x832x81; CPU: scaled model
+    python benchmarks/speed.py --steps 40 --video   # also time whole denoising loops with caches
+
+Rows: one denoising step (two guidance branches) per preset: `eager two-pass` (the official
+computation), `batched CFG`, `batched CFG + regional compile` (GPU), `lowmem` (group offloading);
+then step caches over a whole loop, with their output difference against the uncached loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def transformer_config(scaled: bool) -> dict:
+    if not scaled:  # the real Wan2.1-I2V-14B / MAGREF transformer
+        return dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096, image_dim=1280, added_kv_proj_dim=5120)
+    return dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=4, text_dim=256, image_dim=128, added_kv_proj_dim=256)
+
+
+def build(cfg: dict, device, dtype):
+    from diffusers import WanTransformer3DModel
+
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()  # the fp32-module casting advice is handled below
+    with torch.device(device):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), in_channels=36, out_channels=16, freq_dim=256, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **cfg,
+        )
+    model = model.to(dtype)
+    for name, module in model.named_modules():  # diffusers keeps these in float32 for stability
+        if any(k in name.split(".") for k in model._keep_in_fp32_modules or []):
+            module.to(torch.float32)
+    return model.eval().requires_grad_(False)
+
+
+def step_flops(cfg: dict, tokens: int, text_len: int = 512, image_len: int = 257) -> float:
+    """Forward FLOPs of one transformer pass (matmuls only)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    per_layer = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * cfg["ffn_dim"])  # self qkvo, cross q/o, ffn
+    per_layer += 2 * (text_len + image_len) * 4 * d * d  # cross k/v on text and image tokens
+    per_layer += 4 * tokens * tokens * d + 4 * tokens * (text_len + image_len) * d  # attention scores and values
+    return cfg["num_layers"] * per_layer
+
+
+def inputs(cfg, frames, height, width, device, dtype, batch=1):
+    t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, 36, t, h, w, generator=g).to(device, dtype)
+    text = torch.randn(batch, 512, cfg["text_dim"], generator=g).to(device, dtype)
+    image = torch.randn(batch, 257, cfg["image_dim"], generator=g).to(device, dtype)
+    return x, text, image, t * (h // 2) * (w // 2)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(model, x, text, image, batched: bool, device, repeats: int) -> float:
+    ts = torch.tensor([500], device=device)
+    neg = text.flip(1)
+
+    def one():
+        if batched:
+            model(torch.cat([x, x]), ts.repeat(2), torch.cat([text, neg]), torch.cat([image, image]), return_dict=False)
+        else:
+            model(x, ts, text, image, return_dict=False)
+            model(x, ts, neg, image, return_dict=False)
+
+    with torch.no_grad():
+        one()  # warm-up (and compilation)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            one()
+        sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def peak_memory_gib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--video", action="store_true", help="also time whole loops with step caches")
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    cfg = transformer_config(scaled=not gpu)
+    frames, height, width = (81, 480, 832) if gpu else (17, 128, 224)
+    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    peak = next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None) if gpu else None
+
+    model = build(cfg, device, dtype)
+    x, text, image, tokens = inputs(cfg, frames, height, width, device, dtype)
+    flops = 2 * step_flops(cfg, tokens)  # two guidance branches per step
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    print(f"\ndevice: {name}; transformer {'real 14B' if gpu else 'scaled'} config, {params:.2f} B params, {dtype}; "
+          f"video {width}x{height}x{frames} -> {tokens} tokens; {flops / 1e12:.2f} TFLOP per denoising step\n")
+    print("| variant | s / step | vs eager two-pass | TFLOP/s | MFU | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|")
+    base = None
+
+    def row(label, seconds):
+        nonlocal base
+        base = base or seconds
+        tflops = flops / seconds / 1e12
+        mfu = f"{tflops / peak:.1%}" if peak else "n/a (CPU)"
+        print(f"| {label} | {seconds:.3f} | {base / seconds:.2f}x | {tflops:.3f} | {mfu} | {peak_memory_gib(device):.2f} |")
+
+    row("eager two-pass (official)", time_step(model, x, text, image, False, device, args.repeats))
+    row("batched CFG", time_step(model, x, text, image, True, device, args.repeats))
+    if gpu:
+        model.compile_repeated_blocks(fullgraph=True)
+        row("batched CFG + regional compile", time_step(model, x, text, image, True, device, args.repeats))
+    else:
+        print("| batched CFG + regional compile | not measured (CPU) | | | | |")
+    lowmem = build(cfg, "cpu", dtype)
+    lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    row("lowmem (group offloading, block level)", time_step(lowmem, x, text, image, False, device, args.repeats))
+    del lowmem
+    if args.video:
+        video_rows(model if not gpu else build(cfg, device, dtype), cfg, x, text, image, device, args.steps)
+
+
+def video_rows(model, cfg, x, text, image, device, steps):
+    """Whole denoising loops (UniPC, official sigmas) with and without step caches."""
+    from magref import acceleration as acc
+    from magref.schedulers import make_scheduler
+
+    class P:  # the one attribute enable_step_cache needs
+        transformer = model
+
+    def loop():
+        s = make_scheduler("unipc", 3.0)
+        s.set_timesteps(steps, device=device)
+        lat = x[:, :16].float().clone()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for t in s.timesteps:
+                inp = torch.cat([lat, x[:, 16:].float()], 1).to(x.dtype)
+                with model.cache_context("cond"):
+                    c = model(inp, t.expand(1), text, image, return_dict=False)[0].float()
+                with model.cache_context("uncond"):
+                    u = model(inp, t.expand(1), text.flip(1), image, return_dict=False)[0].float()
+                lat = s.step(u + 5.0 * (c - u), t, lat, return_dict=False)[0]
+        sync(device)
+        return lat, time.perf_counter() - t0
+
+    ref, base = loop()
+    print(f"\n| whole loop, {steps} steps | seconds | speed-up | max abs diff vs uncached | relative |")
+    print("|---|---|---|---|---|")
+    print(f"| no cache | {base:.2f} | 1.00x | 0 | 0 |")
+    for kind, params in (("fbcache", {"threshold": 0.05}), ("fbcache", {"threshold": 0.2}), ("taylorseer", {})):
+        acc.enable_step_cache(P, kind, **params)
+        out, seconds = loop()
+        acc.disable_step_cache(P)
+        diff = (out - ref).abs().max().item()
+        print(f"| {kind} {params or ''} | {seconds:.2f} | {base / seconds:.2f}x | {diff:.3e} | {diff / ref.abs().max().item():.3e} |")
+
+
+if __name__ == "__main__":
+    main()

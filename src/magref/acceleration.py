@@ -1,0 +1,144 @@
+"""Speed and memory options for MagrefPipeline, all from diffusers' own machinery.
+
+- batched CFG: conditional and unconditional passes in one forward (pipeline flag)
+- attention backend: diffusers' attention dispatcher (native SDPA, flash, sage, flex, ...)
+- regional torch.compile of the repeated transformer block (`compile_repeated_blocks`)
+- step caches: diffusers hooks (first-block cache, TaylorSeer)
+- low memory: group offloading with CUDA streams, VAE tiling
+- multi-GPU: diffusers context parallelism (Ulysses) under torchrun
+Presets bundle them: `quality` is the official computation (two eager passes), `fast` adds
+batched CFG and regional compile, `lowmem` streams weights from host memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from unittest import mock
+
+import torch
+
+from .errors import MagrefInputError
+
+PRESETS = {
+    "quality": dict(batched_cfg=False, compile=False, offload=False),
+    "fast": dict(batched_cfg=True, compile=True, offload=False),
+    "lowmem": dict(batched_cfg=False, compile=False, offload=True),
+}
+CACHES = ("none", "fbcache", "taylorseer")
+
+
+def apply_preset(pipe, preset: str, device: torch.device) -> dict:
+    """Configure `pipe` for `preset` on `device`; returns what was applied (for the sidecar)."""
+    if preset not in PRESETS:
+        raise MagrefInputError(f"Unknown preset {preset!r}.", f"use one of {', '.join(PRESETS)}.")
+    opts = PRESETS[preset]
+    applied = {"preset": preset, "device": str(device), "batched_cfg": opts["batched_cfg"]}
+    pipe.batched_cfg = opts["batched_cfg"]
+    if opts["offload"]:
+        enable_lowmem(pipe, device)
+        applied["offload"] = "group offloading (transformer: block level; encoders: leaf level) + VAE tiling"
+    else:
+        pipe.to(device)
+    # Inductor on CPU compiles for minutes and gains little; compile where it pays.
+    if opts["compile"] and device.type == "cuda":
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        applied["compile"] = "regional (WanTransformerBlock)"
+    return applied
+
+
+def enable_lowmem(pipe, onload_device: torch.device) -> None:
+    """Keep weights in host memory and stream them to `onload_device` as they are needed: the
+    transformer block by block (CUDA streams overlap the copies with compute), the encoders
+    layer by layer; the VAE decodes in tiles."""
+    from diffusers.hooks import apply_group_offloading
+
+    offload = torch.device("cpu")
+    stream = onload_device.type == "cuda"
+    pipe.transformer.enable_group_offload(
+        onload_device=onload_device, offload_device=offload, offload_type="block_level", num_blocks_per_group=1, use_stream=stream
+    )
+    for name in ("text_encoder", "image_encoder"):
+        apply_group_offloading(getattr(pipe, name), onload_device=onload_device, offload_device=offload, offload_type="leaf_level", use_stream=stream)
+    pipe.vae.to(onload_device)
+    pipe.vae.enable_tiling()
+
+
+def enable_step_cache(pipe, kind: str, **params) -> dict:
+    """Reuse transformer computations across denoising steps (diffusers cache hooks)."""
+    if kind == "none":
+        return {"cache": "none"}
+    if kind == "fbcache":
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        config = FirstBlockCacheConfig(threshold=params.get("threshold", 0.05))
+    elif kind == "taylorseer":
+        from diffusers.hooks import TaylorSeerCacheConfig
+
+        config = TaylorSeerCacheConfig(
+            cache_interval=params.get("cache_interval", 5), disable_cache_before_step=params.get("disable_cache_before_step", 3),
+            max_order=params.get("max_order", 1), taylor_factors_dtype=torch.float32,
+            # diffusers' default patterns ("^blocks.*attn", full match) miss Wan's attn1/attn2/ffn
+            cache_identifiers=params.get("cache_identifiers", [r"blocks\.\d+\.(attn1|attn2|ffn)"]),
+        )
+    else:
+        raise MagrefInputError(f"Unknown step cache {kind!r}.", f"use one of {', '.join(CACHES)}.")
+    pipe.transformer.enable_cache(config)
+    return {"cache": kind, **{k: v for k, v in vars(config).items() if isinstance(v, (int, float, str)) or v is None}}
+
+
+def disable_step_cache(pipe) -> None:
+    if getattr(pipe.transformer, "is_cache_enabled", False):
+        pipe.transformer.disable_cache()
+
+
+def set_attention_backend(pipe, backend: str | None) -> None:
+    if backend:
+        try:
+            pipe.transformer.set_attention_backend(backend)
+        except Exception as e:
+            raise MagrefInputError(f"Attention backend {backend!r} is not usable here ({e}).", "use 'native', or install the backend's package.") from None
+
+
+@contextmanager
+def _accelerator_count_at_least_one():
+    # diffusers computes `rank % torch.accelerator.device_count()` to pick a device, which divides
+    # by zero on a CPU-only machine; with gloo the device is the CPU whatever the count says.
+    if torch.accelerator.device_count() > 0:
+        yield
+    else:
+        with mock.patch.object(torch.accelerator, "device_count", lambda: 1):
+            yield
+
+
+def enable_context_parallel(pipe, ulysses_degree: int | None = None) -> int:
+    """Split the transformer's sequence across the processes of torch.distributed (Ulysses
+    attention: all-to-all over heads). Every rank runs the same loop and ends with the same
+    latents. Returns the degree."""
+    import torch.distributed as dist
+    from diffusers import ContextParallelConfig
+
+    if not dist.is_initialized():
+        raise MagrefInputError("Context parallelism needs several processes.", "launch with torchrun --nproc_per_node N -m magref.cli ...")
+    degree = ulysses_degree or dist.get_world_size()
+    heads = pipe.transformer.config.num_attention_heads
+    if heads % degree:
+        raise MagrefInputError(f"{heads} attention heads do not split over {degree} processes.", f"use a process count that divides {heads}.")
+    pipe.transformer.set_attention_backend("native")
+    with _accelerator_count_at_least_one():
+        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
+    return degree
+
+
+def init_distributed_from_env() -> tuple[int, int]:
+    """(rank, world size); initialises the default group when torchrun started us."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

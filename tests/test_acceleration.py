@@ -1,0 +1,106 @@
+"""Speed/memory options on CPU: batched CFG equals two passes, caches run and their difference is
+reported, offload paths run, context parallelism over 2 gloo processes reproduces 1 process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from magref import acceleration as acc
+from magref.tiny import tiny_random_pipeline
+
+REFS = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
+KW = dict(prompt="a red block and a green block", references=REFS, height=64, width=96, num_frames=9, num_inference_steps=6, output_type="latent")
+
+
+def _latents(pipe, **kw):
+    return pipe(**{**KW, **kw}, generator=torch.Generator().manual_seed(0)).frames
+
+
+def test_batched_cfg_equals_two_passes():
+    pipe = tiny_random_pipeline()
+    two = _latents(pipe, batched_cfg=False)
+    one = _latents(pipe, batched_cfg=True)
+    torch.testing.assert_close(one, two, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,params", [("fbcache", {"threshold": 0.5}), ("taylorseer", {"cache_interval": 2, "disable_cache_before_step": 2})])
+def test_step_cache_runs_and_difference_is_reported(kind, params):
+    pipe = tiny_random_pipeline()
+    reference = _latents(pipe)
+    calls = {"n": 0}
+    # cache hooks still enter a skipped module but run none of its layers: count an inner layer
+    hook = pipe.transformer.blocks[-1].ffn.net[0].proj.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    _latents(pipe)
+    uncached_calls = calls["n"]
+    calls["n"] = 0
+    info = acc.enable_step_cache(pipe, kind, **params)
+    cached = _latents(pipe)
+    acc.disable_step_cache(pipe)
+    hook.remove()
+    assert info["cache"] == kind
+    diff = (cached - reference).abs().max().item()
+    rel = diff / reference.abs().max().item()
+    print(f"{kind}: max abs diff vs uncached {diff:.3e} (relative {rel:.3e}), last-block FFN calls {calls['n']}/{uncached_calls}")
+    assert torch.isfinite(cached).all()
+    assert calls["n"] < uncached_calls, "the cache skipped no computation"
+    assert rel < 1.0
+
+
+def test_lowmem_preset_runs_and_matches():
+    reference = _latents(tiny_random_pipeline())
+    pipe = tiny_random_pipeline()
+    applied = acc.apply_preset(pipe, "lowmem", torch.device("cpu"))
+    assert "group offloading" in applied["offload"]
+    torch.testing.assert_close(_latents(pipe), reference, atol=1e-5, rtol=0)
+
+
+def test_fast_preset_on_cpu_is_batched_cfg():
+    pipe = tiny_random_pipeline()
+    applied = acc.apply_preset(pipe, "fast", torch.device("cpu"))
+    assert applied["batched_cfg"] and pipe.batched_cfg and "compile" not in applied
+
+
+CP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+from PIL import Image
+from magref import acceleration as acc
+from magref.tiny import tiny_random_pipeline
+rank, world = acc.init_distributed_from_env()
+pipe = tiny_random_pipeline()
+if world > 1:
+    acc.enable_context_parallel(pipe)
+refs = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
+out = pipe(prompt="a red block", references=refs, height=64, width=96, num_frames=9, num_inference_steps=3,
+           output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+torch.save(out, f"{sys.argv[1]}.rank{rank}.pt")
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
+    script = tmp_path / "cp.py"
+    script.write_text(CP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    ref = torch.load(tmp_path / "one.rank0.pt", weights_only=True)
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(tmp_path / f"two.rank{rank}.pt", weights_only=True), ref, atol=1e-5, rtol=0)
