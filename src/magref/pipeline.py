@@ -170,6 +170,18 @@ class MagrefPipeline(WanImageToVideoPipeline):
             return self.scheduler
         return make_scheduler(solver or current, self.scheduler.config.flow_shift if shift is None else shift)
 
+    def predict_velocity(self, model_input, timestep, text_embeds, image_embeds, attention_kwargs, cache_context: str) -> torch.Tensor:
+        """One transformer pass; `cache_context` keeps step-cache state apart per guidance branch."""
+        with self.transformer.cache_context(cache_context):
+            return self.transformer(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=text_embeds,
+                encoder_hidden_states_image=image_embeds,
+                attention_kwargs=attention_kwargs,
+                return_dict=False,
+            )[0].float()
+
     @torch.no_grad()
     def denoise(
         self,
@@ -200,38 +212,17 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 model_input = channel_concat(latents, condition).to(dtype)  # (B, 36, T, h, w)
                 timestep = t.expand(model_input.shape[0])
                 if negative_prompt_embeds is not None and batched_cfg:
-                    with self.transformer.cache_context("cfg"):
-                        both = self.transformer(
-                            hidden_states=torch.cat([model_input, model_input]),
-                            timestep=torch.cat([timestep, timestep]),
-                            encoder_hidden_states=torch.cat([prompt_embeds, negative_prompt_embeds]),
-                            encoder_hidden_states_image=torch.cat([image_embeds, image_embeds]),
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0].float()
+                    both = self.predict_velocity(
+                        torch.cat([model_input, model_input]), torch.cat([timestep, timestep]),
+                        torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([image_embeds, image_embeds]), attention_kwargs, "cfg",
+                    )
                     noise_pred, noise_uncond = both.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 else:
-                    with self.transformer.cache_context("cond"):
-                        noise_pred = self.transformer(
-                            hidden_states=model_input,
-                            timestep=timestep,
-                            encoder_hidden_states=prompt_embeds,
-                            encoder_hidden_states_image=image_embeds,
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0].float()
+                    noise_pred = self.predict_velocity(model_input, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond")
                     if negative_prompt_embeds is not None:
-                        with self.transformer.cache_context("uncond"):
-                            noise_uncond = self.transformer(
-                                hidden_states=model_input,
-                                timestep=timestep,
-                                encoder_hidden_states=negative_prompt_embeds,
-                                encoder_hidden_states_image=image_embeds,
-                                attention_kwargs=attention_kwargs,
-                                return_dict=False,
-                            )[0].float()
-                        noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+                        noise_uncond = self.predict_velocity(model_input, timestep, negative_prompt_embeds, image_embeds, attention_kwargs, "uncond")
+                if negative_prompt_embeds is not None:
+                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
