@@ -179,6 +179,38 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench_generate(args) -> int:
+    from .bench.cases import load_cases
+    from .jobs import BatchItem, GenerationSettings, run_batch
+    from .models import load_pipeline, model_fingerprint
+
+    cases = load_cases(args.cases)
+    items = [BatchItem(c.id, GenerationSettings(prompt=c.prompt, refs=[r.path for r in c.refs], **_settings_dict(args))) for c in cases]
+    for it in items:
+        it.settings.validate()
+    pipe = load_pipeline(args.model)
+    rank, accel = _accelerate(pipe, args)
+    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe), acceleration=accel, write=rank == 0)
+    return 0
+
+
+def cmd_bench_score(args) -> int:
+    from .bench.cases import load_cases
+    from .bench.report import write_report
+
+    cases = load_cases(args.cases)
+    folders = [Path(d) for d in args.videos_dirs]
+    for d in folders:
+        if not d.is_dir():
+            raise MagrefInputError(f"Video folder {d} does not exist.", "pass folders holding <case id>.mp4 files.")
+    weights = {}
+    for item in args.weights or []:
+        key, _, value = item.partition("=")
+        weights[key] = value
+    write_report(cases, folders, Path(args.out), weights)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -233,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level config value")
     p.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="the multi-subject benchmark").add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("generate", help="generate <id>.mp4 for every case (resumable, as magref batch)")
+    p.add_argument("cases")
+    p.add_argument("--out-dir", required=True)
+    _add_generation_options(p, batch=True)
+    p.set_defaults(func=cmd_bench_generate)
+    p = bench.add_parser("score", help="score one or more folders of videos; side-by-side report")
+    p.add_argument("cases")
+    p.add_argument("videos_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--weights", action="append", metavar="KEY=PATH", help="weights for metrics that need them (face, clip, dino, opens2v_*)")
+    p.set_defaults(func=cmd_bench_score)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The multi-subject benchmark: cases (`cases`), metrics (`metrics`), reports (`report`)."""

@@ -1,0 +1,143 @@
+"""`magref bench score`: score one or more folders of videos on the same cases, side by side.
+
+Writes report.json (every number and every "not computed" reason), report.md (tables),
+metrics.png (aggregates per folder) and a self-contained report.html with thumbnails.
+Aggregates are broken down by number of subjects and by reference kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..io import load_reference, read_video
+from .cases import Case
+from .metrics import COPY_PASTE_FLAG, REGISTRY, MetricInput, score_video
+
+
+def score_folder(cases: list[Case], videos_dir: Path, weights: dict[str, str]) -> dict:
+    per_case = {}
+    for case in cases:
+        video = videos_dir / f"{case.id}.mp4"
+        if not video.is_file():
+            per_case[case.id] = {"missing": f"no {video.name} in {videos_dir}"}
+            continue
+        frames = read_video(video)
+        refs = [(load_reference(r.path), r.kind) for r in case.refs]
+        scores = score_video(MetricInput(frames, refs, case.prompt), weights)
+        per_case[case.id] = {
+            name: ({"value": s.value, "per_reference": s.per_reference} if s.value is not None else {"not_computed": s.reason})
+            for name, s in scores.items()
+        }
+        cp = scores.get("copy_paste")
+        per_case[case.id]["copy_paste_flag"] = bool(cp and cp.value is not None and cp.value > COPY_PASTE_FLAG)
+    return per_case
+
+
+def aggregate(cases: list[Case], per_case: dict) -> dict:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for c in cases:
+        groups["all"].append(c.id)
+        groups[f"{len(c.refs)} subject{'s' if len(c.refs) > 1 else ''}"].append(c.id)
+        for kind in sorted({r.kind for r in c.refs}):
+            groups[f"kind: {kind}"].append(c.id)
+    out = {}
+    for group, ids in groups.items():
+        row = {}
+        for name in REGISTRY:
+            values = [per_case[i][name]["value"] for i in ids if name in per_case.get(i, {}) and "value" in per_case[i][name]]
+            reasons = {per_case[i][name]["not_computed"] for i in ids if name in per_case.get(i, {}) and "not_computed" in per_case[i][name]}
+            if values:
+                row[name] = {"mean": float(np.mean(values)), "sem": float(np.std(values) / np.sqrt(len(values))), "n": len(values)}
+            elif reasons:
+                row[name] = {"not_computed": sorted(reasons)[0]}
+        row["copy_paste_flags"] = sum(bool(per_case.get(i, {}).get("copy_paste_flag")) for i in ids)
+        out[group] = row
+    return out
+
+
+def _thumb(video: Path) -> str:
+    if not video.is_file():
+        return ""
+    frames = read_video(video)
+    im = Image.fromarray(frames[len(frames) // 2])
+    im.thumbnail((160, 160))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _cell(entry: dict) -> str:
+    if "mean" in entry:
+        return f"{entry['mean']:.4f} ± {entry['sem']:.4f}"
+    return f"not computed ({entry['not_computed']})"
+
+
+def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dict[str, str] | None = None, log=print) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    weights = weights or {}
+    results = {}
+    for folder in folders:
+        per_case = score_folder(cases, folder, weights)
+        results[folder.name] = {"folder": str(folder), "per_case": per_case, "aggregate": aggregate(cases, per_case)}
+    names = [f.name for f in folders]
+    report = {"cases": [c.to_dict() for c in cases], "metrics": {k: {"description": m.description, "higher_is_better": m.higher_is_better, "label": m.label}
+              for k, m in REGISTRY.items()}, "results": results}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+
+    # report.md: aggregate table per group, folders side by side
+    lines = ["# Benchmark report", "", f"{len(cases)} cases; folders: {', '.join(names)}", ""]
+    for group in results[names[0]]["aggregate"]:
+        lines += [f"## {group}", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for metric in REGISTRY:
+            arrow = "↑" if REGISTRY[metric].higher_is_better else "↓"
+            row = [_cell(results[n]["aggregate"][group].get(metric, {"not_computed": "-"})) for n in names]
+            lines.append(f"| {metric} {arrow} | " + " | ".join(row) + " |")
+        lines.append("| copy-paste flags | " + " | ".join(str(results[n]["aggregate"][group]["copy_paste_flags"]) for n in names) + " |")
+        lines.append("")
+    md = "\n".join(lines)
+    (out / "report.md").write_text(md)
+
+    _plot(results, names, out / "metrics.png")
+
+    rows = []
+    for c in cases:
+        thumbs = "".join(f"<td><img src='{_thumb(f / (c.id + '.mp4'))}'><br>{html.escape(f.name)}</td>" for f in folders)
+        rows.append(f"<tr><td><b>{html.escape(c.id)}</b><br>{html.escape(c.prompt)}</td>{thumbs}</tr>")
+    tables = md.replace("&", "&amp;").replace("<", "&lt;")
+    (out / "report.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>magref benchmark</title>"
+        "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px}</style>"
+        f"<h1>magref benchmark</h1><img src='data:image/png;base64,{base64.b64encode((out / 'metrics.png').read_bytes()).decode()}'>"
+        f"<pre>{tables}</pre><table>{''.join(rows)}</table>"
+    )
+    log(md.split("\n## ")[1].split("\n", 1)[1] if "\n## " in md else md)
+    log(f"wrote {out}/report.json, report.md, metrics.png, report.html")
+    return report
+
+
+def _plot(results: dict, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in REGISTRY if any("mean" in results[n]["aggregate"]["all"].get(m, {}) for n in names)]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3 * max(1, len(metrics)), 3))
+    axes = np.atleast_1d(axes)
+    for ax, m in zip(axes, metrics):
+        vals = [results[n]["aggregate"]["all"].get(m, {}).get("mean", np.nan) for n in names]
+        errs = [results[n]["aggregate"]["all"].get(m, {}).get("sem", 0) for n in names]
+        ax.bar(range(len(names)), vals, yerr=errs)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(m + (" ↑" if REGISTRY[m].higher_is_better else " ↓"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

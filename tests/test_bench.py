@@ -1,0 +1,132 @@
+"""Benchmark: truth-known metric behaviour, OpenS2V weighting, the score command's report."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import run_cli
+from magref.bench.cases import load_cases
+from magref.bench.metrics import MetricInput, opens2v_total, score_video
+from magref.io import read_video, write_video
+from videos import moving_subject_video
+
+
+def ball(colour, size=64):
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((2, 2, size - 3, size - 3), fill=(*colour, 255))
+    d.rectangle((size // 2 - 5, size // 2 - 5, size // 2 + 5, size // 2 + 5), fill=(250, 250, 60, 255))
+    return im
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    ball((220, 40, 40)).save(root / "red.png")
+    cases = [{"id": "red", "prompt": "a red ball rolls", "refs": [{"path": "red.png", "kind": "object"}], "tags": ["single"]}]
+    (root / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    folders = {}
+    # the right subject, moving
+    folders["right"] = root / "right"
+    moving_subject_video(folders["right"] / "red.mp4", colour=(220, 40, 40), frames=16, size=(64, 96))
+    # a different subject, moving
+    folders["wrong"] = root / "wrong"
+    moving_subject_video(folders["wrong"] / "red.mp4", colour=(40, 60, 220), frames=16, size=(64, 96))
+    # a static paste of the reference on the white canvas
+    canvas = Image.new("RGB", (96, 64), (255, 255, 255))
+    canvas.paste(ball((220, 40, 40), 64), (16, 0), ball((220, 40, 40), 64))
+    folders["paste"] = root / "paste"
+    write_video(folders["paste"] / "red.mp4", np.stack([np.asarray(canvas)] * 16), 8)
+    # noise
+    folders["noise"] = root / "noise"
+    write_video(folders["noise"] / "red.mp4", np.random.default_rng(0).integers(0, 256, (16, 64, 96, 3), dtype=np.uint8), 8)
+    return root, folders
+
+
+def _scores(root, folder):
+    case = load_cases(root / "cases.jsonl")[0]
+    refs = [(Image.open(r.path), r.kind) for r in case.refs]
+    return score_video(MetricInput(read_video(folder / "red.mp4"), refs, case.prompt), {})
+
+
+def test_identity_prefers_the_referenced_subject(world):
+    root, f = world
+    assert _scores(root, f["right"])["subject_colour"].value > _scores(root, f["wrong"])["subject_colour"].value + 0.1
+
+
+def test_static_paste_is_flagged(world):
+    root, f = world
+    assert _scores(root, f["paste"])["copy_paste"].value > 0.8
+    for name in ("right", "wrong", "noise"):
+        assert _scores(root, f[name])["copy_paste"].value < 0.5, name
+
+
+def test_noise_scores_worst_on_quality(world):
+    root, f = world
+    q = {name: _scores(root, folder)["quality"].value for name, folder in f.items()}
+    assert q["noise"] == min(q.values()) and q["noise"] < 0.5 * min(v for k, v in q.items() if k != "noise")
+    assert _scores(root, f["right"])["motion"].value > _scores(root, f["paste"])["motion"].value
+
+
+def test_missing_weights_are_not_computed_with_a_reason(world):
+    root, f = world
+    s = _scores(root, f["right"])
+    for name in ("face_identity", "clip_score", "dino_subject", "opens2v_nexus"):
+        assert s[name].value is None and s[name].reason.startswith("no weights given"), (name, s[name])
+
+
+def test_opens2v_total_weighting():
+    values = {"aesthetics": 5.5, "motion_smoothness": 0.9, "motion_amplitude": 0.3, "facesim": 0.3, "gme": 0.6, "nexus": 0.04, "natural": 3.0}
+    expected = 100 * (0.16 * 0.5 + 0.06 * 0.9 + 0.02 * 0.3 + 0.20 * 0.3 + 0.12 * 0.6 + 0.20 * 0.8 + 0.24 * 0.5)
+    assert opens2v_total(values) == pytest.approx(expected)
+    human = 100 * (0.18 * 0.5 + 0.09 * 0.9 + 0.03 * 0.3 + 0.25 * 0.3 + 0.15 * 0.6 + 0.30 * 0.5)
+    assert opens2v_total(values, "human") == pytest.approx(human)
+    assert opens2v_total({**values, "aesthetics": 9.0}) - opens2v_total(values) == pytest.approx(100 * 0.16 * 0.5)  # clamped at 7
+    assert opens2v_total({**values, "aesthetics": 2.0}) - opens2v_total(values) == pytest.approx(-100 * 0.16 * 0.5)  # clamped at 4
+    with pytest.raises(ValueError):
+        opens2v_total({"aesthetics": 5.0})
+
+
+def test_bench_score_three_folders_side_by_side(world, tmp_path):
+    root, f = world
+    out = tmp_path / "report"
+    rc, stdout, err = run_cli("bench", "score", root / "cases.jsonl", f["right"], f["wrong"], f["paste"], "--out", out)
+    assert rc == 0, err
+    assert "| metric | right | wrong | paste |" in stdout  # the side-by-side table is printed
+    for name in ("report.json", "report.md", "metrics.png", "report.html"):
+        assert (out / name).stat().st_size > 100, name
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"right", "wrong", "paste"}
+    assert report["results"]["paste"]["aggregate"]["all"]["copy_paste_flags"] == 1
+    md = (out / "report.md").read_text()
+    assert "not computed (no weights given" in md and "## 1 subject" in md and "## kind: object" in md
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_importers(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "official.txt").write_text("one@@a man waves@@a.png@@b.png\n")
+    cases = load_cases(tmp_path / "official.txt")
+    assert cases[0].id == "one" and len(cases[0].refs) == 2 and cases[0].refs[0].kind == "object"
+    (tmp_path / "opens2v.json").write_text(json.dumps([{"id": "x", "prompt": "p", "img_paths": ["a.png"], "types": ["human"], "domain": "open"}]))
+    cases = load_cases(tmp_path / "opens2v.json")
+    assert cases[0].refs[0].kind == "face" and cases[0].tags == ["open"]
+
+
+def test_bundled_cases_generate_and_score(tmp_path):
+    from conftest import ROOT
+
+    cases_file = ROOT / "src" / "magref" / "assets" / "bench" / "cases.jsonl"
+    cases = load_cases(cases_file)
+    assert len(cases) == 3 and all(Image.open(r.path) for c in cases for r in c.refs)
+    out = tmp_path / "videos"
+    small = ["--model", "tiny-random", "--height", "64", "--width", "96", "--frames", "9", "--steps", "2"]
+    rc, _, err = run_cli("bench", "generate", cases_file, "--out-dir", out, *small)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(f"{c.id}.mp4" for c in cases)
+    rc, stdout, err = run_cli("bench", "score", cases_file, out, "--out", tmp_path / "report")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["results"]["videos"]["aggregate"]) >= {"all", "1 subject", "2 subjects", "kind: face", "kind: object"}
