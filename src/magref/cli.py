@@ -91,11 +91,14 @@ def cmd_batch(args) -> int:
     from .jobs import parse_batch
 
     items = parse_batch(args.file, _settings_dict(args))
+    return _run_items(args, items)
 
+
+def _run_items(args, items) -> int:
+    """Validate every item before loading the model (a bad item costs nothing), then run them."""
     from .jobs import run_batch
     from .models import load_pipeline, model_fingerprint
 
-    # Validate every item before loading the model: a bad item costs nothing.
     for it in items:
         it.settings.validate()
     pipe = load_pipeline(args.model)
@@ -181,17 +184,11 @@ def cmd_train(args) -> int:
 
 def cmd_bench_generate(args) -> int:
     from .bench.cases import load_cases
-    from .jobs import BatchItem, GenerationSettings, run_batch
-    from .models import load_pipeline, model_fingerprint
+    from .jobs import BatchItem, GenerationSettings
 
     cases = load_cases(args.cases)
     items = [BatchItem(c.id, GenerationSettings(prompt=c.prompt, refs=[r.path for r in c.refs], **_settings_dict(args))) for c in cases]
-    for it in items:
-        it.settings.validate()
-    pipe = load_pipeline(args.model)
-    rank, accel = _accelerate(pipe, args)
-    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe), acceleration=accel, write=rank == 0)
-    return 0
+    return _run_items(args, items)
 
 
 def cmd_bench_score(args) -> int:
