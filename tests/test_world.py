@@ -44,3 +44,19 @@ def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
     held = ClipDataset(tmp_path / "held")
     assert all(is_held_out(j) for i in range(len(held)) for j in held[i].meta["identities"])
     assert all(len(held[i].subjects) == 2 for i in range(len(held)))
+
+
+def test_world_train_stages_run_end_to_end(tmp_path):
+    """A few steps of every stage (VAE, data, DiT), then the result generates a video."""
+    from conftest import run_cli
+
+    out = tmp_path / "w"
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--clips", "8", "--dit-steps", "2", "--batch-size", "2")
+    assert rc == 0, err[-2000:]
+    vae_cfg = __import__("json").loads((out / "vae" / "model" / "config.json").read_text())
+    assert len(vae_cfg["latents_std"]) == 16 and vae_cfg["latents_std"] != [1.0] * 16  # measured, not defaults
+    ref = tmp_path / "ref.png"
+    render_subject(identity(5), 48).save(ref)
+    rc, _, err = run_cli("generate", "--model", out / "dit" / "final", "--prompt", "a red triangle moves", "--ref", ref,
+                         "--height", "64", "--width", "64", "--frames", "13", "--steps", "2", "--out", tmp_path / "v.mp4")
+    assert rc == 0, err[-2000:]

@@ -208,6 +208,20 @@ def cmd_bench_score(args) -> int:
     return 0
 
 
+def cmd_world_build(args) -> int:
+    from .world.build import build_world_dataset
+
+    build_world_dataset(args.out, args.clips, args.split, seed=args.seed, frames=args.frames, subjects=args.subjects)
+    return 0
+
+
+def cmd_world_train(args) -> int:
+    from .world.train import run
+
+    run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -275,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--weights", action="append", metavar="KEY=PATH", help="weights for metrics that need them (face, clip, dino, opens2v_*)")
     p.set_defaults(func=cmd_bench_score)
+
+    world = sub.add_parser("world", help="the procedural world and the miniature MAGREF").add_subparsers(dest="world_command", required=True)
+    p = world.add_parser("build", help="write world clips as a training/evaluation dataset")
+    p.add_argument("out")
+    p.add_argument("--clips", type=int, default=1000)
+    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    p.add_argument("--subjects", type=int, default=1)
+    p.add_argument("--frames", type=int, default=13)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_world_build)
+    p = world.add_parser("train", help="train the miniature MAGREF from scratch (resumable; hours on a CPU)")
+    p.add_argument("--out", default="~/.cache/magref/world")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--clips", type=int, default=4000)
+    p.add_argument("--dit-steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_world_train)
     return parser
 
 

@@ -1,0 +1,169 @@
+"""`magref world train`: the miniature MAGREF, from scratch, on the procedural world.
+
+Stages (each resumable; everything lives under --out, by default ~/.cache/magref/world):
+1. vae      a small Wan VAE (base width 16, 16 latent channels) learns to reconstruct world
+            frames: single frames first (the causal VAE codes frame 0 alone), then clips;
+            per-channel latent mean/std are measured afterwards and stored in its config.
+2. data     single-subject training clips from training identities only (tar shards).
+3. dit      the MAGREF transformer (36 input channels) trained with `magref train`'s Trainer:
+            flow matching with region-aware dynamic masking. The text and image encoders are
+            small, random and frozen: their features still identify words and canvases.
+Stage outputs: vae/ (checkpoints), base/ (pipeline before DiT training), data/, dit/ (Trainer run,
+dit/final is the trained pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .build import build_world_dataset, identity_ids
+from .clips import make_clip
+from .render import identity
+
+FRAMES, SIZE = 13, 64
+
+
+def miniature_components(seed: int = 0) -> dict:
+    """Same family as the real model, sized for a 2-core CPU."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    from ..schedulers import make_scheduler
+    from ..tiny import byte_tokenizer
+    from ..checkpoints import clip_image_processor
+
+    tokenizer = byte_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                                   relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0))
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                                         image_size=56, patch_size=14, projection_dim=32, hidden_act="gelu"))
+        vae = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True])
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=36, out_channels=16,
+                                            text_dim=64, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
+                                            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=256, rope_max_seq_len=256)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, scheduler=make_scheduler("unipc", 3.0),
+                image_encoder=image_encoder.eval(), transformer=transformer, image_processor=clip_image_processor(56))
+
+
+def world_frames(rng: np.random.Generator, batch: int, frames: int) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1]: random training-identity clips (1-3 subjects)."""
+    pool = identity_ids("train")
+    clips = []
+    for _ in range(batch):
+        n = int(rng.integers(1, 4))
+        ids = rng.choice(pool, size=n, replace=False)
+        clip = make_clip([identity(int(i)) for i in ids], rng, frames=max(frames, 2), height=SIZE, width=SIZE)
+        start = int(rng.integers(0, clip.frames.shape[0] - frames + 1))
+        clips.append(clip.frames[start : start + frames])
+    x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
+    return x / 127.5 - 1
+
+
+def train_vae(out: Path, steps: int, log=print) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    vae_dir = out / "vae"
+    state_file = vae_dir / "state.pt"
+    vae = miniature_components()["vae"]
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+    step = 0
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=True)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = int(state["step"])
+        log(f"vae: resumed at step {step}")
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    while step < steps:
+        rng = np.random.default_rng([1, step])
+        image_phase = step < int(0.7 * steps)
+        x = world_frames(rng, 16 if image_phase else 4, 1 if image_phase else 9)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample
+        loss = (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % 50 == 0 or step == steps:
+            with open(vae_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0}) + "\n")
+            log(f"vae step {step}/{steps} loss {loss.item():.4f}")
+        if step % 200 == 0 or step == steps:
+            tmp = state_file.with_suffix(".part")
+            torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
+            tmp.replace(state_file)
+    # latent statistics, so the transformer sees unit-variance latents
+    with torch.no_grad():
+        rng = np.random.default_rng([2, 0])
+        mus = torch.cat([vae.encode(world_frames(rng, 8, FRAMES)).latent_dist.mode() for _ in range(8)])
+    mean = mus.mean(dim=(0, 2, 3, 4)).tolist()
+    std = mus.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    vae.save_pretrained(vae_dir / "model")
+    log(f"vae: saved {vae_dir / 'model'} (latent std {np.mean(std):.3f})")
+    return vae_dir / "model"
+
+
+def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: int = 4000, batch_size: int = 8, log=print) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    from ..pipeline import MagrefPipeline
+    from ..training.trainer import run as train_run
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+
+    if not (out / "vae" / "model" / "config.json").is_file():
+        t = time.time()
+        train_vae(out, vae_steps, log)
+        timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
+    if not (out / "base" / "model_index.json").is_file():
+        comps = miniature_components()
+        comps["vae"] = AutoencoderKLWan.from_pretrained(out / "vae" / "model")
+        shutil.rmtree(out / "base", ignore_errors=True)
+        MagrefPipeline(**comps).save_pretrained(out / "base")
+    if not (out / "data" / "manifest.json").is_file():
+        t = time.time()
+        shutil.rmtree(out / "data", ignore_errors=True)
+        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=SIZE, width=SIZE, subjects=1, samples_per_shard=500, log=log)
+        timings["data_s"] = time.time() - t
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+    config = out / "dit.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({
+        "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
+        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": 3e-4, "lr_scheduler": "constant_with_warmup",
+        "warmup_steps": 100, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": 100,
+        "log_every": 10, "caption_dropout": 0.1, "first_frame": "canvas",
+        "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6},
+    }))
+    t = time.time()
+    train_run(str(config), resume=(out / "dit" / "checkpoints").is_dir())
+    timings["dit_s"] = timings.get("dit_s", 0) + time.time() - t
+    timings["total_s_this_run"] = time.time() - t_start
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
+    return out / "dit" / "final"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run(sys.argv[1] if len(sys.argv) > 1 else "~/.cache/magref/world")
