@@ -189,3 +189,48 @@ def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)
     rc, _, err = run_cli("train", cfg)
     assert rc == 2 and needle in err and "Traceback" not in err, err
+
+
+def _tiny_detector_and_segmenter(root):
+    """Tiny random OWLv2 and SAM saved as local folders, as a user's real weights would be."""
+    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor, SamConfig, SamImageProcessorPil,
+                              SamModel, SamProcessor)
+
+    from magref.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    owl = Owlv2ForObjectDetection(Owlv2Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16),
+        projection_dim=32))
+    tok.model_max_length = 32
+    owl.save_pretrained(root / "owl")
+    Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tok).save_pretrained(root / "owl")
+    sam = SamModel(SamConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16,
+                           output_channels=32, window_size=2, global_attn_indexes=[0], mlp_dim=64, num_pos_feats=16),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32)))
+    sam.save_pretrained(root / "sam")
+    SamProcessor(image_processor=SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                                      mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})).save_pretrained(root / "sam")
+    return root / "owl", root / "sam"
+
+
+def test_prepare_with_detector_and_segmenter_weights(tmp_path, dataset):
+    owl, sam = _tiny_detector_and_segmenter(tmp_path)
+    videos = dataset.parent / "videos"
+    out = tmp_path / "ds"
+    rc, _, err = run_cli("prepare", videos, out, "--frames", "9", "--height", "64", "--width", "64", "--extractor", "detect-segment",
+                         "--detector", owl, "--segmenter", sam, "--detector-threshold", "0")
+    assert rc == 0, err[-2000:]
+    ds = ClipDataset(out)
+    assert len(ds) >= 8
+    for i in range(len(ds)):
+        s = ds[i]
+        assert 1 <= len(s.subjects) <= 3 and all(sub.kind in ("face", "person", "animal", "object") for sub in s.subjects)
+        assert all(sub.image.mode == "RGBA" and np.asarray(sub.image)[..., 3].any() for sub in s.subjects)
+    rc, _, err = run_cli("prepare", videos, tmp_path / "x", "--extractor", "detect-segment")
+    assert rc == 2 and "needs detector and segmenter" in err

@@ -161,6 +161,7 @@ def cmd_prepare(args) -> int:
     settings = PrepareSettings(
         frames=args.frames, fps=args.fps, height=args.height, width=args.width,
         max_clips_per_video=args.max_clips_per_video, samples_per_shard=args.samples_per_shard, extractor=args.extractor,
+        detector=args.detector, segmenter=args.segmenter, detector_threshold=args.detector_threshold,
     )
     prepare(args.videos_dir, args.out_dir, settings)
     return 0
@@ -268,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--max-clips-per-video", type=int, default=4)
     p.add_argument("--samples-per-shard", type=int, default=256)
-    p.add_argument("--extractor", default="opencv", help="opencv (offline) or masks (ground-truth .masks.npz sidecars)")
+    p.add_argument("--extractor", default="opencv", help="opencv (offline), masks (ground-truth .masks.npz sidecars) or detect-segment")
+    p.add_argument("--detector", default=None, help="detect-segment: OWLv2/OWL-ViT/Grounding-DINO weights (folder or hub id)")
+    p.add_argument("--segmenter", default=None, help="detect-segment: SAM weights (folder or hub id)")
+    p.add_argument("--detector-threshold", type=float, default=0.2)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (full or LoRA) with region-aware dynamic masking; torchrun for several processes")

@@ -6,8 +6,8 @@ Backends (pick with `magref prepare --extractor NAME`):
   refined with GrabCut (RGBA cut-outs, kind "object").
 - `masks`: ground-truth masks from a sidecar `<video>.masks.npz` (`masks`: S x F x H x W bool at
   the source resolution and frame rate, `kinds`: S strings), as written by a procedural renderer.
-Real detectors and segmenters (Grounding-DINO + SAM, YOLO-seg) plug in through the same
-`Extractor` interface when their weights are available; none ships here.
+- `detect-segment`: open-vocabulary detection (OWLv2 / OWL-ViT / Grounding-DINO via
+  transformers) + SAM masks, from weights the user has (`--detector PATH --segmenter PATH`).
 """
 
 from __future__ import annotations
@@ -124,10 +124,89 @@ class MaskSidecarExtractor:
         return subjects
 
 
-EXTRACTORS = {"opencv": OpenCVExtractor, "masks": MaskSidecarExtractor}
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
-def make_extractor(name: str) -> Extractor:
+class DetectSegmentExtractor:
+    """Open-vocabulary detection (OWLv2, OWL-ViT or Grounding-DINO through transformers'
+    zero-shot detection classes) finds the subjects; SAM segments each box. Both load with
+    `from_pretrained` from a local folder (or a hub id, fetched only because the user named it)."""
+
+    name = "detect-segment"
+    QUERIES = {"a photo of a human face": "face", "a photo of a person": "person", "a photo of an animal": "animal", "a photo of an object": "object"}
+
+    def __init__(self, detector: str | None = None, segmenter: str | None = None, threshold: float = 0.2, max_subjects: int = 3):
+        if not detector or not segmenter:
+            raise MagrefInputError(
+                "The detect-segment extractor needs detector and segmenter weights.",
+                "pass --detector PATH (e.g. a local google/owlv2-base-patch16-ensemble) and --segmenter PATH (e.g. facebook/sam-vit-base).",
+            )
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel
+
+        self.torch = torch
+        try:
+            self.det_proc = AutoProcessor.from_pretrained(detector)
+            self.det = AutoModelForZeroShotObjectDetection.from_pretrained(detector).eval()
+            self.seg_proc = AutoProcessor.from_pretrained(segmenter)
+            self.seg = SamModel.from_pretrained(segmenter).eval()
+        except (OSError, ValueError) as e:
+            raise MagrefInputError(f"Could not load the detector/segmenter ({str(e).splitlines()[0][:200]}).", "check --detector and --segmenter.") from None
+        self.threshold, self.max_subjects = threshold, max_subjects
+
+    def __call__(self, frames: np.ndarray, context: dict) -> list[Subject]:
+        torch = self.torch
+        ref = frames[len(frames) // 2]
+        h, w, _ = ref.shape
+        image = Image.fromarray(ref)
+        queries = list(self.QUERIES)
+        with torch.no_grad():
+            inputs = self.det_proc(text=[queries], images=image, return_tensors="pt", padding="max_length", truncation=True)
+            out = self.det(**inputs)
+        post = getattr(self.det_proc, "post_process_grounded_object_detection", None) or self.det_proc.post_process_object_detection
+        res = post(out, threshold=self.threshold, target_sizes=[(h, w)])[0]
+        order = res["scores"].argsort(descending=True).tolist()
+        kept: list[tuple[list[float], str]] = []
+        for i in order:
+            box = [float(v) for v in res["boxes"][i]]
+            box = [max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3])]
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4 or any(_iou(box, k[0]) > 0.5 for k in kept):
+                continue
+            label = res["labels"][i]
+            kept.append((box, self.QUERIES[queries[int(label)]] if not isinstance(label, str) else self.QUERIES.get(label, "object")))
+            if len(kept) == self.max_subjects:
+                break
+        if not kept:
+            return []
+        with torch.no_grad():
+            seg_in = self.seg_proc(images=image, input_boxes=[[k[0] for k in kept]], return_tensors="pt")
+            seg_out = self.seg(**seg_in, multimask_output=False)
+        masks = self.seg_proc.post_process_masks(seg_out.pred_masks, seg_in["original_sizes"], seg_in["reshaped_input_sizes"])[0][:, 0].numpy()
+        subjects = []
+        for (box, kind), mask in zip(kept, masks):
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            inside = np.zeros((h, w), bool)
+            inside[y0:y1, x0:x1] = True
+            mask = mask & inside
+            if mask.sum() < 0.05 * inside.sum():  # SAM found nothing in its box: keep the box itself
+                mask = inside
+            b = _bbox(mask)
+            if b is not None:
+                subjects.append(Subject(_cutout(ref, mask, b), b, kind))
+        return subjects
+
+
+EXTRACTORS = {"opencv": OpenCVExtractor, "masks": MaskSidecarExtractor, "detect-segment": DetectSegmentExtractor}
+
+
+def make_extractor(name: str, **options) -> Extractor:
     if name not in EXTRACTORS:
         raise MagrefInputError(f"Unknown subject extractor {name!r}.", f"use one of {', '.join(EXTRACTORS)}.")
+    if name == "detect-segment":
+        return DetectSegmentExtractor(**options)
     return EXTRACTORS[name]()

@@ -34,6 +34,9 @@ class PrepareSettings:
     max_clips_per_video: int = 4
     samples_per_shard: int = 256
     extractor: str = "opencv"
+    detector: str | None = None  # detect-segment: detection weights (folder or hub id)
+    segmenter: str | None = None  # detect-segment: SAM weights
+    detector_threshold: float = 0.2
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -99,7 +102,8 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
         )
     progress = out_dir / "progress.jsonl"
     done = {json.loads(line)["video"] for line in progress.read_text().splitlines() if line.strip()} if progress.is_file() else set()
-    extractor = make_extractor(settings.extractor)
+    options = {"detector": settings.detector, "segmenter": settings.segmenter, "threshold": settings.detector_threshold}
+    extractor = make_extractor(settings.extractor, **(options if settings.extractor == "detect-segment" else {}))
     captions = load_captions(videos_dir)
     videos = find_videos(videos_dir)
     buffer: list[Sample] = []
