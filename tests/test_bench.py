@@ -130,3 +130,15 @@ def test_bundled_cases_generate_and_score(tmp_path):
     assert rc == 0, err
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(report["results"]["videos"]["aggregate"]) >= {"all", "1 subject", "2 subjects", "kind: face", "kind: object"}
+
+
+def test_bundled_world_cases_are_heldout_and_load():
+    from conftest import ROOT
+    from magref.world.render import is_held_out
+
+    cases = load_cases(ROOT / "src" / "magref" / "assets" / "bench" / "world_cases.jsonl")
+    assert sorted(len(c.refs) for c in cases) == [1, 1, 2, 2, 3, 3]
+    for c in cases:
+        for r in c.refs:
+            assert Image.open(r.path).size == (96, 96)
+            assert is_held_out(int(r.path.rsplit("id", 1)[1][:3]))
