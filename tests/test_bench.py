@@ -73,7 +73,7 @@ def test_noise_scores_worst_on_quality(world):
 def test_missing_weights_are_not_computed_with_a_reason(world):
     root, f = world
     s = _scores(root, f["right"])
-    for name in ("face_identity", "clip_score", "dino_subject", "opens2v_nexus"):
+    for name in ("face_identity", "clip_score", "dino_subject"):
         assert s[name].value is None and s[name].reason.startswith("no weights given"), (name, s[name])
 
 
@@ -103,6 +103,13 @@ def test_bench_score_three_folders_side_by_side(world, tmp_path):
     md = (out / "report.md").read_text()
     assert "not computed (no weights given" in md and "## 1 subject" in md and "## kind: object" in md
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "OpenS2V Total (v1.1, open) | not computed" in md and "MAGREF-480P 52.51" in md
+    # with the OpenS2V-Eval scorers' values for one folder, its Total appears beside the others
+    values = {"red": {"aesthetics": 5.5, "motion_smoothness": 0.9, "motion_amplitude": 0.3, "facesim": 0.3, "gme": 0.6, "nexus": 0.04, "natural": 3.0}}
+    (tmp_path / "v.json").write_text(json.dumps(values))
+    rc, _, err = run_cli("bench", "score", root / "cases.jsonl", f["right"], f["wrong"], "--out", out, "--opens2v", f"right={tmp_path / 'v.json'}")
+    assert rc == 0, err
+    assert "| OpenS2V Total (v1.1, open) | 55.20 | not computed" in (out / "report.md").read_text()
 
 
 def test_importers(tmp_path):
@@ -142,3 +149,44 @@ def test_bundled_world_cases_are_heldout_and_load():
         for r in c.refs:
             assert Image.open(r.path).size == (96, 96)
             assert is_held_out(int(r.path.rsplit("id", 1)[1][:3]))
+
+
+def _tiny_vision_models(root):
+    """Tiny random CLIP and DINOv2 folders standing in for the user's weights."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, Dinov2Config, Dinov2Model
+
+    from magref.tiny import byte_tokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # noqa: F811
+    except ImportError:
+        pass
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    clip = CLIPModel(CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, max_position_embeddings=77, pad_token_id=0, bos_token_id=1, eos_token_id=1),
+                                vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16),
+                                projection_dim=16))
+    clip.save_pretrained(root / "clip")
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(root / "clip")
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16))
+    for name in ("dino", "face"):
+        dino.save_pretrained(root / name)
+        proc.save_pretrained(root / name)
+    return {k: str(root / k) for k in ("clip", "dino", "face")}
+
+
+def test_metrics_with_user_weights_compute(world, tmp_path):
+    from magref.bench.metrics import score_video as score
+
+    root, f = world
+    weights = _tiny_vision_models(tmp_path)
+    frames = read_video(f["right"] / "red.mp4")
+    face = Image.new("RGB", (48, 48), (230, 190, 160))
+    s = score(MetricInput(frames, [(Image.open(root / "red.png"), "object"), (face, "face")], "a red ball rolls"), weights)
+    for name in ("clip_score", "dino_subject", "face_identity"):
+        assert s[name].value is not None and np.isfinite(s[name].value), (name, s[name])
+    assert -1.0 <= s["dino_subject"].value <= 1.0 and -1.0 <= s["face_identity"].value <= 1.0
+    assert len(s["dino_subject"].per_reference) == 1 and len(s["face_identity"].per_reference) == 1

@@ -201,11 +201,16 @@ def cmd_bench_score(args) -> int:
     for d in folders:
         if not d.is_dir():
             raise MagrefInputError(f"Video folder {d} does not exist.", "pass folders holding <case id>.mp4 files.")
-    weights = {}
+    weights, opens2v = {}, {}
     for item in args.weights or []:
         key, _, value = item.partition("=")
         weights[key] = value
-    write_report(cases, folders, Path(args.out), weights)
+    for item in args.opens2v or []:
+        name, _, value = item.partition("=")
+        if not Path(value).is_file():
+            raise MagrefInputError(f"--opens2v {item!r}: no such file {value!r}.", "write FOLDER_NAME=values.json (per-case OpenS2V-Eval values).")
+        opens2v[name] = Path(value)
+    write_report(cases, folders, Path(args.out), weights, opens2v=opens2v, opens2v_domain=args.opens2v_domain)
     return 0
 
 
@@ -291,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cases")
     p.add_argument("videos_dirs", nargs="+")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--weights", action="append", metavar="KEY=PATH", help="weights for metrics that need them (face, clip, dino, opens2v_*)")
+    p.add_argument("--weights", action="append", metavar="KEY=PATH", help="weights for metrics that need them (face, clip, dino)")
+    p.add_argument("--opens2v", action="append", metavar="FOLDER_NAME=FILE",
+                   help="per-case OpenS2V-Eval values for a folder ({case: {aesthetics, motion_smoothness, motion_amplitude, facesim, gme, nexus, natural}})")
+    p.add_argument("--opens2v-domain", choices=["open", "human"], default="open")
     p.set_defaults(func=cmd_bench_score)
 
     world = sub.add_parser("world", help="the procedural world and the miniature MAGREF").add_subparsers(dest="world_command", required=True)

@@ -7,9 +7,11 @@ Built in, weight-free (labelled as baselines, not as learned similarity):
 - motion: mean Farneback optical-flow magnitude (pixels per frame)
 - quality: 1 - flicker penalty - noise penalty, in [0, 1] (high-frequency energy marks noise)
 - copy_paste: how close the video is to a static paste of a reference (1 = a pasted still)
-Needing weights the user supplies: face_identity, clip_score, dino_subject, and the OpenS2V-Eval
-metrics (aesthetics, motion smoothness and amplitude, FaceSim-Cur, GmeScore, NexusScore,
-NaturalScore), combined by `opens2v_total` with the published v1.1 weights.
+Needing weights the user supplies (`--weights KEY=PATH`, a transformers model folder or hub id):
+face_identity (face), clip_score (clip), dino_subject (dino). The OpenS2V-Eval metrics
+(aesthetics, motion smoothness and amplitude, FaceSim-Cur, GmeScore, NexusScore, NaturalScore)
+come from the OpenS2V-Eval scorers themselves (`--opens2v FILE`, their per-case values) and are
+combined by `opens2v_total` with the published v1.1 weights.
 """
 
 from __future__ import annotations
@@ -142,6 +144,91 @@ def copy_paste(x: MetricInput, ref: Image.Image) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# metrics with user-supplied weights (transformers models from a folder or hub id)
+# ----------------------------------------------------------------------------------------------
+_MODELS: dict[tuple[str, str], tuple] = {}
+
+
+def _load(kind: str, path: str):
+    key = (kind, path)
+    if key not in _MODELS:
+        from transformers import AutoImageProcessor, AutoModel, AutoProcessor, CLIPModel
+
+        if kind == "clip":
+            _MODELS[key] = (AutoProcessor.from_pretrained(path), CLIPModel.from_pretrained(path).eval())
+        else:
+            _MODELS[key] = (AutoImageProcessor.from_pretrained(path), AutoModel.from_pretrained(path).eval())
+    return _MODELS[key]
+
+
+def _embed_images(kind: str, path: str, images: list[Image.Image]):
+    import torch
+
+    proc, model = _load(kind, path)
+    with torch.no_grad():
+        inputs = proc(images=images, return_tensors="pt")
+        if kind == "clip":
+            out = model.get_image_features(pixel_values=inputs["pixel_values"])
+            out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        else:  # DINO-style backbones: the class token of the last layer
+            out = model(pixel_values=inputs["pixel_values"]).last_hidden_state[:, 0]
+    return torch.nn.functional.normalize(out.float(), dim=-1)
+
+
+def clip_score(x: MetricInput, weights: dict) -> float:
+    """Mean cosine similarity of the prompt and sampled frames in CLIP space, x100 (CLIPScore
+    without the clamp)."""
+    import torch
+
+    proc, model = _load("clip", weights["clip"])
+    frames = [Image.fromarray(f) for f in _sample(x.frames)]
+    with torch.no_grad():
+        text = proc(text=[x.prompt], return_tensors="pt", padding=True, truncation=True)
+        t = model.get_text_features(input_ids=text["input_ids"], attention_mask=text.get("attention_mask"))
+        t = t if isinstance(t, torch.Tensor) else t.pooler_output
+    t = torch.nn.functional.normalize(t.float(), dim=-1)
+    return float((_embed_images("clip", weights["clip"], frames) @ t.T).mean() * 100)
+
+
+def _windows(frame: np.ndarray) -> list[Image.Image]:
+    h, w, _ = frame.shape
+    crops = [Image.fromarray(frame)]
+    for frac in (0.5,):
+        wh, ww = int(h * frac), int(w * frac)
+        for y in (0, (h - wh) // 2, h - wh):
+            for xx in (0, (w - ww) // 2, w - ww):
+                crops.append(Image.fromarray(frame[y : y + wh, xx : xx + ww]))
+    return crops
+
+
+def dino_subject(x: MetricInput, ref: Image.Image, weights: dict) -> float:
+    """Best region-vs-reference cosine similarity of DINO class tokens, averaged over frames."""
+    from ..composition import to_rgb_on_white
+
+    r = _embed_images("dino", weights["dino"], [to_rgb_on_white(ref)])
+    scores = [float((_embed_images("dino", weights["dino"], _windows(f)) @ r.T).max()) for f in _sample(x.frames, 4)]
+    return float(np.mean(scores))
+
+
+def face_identity(x: MetricInput, ref: Image.Image, weights: dict) -> float:
+    """Faces found with OpenCV's bundled cascade (the whole image when none is found), embedded by
+    the user's face model (a transformers image model); best cosine similarity to the reference
+    face, averaged over frames."""
+    import cv2
+
+    from ..composition import to_rgb_on_white
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def faces(rgb: np.ndarray) -> list[Image.Image]:
+        found = cascade.detectMultiScale(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 1.1, 4, minSize=(16, 16))
+        return [Image.fromarray(rgb[y : y + h, x0 : x0 + w]) for x0, y, w, h in found] or [Image.fromarray(rgb)]
+
+    r = _embed_images("face", weights["face"], faces(np.asarray(to_rgb_on_white(ref)))[:1])
+    return float(np.mean([float((_embed_images("face", weights["face"], faces(f)) @ r.T).max()) for f in _sample(x.frames, 4)]))
+
+
+# ----------------------------------------------------------------------------------------------
 # the registry
 # ----------------------------------------------------------------------------------------------
 REGISTRY: dict[str, Metric] = {
@@ -153,12 +240,11 @@ REGISTRY: dict[str, Metric] = {
         Metric("temporal_flicker", "mean absolute change between consecutive frames", False, False, temporal_flicker, label="weight-free"),
         Metric("motion", "mean optical-flow magnitude (px/frame)", True, False, motion, packages=("cv2",), label="OpenCV Farneback"),
         Metric("copy_paste", "closeness to a static paste of a reference (flag > 0.8)", False, True, copy_paste, packages=("cv2",), label="weight-free"),
-        Metric("face_identity", "face embedding cosine similarity, reference vs generated faces", True, True, None,
-               weights_key="face", kinds=("face",), label="face embedding model"),
-        Metric("clip_score", "CLIP text-video alignment", True, False, None, weights_key="clip", label="CLIP"),
-        Metric("dino_subject", "DINO region vs reference similarity", True, True, None, weights_key="dino", kinds=("object", "animal"), label="DINO"),
-        *[Metric(f"opens2v_{k}", f"OpenS2V-Eval {k}", True, False, None, weights_key=f"opens2v_{k}", label="OpenS2V-Eval")
-          for k in ("aesthetics", "motion_smoothness", "motion_amplitude", "facesim", "gme", "nexus", "natural")],
+        Metric("face_identity", "face embedding cosine similarity, reference vs generated faces", True, True, face_identity,
+               packages=("cv2",), weights_key="face", kinds=("face",), label="face embedding model (user weights)"),
+        Metric("clip_score", "CLIP text-video alignment (x100)", True, False, clip_score, weights_key="clip", label="CLIP (user weights)"),
+        Metric("dino_subject", "DINO region vs reference similarity", True, True, dino_subject, weights_key="dino",
+               kinds=("object", "animal"), label="DINO (user weights)"),
     ]
 }
 COPY_PASTE_FLAG = 0.8
@@ -185,10 +271,10 @@ def score_video(x: MetricInput, weights: dict[str, str], names: list[str] | None
             if not refs:
                 out[name] = Score(None, "no reference of a kind it scores")
                 continue
-            values = [metric.fn(x, r) for r in refs]
+            values = [metric.fn(x, r, weights) if metric.weights_key else metric.fn(x, r) for r in refs]
             out[name] = Score(float(np.mean(values)), per_reference=values)
         else:
-            out[name] = Score(metric.fn(x))
+            out[name] = Score(metric.fn(x, weights) if metric.weights_key else metric.fn(x))
     return out
 
 

@@ -19,7 +19,10 @@ from PIL import Image
 
 from ..io import load_reference, read_video
 from .cases import Case
-from .metrics import COPY_PASTE_FLAG, REGISTRY, MetricInput, score_video
+from .metrics import COPY_PASTE_FLAG, REGISTRY, MetricInput, opens2v_total, score_video
+
+# Published OpenS2V-Eval v1.1 open-domain Totals, for reading our numbers beside the leaderboard.
+LEADERBOARD_OPEN_TOTAL = {"MAGREF-480P": 52.51, "VACE-14B": 57.55, "Phantom-14B": 56.77}
 
 
 def score_folder(cases: list[Case], videos_dir: Path, weights: dict[str, str]) -> dict:
@@ -80,13 +83,32 @@ def _cell(entry: dict) -> str:
     return f"not computed ({entry['not_computed']})"
 
 
-def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dict[str, str] | None = None, log=print) -> dict:
+def opens2v_for(cases: list[Case], values_file: Path, domain: str) -> dict:
+    """Per-case OpenS2V totals from the OpenS2V-Eval scorers' per-case values
+    ({case_id: {aesthetics, motion_smoothness, motion_amplitude, facesim, gme, nexus, natural}})."""
+    values = json.loads(Path(values_file).read_text())
+    per_case = {}
+    for c in cases:
+        if c.id in values:
+            try:
+                per_case[c.id] = opens2v_total(values[c.id], domain)
+            except ValueError as e:
+                per_case[c.id] = None
+                values[c.id]["_error"] = str(e)
+    totals = [v for v in per_case.values() if v is not None]
+    return {"domain": domain, "per_case": per_case, "total": float(np.mean(totals)) if totals else None, "n": len(totals)}
+
+
+def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dict[str, str] | None = None, log=print,
+                 opens2v: dict[str, Path] | None = None, opens2v_domain: str = "open") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     weights = weights or {}
     results = {}
     for folder in folders:
         per_case = score_folder(cases, folder, weights)
         results[folder.name] = {"folder": str(folder), "per_case": per_case, "aggregate": aggregate(cases, per_case)}
+        if opens2v and folder.name in opens2v:
+            results[folder.name]["opens2v"] = opens2v_for(cases, opens2v[folder.name], opens2v_domain)
     names = [f.name for f in folders]
     report = {"cases": [c.to_dict() for c in cases], "metrics": {k: {"description": m.description, "higher_is_better": m.higher_is_better, "label": m.label}
               for k, m in REGISTRY.items()}, "results": results}
@@ -101,7 +123,12 @@ def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dic
             row = [_cell(results[n]["aggregate"][group].get(metric, {"not_computed": "-"})) for n in names]
             lines.append(f"| {metric} {arrow} | " + " | ".join(row) + " |")
         lines.append("| copy-paste flags | " + " | ".join(str(results[n]["aggregate"][group]["copy_paste_flags"]) for n in names) + " |")
+        if group == "all":
+            totals = [results[n].get("opens2v", {}).get("total") for n in names]
+            lines.append(f"| OpenS2V Total (v1.1, {opens2v_domain}) | " + " | ".join(
+                f"{t:.2f}" if t is not None else "not computed (no --opens2v values)" for t in totals) + " |")
         lines.append("")
+    lines += ["Published OpenS2V-Eval v1.1 open-domain Totals: " + ", ".join(f"{k} {v}" for k, v in LEADERBOARD_OPEN_TOTAL.items()), ""]
     md = "\n".join(lines)
     (out / "report.md").write_text(md)
 
