@@ -58,6 +58,17 @@ def test_lowmem_preset_runs_and_matches():
     torch.testing.assert_close(_latents(pipe), reference, atol=1e-5, rtol=0)
 
 
+def test_fp8_weights_run_and_difference_is_reported():
+    reference = _latents(tiny_random_pipeline())
+    pipe = tiny_random_pipeline()
+    info = acc.enable_fp8_weights(pipe)
+    assert "Float8" in type(pipe.transformer.blocks[0].ffn.net[2].weight).__name__
+    out = _latents(pipe)
+    rel = ((out - reference).abs().max() / reference.abs().max()).item()
+    print(f"fp8 weights: relative max difference vs float32 {rel:.3e}")
+    assert info["fp8_weights"] and torch.isfinite(out).all() and rel < 0.25
+
+
 def test_fast_preset_on_cpu_is_batched_cfg():
     pipe = tiny_random_pipeline()
     applied = acc.apply_preset(pipe, "fast", torch.device("cpu"))

@@ -198,3 +198,14 @@ def test_batch_bad_items_fail_before_generating(tmp_path, content, needle):
     rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
     assert rc == 2 and needle in err and "Traceback" not in err, err
     assert not out.exists() or not any(out.glob("*.mp4"))
+
+
+@pytest.mark.parametrize("opts", [["--preset", "fast", "--cache", "taylorseer"], ["--preset", "lowmem", "--fp8"], ["--preset", "lowmem", "--cache", "fbcache"]])
+def test_generate_presets_are_recorded(tmp_path, opts):
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, *opts, "--out", out)
+    assert rc == 0, err
+    acc = json.loads(out.with_suffix(".json").read_text())["acceleration"]
+    assert acc["preset"] == opts[1]
+    assert acc.get("cache", "none") == (opts[3] if opts[2] == "--cache" else "none")
+    assert ("fp8_weights" in acc) == ("--fp8" in opts)

@@ -46,6 +46,18 @@ def apply_preset(pipe, preset: str, device: torch.device) -> dict:
     return applied
 
 
+def enable_fp8_weights(pipe) -> dict:
+    """Store the transformer's linear weights in float8 (e4m3) with per-row scales through
+    torchao; activations stay in the model's dtype. Halves the weight memory of bf16."""
+    try:
+        from torchao.quantization import Float8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise MagrefInputError("fp8 weights need torchao, which is not installed.", "pip install 'magref[fp8]' (or torchao).") from None
+    before = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+    quantize_(pipe.transformer, Float8WeightOnlyConfig())
+    return {"fp8_weights": "torchao Float8WeightOnly (transformer linears)", "transformer_weight_bytes_before": before}
+
+
 def enable_lowmem(pipe, onload_device: torch.device) -> None:
     """Keep weights in host memory and stream them to `onload_device` as they are needed: the
     transformer block by block (CUDA streams overlap the copies with compute), the encoders

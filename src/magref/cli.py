@@ -41,6 +41,7 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     a.add_argument("--cache-threshold", type=float, default=0.05, help="first-block cache threshold")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    a.add_argument("--fp8", action="store_true", help="transformer weights in float8 through torchao (pip install 'magref[fp8]')")
 
 
 def _settings_dict(args) -> dict:
@@ -78,8 +79,9 @@ def cmd_generate(args) -> int:
     from .models import load_pipeline, model_fingerprint
 
     pipe = load_pipeline(args.model)
+    fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)
-    sidecar = run_job(pipe, settings, out, args.model or "default", model_fingerprint(args.model, pipe), prepared, accel, write=rank == 0)
+    sidecar = run_job(pipe, settings, out, args.model or "default", fingerprint, prepared, accel, write=rank == 0)
     if rank != 0:
         return 0
     o = sidecar["output"]
@@ -102,8 +104,9 @@ def _run_items(args, items) -> int:
     for it in items:
         it.settings.validate()
     pipe = load_pipeline(args.model)
+    fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)
-    run_batch(pipe, items, args.out_dir, args.model or "default", model_fingerprint(args.model, pipe), acceleration=accel, write=rank == 0)
+    run_batch(pipe, items, args.out_dir, args.model or "default", fingerprint, acceleration=accel, write=rank == 0)
     return 0
 
 
@@ -118,7 +121,8 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
         device = torch.device(args.device)
     else:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    applied = acc.apply_preset(pipe, args.preset, device)
+    fp8 = acc.enable_fp8_weights(pipe) if args.fp8 else {}
+    applied = {**acc.apply_preset(pipe, args.preset, device), **fp8}
     acc.set_attention_backend(pipe, args.attention)
     applied["attention"] = args.attention or "default"
     applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
