@@ -234,3 +234,11 @@ def test_prepare_with_detector_and_segmenter_weights(tmp_path, dataset):
         assert all(sub.image.mode == "RGBA" and np.asarray(sub.image)[..., 3].any() for sub in s.subjects)
     rc, _, err = run_cli("prepare", videos, tmp_path / "x", "--extractor", "detect-segment")
     assert rc == 2 and "needs detector and segmenter" in err
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, dataset):
+    cfg = _cfg(tmp_path, dataset, "bf16", max_steps=12, checkpoint_every=12, mixed_precision="bf16", gradient_checkpointing=True)
+    rc, _, err = run_cli("train", cfg)
+    assert rc == 0, err[-2000:]
+    losses = _losses(tmp_path / "bf16")
+    assert len(losses) == 12 and all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4])

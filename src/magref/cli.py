@@ -326,11 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_known_noise() -> None:
-    """transformers >= 5 warns that CLIPImageProcessor falls back to its PIL backend when
-    torchvision is absent (diffusers imports the name); the PIL backend is what we use."""
+    """Import-time chatter of optional libraries that says nothing about the user's command:
+    transformers >= 5 on CLIPImageProcessor's PIL fallback (the backend we use); torchao, when
+    installed (fp8), on its CUDA-only kernels, and torch/diffusers on torchao's types. Real
+    problems still surface: these loggers keep ERROR."""
     import logging
 
     logging.getLogger("transformers.utils.import_utils").addFilter(lambda r: "requires torchvision" not in r.getMessage())
+    for name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
