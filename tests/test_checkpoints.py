@@ -130,3 +130,9 @@ def test_official_layout_spec_matches_the_golden_checkpoint(tmp_path):
     size = ck.write_synthetic_official_transformer(tmp_path / "syn", cfg)
     model = ck.load_transformer(tmp_path / "syn", torch.bfloat16)
     assert size == sum(p.numel() * 2 for p in model.parameters()) and model.dtype == torch.bfloat16
+
+
+def test_hub_id_is_resolved_only_on_request_and_fails_clearly_offline(tmp_path):
+    rc, _, err = run_cli("convert", "some-org/some-model", tmp_path / "out")  # tests run with HF_HUB_OFFLINE=1
+    assert rc == 2 and "fetching it from the hub failed" in err and len(err.strip().splitlines()) == 1, err
+    assert ck.resolve(golden("model", "dit_official")) == golden("model", "dit_official")

@@ -147,6 +147,26 @@ def _kind_from_keys(keys: list[str]) -> str | None:
     return None
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(source: str | Path) -> Path:
+    """A local path as is; a hub id (org/name) that is not a local path is downloaded, which
+    happens only because the user named it."""
+    path = Path(source).expanduser()
+    if path.exists() or not _HUB_ID.match(str(source)):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source)))
+    except Exception as e:
+        raise CheckpointError(
+            f"{source} is not a local path, and fetching it from the hub failed ({type(e).__name__}).",
+            "check the id and the network, or download it and pass the folder.",
+        ) from None
+
+
 def detect_kind(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
@@ -613,7 +633,7 @@ def convert(
 
     from .schedulers import make_scheduler
 
-    src, dst = Path(src), Path(dst)
+    src, dst = resolve(src), Path(dst)
     if component is not None:
         if component not in COMPONENT_LOADERS:
             raise CheckpointError(f"Unknown component {component!r}.", f"use one of {', '.join(COMPONENT_LOADERS)}.")
