@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.barrier()  # rank 0 may still be writing; gloo aborts if a peer leaves early
             dist.destroy_process_group()
 
 

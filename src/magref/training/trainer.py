@@ -236,6 +236,10 @@ class Trainer:
         self.export()
         if is_main():
             plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+        if self.world_size > 1:
+            # Every rank waits for rank 0's export: a rank that tears the gloo group down while
+            # another still uses it aborts the process ("terminate called without an active exception").
+            dist.barrier()
         return {"step": self.step, "loss": loss}
 
     # -- state ----------------------------------------------------------------------------------
@@ -260,6 +264,8 @@ class Trainer:
 
         weights, optim = self.trainable_state(), self.optimizer_state()
         if not is_main():
+            if self.world_size > 1:
+                dist.barrier()  # the checkpoint is complete before any rank moves on
             return
         final = self.out / "checkpoints" / f"step-{self.step:07d}"
         tmp = final.with_name(final.name + ".part")
@@ -274,6 +280,8 @@ class Trainer:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint is complete or absent
         self.log(f"checkpoint: {final}")
+        if self.world_size > 1:
+            dist.barrier()
 
     def latest_checkpoint(self) -> Path | None:
         ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
