@@ -8,7 +8,6 @@ named it. Anything else gets a clear error naming what was expected.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -100,11 +99,3 @@ def model_fingerprint(model: str | None, pipe=None) -> str:
         return "sha256:" + h.hexdigest()[:16]
     return "id:" + model
 
-
-def describe(model: str | None) -> dict:
-    model = model or DEFAULT_MODEL
-    info = {"model": model}
-    p = Path(model)
-    if p.is_dir() and (p / "model_index.json").is_file():
-        info["model_index"] = json.loads((p / "model_index.json").read_text()).get("_class_name")
-    return info

@@ -69,7 +69,6 @@ def world_frames(rng: np.random.Generator, batch: int, frames: int) -> torch.Ten
 
 
 def train_vae(out: Path, steps: int, log=print) -> Path:
-    from diffusers import AutoencoderKLWan
 
     vae_dir = out / "vae"
     state_file = vae_dir / "state.pt"
