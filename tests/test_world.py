@@ -80,3 +80,18 @@ def test_evaluation_recognises_ground_truth_clips():
     wrong = make_clip([identity(other)], np.random.default_rng(0), frames=13, motions=case.motions, scene=case.scene)
     assert score_video(wrong.frames, case)["identity_margin"] < score_video(
         make_clip([identity(case.ids[0])], np.random.default_rng(0), frames=13, motions=case.motions, scene=case.scene).frames, case)["identity_margin"]
+
+
+def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
+    """The VAE stage reloads its own checkpoint (weights_only, numpy LR values allowed)."""
+    import torch
+
+    from magref.world.train import load_state, train_vae
+
+    logs = []
+    train_vae(tmp_path, 2, log=logs.append)
+    assert load_state(tmp_path / "vae" / "state.pt")["step"] == 2
+    train_vae(tmp_path, 3, log=logs.append)
+    assert "vae: resumed at step 2" in logs and load_state(tmp_path / "vae" / "state.pt")["step"] == 3
+    torch.save({"x": np.float64(1.5)}, tmp_path / "old.pt")  # the format older runs wrote
+    assert load_state(tmp_path / "old.pt")["x"] == 1.5

@@ -68,16 +68,24 @@ def world_frames(rng: np.random.Generator, batch: int, frames: int) -> torch.Ten
     return x / 127.5 - 1
 
 
+def load_state(path: Path) -> dict:
+    """weights_only loading, with numpy scalar types allowed: older checkpoints stored the LR
+    schedule's numpy floats (data types, not code)."""
+    allowed = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, weights_only=True)
+
+
 def train_vae(out: Path, steps: int, log=print) -> Path:
 
     vae_dir = out / "vae"
     state_file = vae_dir / "state.pt"
     vae = miniature_components()["vae"]
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.95 + 0.05))
     step = 0
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=True)
+        state = load_state(state_file)
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
