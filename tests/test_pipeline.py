@@ -112,3 +112,30 @@ def test_save_and_load_round_trip(tiny_pipe, tmp_path):
 def test_bad_inputs(tiny_pipe, kw, needle):
     with pytest.raises(MagrefInputError, match=needle):
         _run(tiny_pipe, **kw)
+
+
+def test_ablation_conditioning_modes():
+    """no-mask zeroes the mask channels; tokens appends the reference latent as one more frame
+    for a 16-channel transformer; both run, and the mode survives save/load."""
+    import tempfile
+
+    from magref.conditioning import model_input, model_output
+    from magref.tiny import tiny_components
+
+    lat, cond = torch.randn(1, 16, 3, 8, 12), torch.randn(1, 20, 3, 8, 12)
+    assert torch.equal(model_input(lat, cond)[:, 16:20], cond[:, :4])
+    assert model_input(lat, cond, mask_channels=False)[:, 16:20].abs().sum() == 0
+    tok = model_input(lat, cond, "tokens")
+    assert tok.shape == (1, 16, 4, 8, 12) and torch.equal(tok[:, :, 3], cond[:, 4:, 0])
+    assert model_output(torch.randn(1, 16, 4, 8, 12), "tokens").shape == (1, 16, 3, 8, 12)
+
+    from diffusers import WanTransformer3DModel
+
+    comps = tiny_components()
+    comps["transformer"] = WanTransformer3DModel.from_config({**comps["transformer"].config, "in_channels": 16})
+    pipe = MagrefPipeline(**comps, conditioning="tokens")
+    out = _run(pipe, output_type="latent").frames
+    assert out.shape == (1, 16, 3, 8, 12) and torch.isfinite(out).all()
+    with tempfile.TemporaryDirectory() as d:
+        pipe.save_pretrained(d)
+        assert MagrefPipeline.from_pretrained(d).config.conditioning == "tokens"

@@ -95,3 +95,18 @@ def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
     assert "vae: resumed at step 2" in logs and load_state(tmp_path / "vae" / "state.pt")["step"] == 3
     torch.save({"x": np.float64(1.5)}, tmp_path / "old.pt")  # the format older runs wrote
     assert load_state(tmp_path / "old.pt")["x"] == 1.5
+
+
+def test_world_ablation_runs_reuse_vae_and_data(tmp_path):
+    from conftest import run_cli
+
+    full = tmp_path / "full"
+    assert run_cli("world", "train", "--out", full, "--vae-steps", "2", "--clips", "6", "--dit-steps", "2", "--batch-size", "2")[0] == 0
+    for ablation in ("no-mask", "tokens"):
+        out = tmp_path / ablation
+        rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--clips", "6", "--dit-steps", "2", "--batch-size", "2",
+                             "--ablation", ablation, "--reuse-from", full)
+        assert rc == 0, err[-2000:]
+        assert (out / "vae").resolve() == (full / "vae").resolve()
+        index = __import__("json").loads((out / "dit" / "final" / "model_index.json").read_text())
+        assert index["conditioning"] == ("tokens" if ablation == "tokens" else "channel") and index["mask_channels"] == (ablation != "no-mask")

@@ -228,7 +228,8 @@ def cmd_world_build(args) -> int:
 def cmd_world_train(args) -> int:
     from .world.train import run
 
-    run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size)
+    run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
+        ablation=args.ablation, reuse_from=args.reuse_from)
     return 0
 
 
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=4000)
     p.add_argument("--dit-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--ablation", choices=["none", "no-mask", "tokens"], default="none",
+                   help="no-mask: mask channels carry zeros; tokens: references as extra tokens (Phantom-style)")
+    p.add_argument("--reuse-from", default=None, help="another run's folder: reuse its VAE and data (same budget, only the transformer differs)")
     p.set_defaults(func=cmd_world_train)
     return parser
 

@@ -64,6 +64,31 @@ def channel_concat(noisy_latent: torch.Tensor, condition: torch.Tensor) -> torch
     return torch.cat([noisy_latent, condition], dim=1)
 
 
+CONDITIONING_MODES = ("channel", "tokens")
+
+
+def model_input(noisy_latent: torch.Tensor, condition: torch.Tensor, mode: str = "channel", mask_channels: bool = True) -> torch.Tensor:
+    """The transformer input for a conditioning mode.
+
+    channel (MAGREF): channel_concat -> (B, 36, T, h, w); with mask_channels=False the 4 mask
+        channels carry zeros (the "no mask" ablation: same architecture, no region information).
+    tokens (the Phantom-style alternative, an ablation): the reference latent (frame 0 of the
+        condition) is appended as one more latent frame, so it reaches the video only through
+        self-attention over extra tokens: (B, 16, T + 1, h, w), for a transformer with 16 input
+        channels. `model_output` removes the extra frame again.
+    """
+    if mode == "tokens":
+        return torch.cat([noisy_latent, condition[:, 4:, :1]], dim=2)
+    if not mask_channels:
+        condition = torch.cat([torch.zeros_like(condition[:, :4]), condition[:, 4:]], dim=1)
+    return channel_concat(noisy_latent, condition)
+
+
+def model_output(prediction: torch.Tensor, mode: str = "channel") -> torch.Tensor:
+    """The velocity for the video latent only (drops the appended reference frame in tokens mode)."""
+    return prediction[:, :, :-1] if mode == "tokens" else prediction
+
+
 def clip_pixel_values(
     canvas: torch.Tensor, size: tuple[int, int], mean: list[float], std: list[float]
 ) -> torch.Tensor:

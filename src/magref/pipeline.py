@@ -26,10 +26,11 @@ from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderMo
 from .composition import Composition, RegionLayout, check_canvas_size, compose_references
 from .conditioning import (
     canvas_to_tensor,
-    channel_concat,
     check_num_frames,
     clip_pixel_values,
     condition_video,
+    model_input,
+    model_output,
     num_latent_frames,
     reference_mask,
 )
@@ -59,6 +60,8 @@ class MagrefPipeline(WanImageToVideoPipeline):
         image_encoder: CLIPVisionModel,
         transformer: WanTransformer3DModel,
         image_processor=None,  # CLIP image processor: its size, mean and std drive encode_image
+        conditioning: str = "channel",  # "tokens": the Phantom-style ablation (see conditioning.model_input)
+        mask_channels: bool = True,  # False: the no-mask ablation
     ):
         # Skip WanImageToVideoPipeline.__init__: it registers Wan2.2's second transformer and
         # boundary config, which MAGREF does not have and which would leak into model_index.json.
@@ -72,6 +75,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
             transformer=transformer,
             image_processor=image_processor,
         )
+        self.register_to_config(conditioning=conditioning, mask_channels=mask_channels)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal if vae is not None else 4
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -170,11 +174,11 @@ class MagrefPipeline(WanImageToVideoPipeline):
             return self.scheduler
         return make_scheduler(solver or current, self.scheduler.config.flow_shift if shift is None else shift)
 
-    def predict_velocity(self, model_input, timestep, text_embeds, image_embeds, attention_kwargs, cache_context: str) -> torch.Tensor:
+    def predict_velocity(self, x_in, timestep, text_embeds, image_embeds, attention_kwargs, cache_context: str) -> torch.Tensor:
         """One transformer pass; `cache_context` keeps step-cache state apart per guidance branch."""
         with self.transformer.cache_context(cache_context):
             return self.transformer(
-                hidden_states=model_input,
+                hidden_states=x_in,
                 timestep=timestep,
                 encoder_hidden_states=text_embeds,
                 encoder_hidden_states_image=image_embeds,
@@ -209,18 +213,21 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                model_input = channel_concat(latents, condition).to(dtype)  # (B, 36, T, h, w)
-                timestep = t.expand(model_input.shape[0])
+                mode = self.config.get("conditioning", "channel")
+                x_in = model_input(latents, condition, mode, self.config.get("mask_channels", True)).to(dtype)  # (B, 36, T, h, w) in channel mode
+                timestep = t.expand(x_in.shape[0])
                 if negative_prompt_embeds is not None and batched_cfg:
                     both = self.predict_velocity(
-                        torch.cat([model_input, model_input]), torch.cat([timestep, timestep]),
+                        torch.cat([x_in, x_in]), torch.cat([timestep, timestep]),
                         torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([image_embeds, image_embeds]), attention_kwargs, "cfg",
                     )
-                    noise_pred, noise_uncond = both.chunk(2)
+                    noise_pred, noise_uncond = model_output(both, mode).chunk(2)
                 else:
-                    noise_pred = self.predict_velocity(model_input, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond")
+                    noise_pred = model_output(self.predict_velocity(x_in, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond"), mode)
                     if negative_prompt_embeds is not None:
-                        noise_uncond = self.predict_velocity(model_input, timestep, negative_prompt_embeds, image_embeds, attention_kwargs, "uncond")
+                        noise_uncond = model_output(
+                            self.predict_velocity(x_in, timestep, negative_prompt_embeds, image_embeds, attention_kwargs, "uncond"), mode
+                        )
                 if negative_prompt_embeds is not None:
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]

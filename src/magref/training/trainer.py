@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..composition import compose_references
-from ..conditioning import canvas_to_tensor, channel_concat
+from ..conditioning import canvas_to_tensor, model_input, model_output
 from ..data.masking import LayoutSampler
 from ..data.shards import ClipDataset
 from ..errors import MagrefInputError
@@ -182,15 +182,16 @@ class Trainer:
         x_t, target, timestep = flow_pair(x0, noise, sigma)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        mode = self.pipe.config.get("conditioning", "channel")
         with autocast:
             pred = self.transformer(
-                hidden_states=channel_concat(x_t, batch["condition"]),
+                hidden_states=model_input(x_t, batch["condition"], mode, self.pipe.config.get("mask_channels", True)),
                 timestep=timestep,
                 encoder_hidden_states=batch["text"],
                 encoder_hidden_states_image=batch["image_embeds"],
                 return_dict=False,
             )[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())  # the video latent only
+        loss = torch.nn.functional.mse_loss(model_output(pred, mode).float(), target.float())  # the video latent only
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)

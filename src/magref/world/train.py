@@ -30,7 +30,14 @@ from .render import identity
 FRAMES, SIZE = 13, 64
 
 
-def miniature_components(seed: int = 0) -> dict:
+ABLATIONS = {
+    "none": dict(conditioning="channel", mask_channels=True),  # MAGREF
+    "no-mask": dict(conditioning="channel", mask_channels=False),  # mask channels carry zeros
+    "tokens": dict(conditioning="tokens", mask_channels=True),  # references as extra tokens (Phantom-style)
+}
+
+
+def miniature_components(seed: int = 0, ablation: str = "none") -> dict:
     """Same family as the real model, sized for a 2-core CPU."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
@@ -47,11 +54,12 @@ def miniature_components(seed: int = 0) -> dict:
         image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                                                          image_size=56, patch_size=14, projection_dim=32, hidden_act="gelu"))
         vae = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True])
-        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=36, out_channels=16,
+        in_channels = 16 if ABLATIONS[ablation]["conditioning"] == "tokens" else 36
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=in_channels, out_channels=16,
                                             text_dim=64, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
                                             qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=256, rope_max_seq_len=256)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, scheduler=make_scheduler("unipc", 3.0),
-                image_encoder=image_encoder.eval(), transformer=transformer, image_processor=clip_image_processor(56))
+                image_encoder=image_encoder.eval(), transformer=transformer, image_processor=clip_image_processor(56), **ABLATIONS[ablation])
 
 
 def world_frames(rng: np.random.Generator, batch: int, frames: int) -> torch.Tensor:
@@ -126,7 +134,10 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
     return vae_dir / "model"
 
 
-def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: int = 4000, batch_size: int = 8, log=print) -> Path:
+def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: int = 4000, batch_size: int = 8, log=print,
+        ablation: str = "none", reuse_from: str | Path | None = None) -> Path:
+    """`reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
+    from the full model only in the transformer's conditioning."""
     from diffusers import AutoencoderKLWan
 
     from ..pipeline import MagrefPipeline
@@ -137,12 +148,17 @@ def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: in
     t_start = time.time()
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
+    if reuse_from is not None:
+        reuse_from = Path(reuse_from).expanduser()
+        for part in ("vae", "data"):
+            if not (out / part).exists():
+                (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
         train_vae(out, vae_steps, log)
         timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
     if not (out / "base" / "model_index.json").is_file():
-        comps = miniature_components()
+        comps = miniature_components(ablation=ablation)
         comps["vae"] = AutoencoderKLWan.from_pretrained(out / "vae" / "model")
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
