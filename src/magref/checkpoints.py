@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .conditioning import CLIP_MEAN, CLIP_STD
 from .errors import CheckpointError
 
 OFFICIAL_FILES = {
@@ -34,8 +35,6 @@ OFFICIAL_FILES = {
 }
 COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,21 +293,34 @@ def transformer_config_from_official(cfg: dict, keys_shapes: dict[str, tuple]) -
     )
 
 
-def _official_config_from_shapes(shapes: dict[str, tuple]) -> dict:
-    """Official config for a single-file transformer (no config.json): read it off the shapes."""
-    dim = shapes["patch_embedding.weight"][0]
-    num_layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
-    # q/k norms span all heads, so shapes do not tell the head count; Wan sizes use 128-wide heads
-    heads = {1536: 12, 2048: 16, 3072: 24, 5120: 40}.get(dim, max(1, dim // 128))
-    return dict(
+# Where each size can be read off a single-file transformer, in either key layout.
+_SHAPE_KEYS = {
+    "official": dict(patch="patch_embedding.weight", head="head.head.weight", ffn="blocks.0.ffn.0.weight",
+                     time="time_embedding.0.weight", text="text_embedding.0.weight", image="img_emb.proj.0.weight"),
+    "diffusers": dict(patch="patch_embedding.weight", head="proj_out.weight", ffn="blocks.0.ffn.net.0.proj.weight",
+                      time="condition_embedder.time_embedder.linear_1.weight", text="condition_embedder.text_embedder.linear_1.weight",
+                      image="condition_embedder.image_embedder.norm1.weight"),
+}
+
+
+def _config_from_shapes(shapes: dict[str, tuple], layout: str) -> dict:
+    """diffusers config for a single-file transformer (no config.json): read off the shapes."""
+    k = _SHAPE_KEYS[layout]
+    dim = shapes[k["patch"]][0]
+    official = dict(
         dim=dim,
-        num_heads=heads,
-        num_layers=num_layers,
-        in_dim=shapes["patch_embedding.weight"][1],
-        out_dim=shapes["head.head.weight"][0] // 4,
-        ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
-        freq_dim=shapes["time_embedding.0.weight"][1],
+        # q/k norms span all heads, so shapes do not tell the head count; Wan sizes use 128-wide heads
+        num_heads={1536: 12, 2048: 16, 3072: 24, 5120: 40}.get(dim, max(1, dim // 128)),
+        num_layers=1 + max(int(key.split(".")[1]) for key in shapes if key.startswith("blocks.")),
+        in_dim=shapes[k["patch"]][1],
+        out_dim=shapes[k["head"]][0] // 4,
+        ffn_dim=shapes[k["ffn"]][0],
+        freq_dim=shapes[k["time"]][1],
     )
+    known = {"text_embedding.0.weight": shapes[k["text"]]}
+    if k["image"] in shapes:
+        known["img_emb.proj.0.weight"] = shapes[k["image"]]
+    return transformer_config_from_official(official, known)
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype | None = None):
@@ -320,37 +332,17 @@ def load_transformer(path: str | Path, dtype: torch.dtype | None = None):
     if kind == "diffusers-transformer" and path.is_dir():
         return WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
     shapes = _shapes(path)
-    if kind == "diffusers-transformer":  # single diffusers-format file
-        return _diffusers_single_file(path, shapes, dtype)
+    if kind == "diffusers-transformer":  # a single diffusers-format file: keys as they are
+        model = _meta_model(lambda: WanTransformer3DModel(**_config_from_shapes(shapes, "diffusers")))
+        return _load_into(model, iter_shards(path, dtype), lambda sd: sd, path, dtype)
+    shapes = {k.replace("model.diffusion_model.", ""): v for k, v in shapes.items()}
     cfg_file = path / "config.json" if path.is_dir() else None
-    official = json.loads(cfg_file.read_text()) if cfg_file and cfg_file.is_file() else _official_config_from_shapes(
-        {k.replace("model.diffusion_model.", ""): v for k, v in shapes.items()}
-    )
-    config = transformer_config_from_official(official, {k.replace("model.diffusion_model.", ""): v for k, v in shapes.items()})
+    if cfg_file and cfg_file.is_file():
+        config = transformer_config_from_official(json.loads(cfg_file.read_text()), shapes)
+    else:
+        config = _config_from_shapes(shapes, "official")
     model = _meta_model(lambda: WanTransformer3DModel(**config))
     return _load_into(model, iter_shards(path, dtype), lambda sd: convert_wan_transformer_to_diffusers(sd), path, dtype)
-
-
-def _diffusers_single_file(path: Path, shapes: dict, dtype):
-    from diffusers import WanTransformer3DModel
-
-    dim = shapes["patch_embedding.weight"][0]
-    official = dict(
-        dim=dim,
-        num_heads={1536: 12, 2048: 16, 3072: 24, 5120: 40}.get(dim, max(1, dim // 128)),
-        num_layers=1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")),
-        in_dim=shapes["patch_embedding.weight"][1],
-        out_dim=shapes["proj_out.weight"][0] // 4,
-        ffn_dim=shapes["blocks.0.ffn.net.0.proj.weight"][0],
-        freq_dim=shapes["condition_embedder.time_embedder.linear_1.weight"][1],
-    )
-    s2 = {
-        "text_embedding.0.weight": shapes["condition_embedder.text_embedder.linear_1.weight"],
-        "img_emb.proj.0.weight": shapes.get("condition_embedder.image_embedder.norm1.weight"),
-    }
-    config = transformer_config_from_official(official, {k: v for k, v in s2.items() if v is not None})
-    model = _meta_model(lambda: WanTransformer3DModel(**config))
-    return _load_into(model, iter_shards(path, dtype), lambda sd: sd, path, dtype)
 
 
 def _shapes(path: Path) -> dict[str, tuple]:

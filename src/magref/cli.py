@@ -98,11 +98,10 @@ def cmd_batch(args) -> int:
 
 def _run_items(args, items) -> int:
     """Validate every item before loading the model (a bad item costs nothing), then run them."""
-    from .jobs import run_batch
+    from .jobs import check_items, run_batch
     from .models import load_pipeline, model_fingerprint
 
-    for it in items:
-        it.settings.validate()
+    check_items(items)
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)

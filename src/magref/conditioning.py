@@ -14,6 +14,9 @@ from PIL import Image
 from .errors import MagrefInputError
 
 TEMPORAL_STRIDE = 4  # VAE temporal stride: F = 4n+1 frames -> n+1 latent frames
+# The OpenAI CLIP normalisation, which the official open-clip ViT-H uses too.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def check_num_frames(num_frames: int) -> None:

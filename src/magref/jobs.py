@@ -227,21 +227,26 @@ def parse_batch(path: str | Path, defaults: dict[str, Any]) -> list[BatchItem]:
     return items
 
 
-def run_batch(
-    pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print, acceleration: dict | None = None, write: bool = True
-) -> dict:
-    """Generate every item not yet complete; returns counts. Items are validated up front."""
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for it in items:  # fail before any generation if any item is bad
+def check_items(items: list[BatchItem]) -> None:
+    """Settings valid and every reference readable, for every item; errors name the item."""
+    for it in items:
         try:
             it.settings.validate()
             for r in it.settings.refs:
                 load_reference(r)
         except MagrefInputError as e:
             raise MagrefInputError(f"Batch item {it.id!r} (line {it.line}): {e.problem}", e.fix) from None
+
+
+def run_batch(
+    pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print, acceleration: dict | None = None, write: bool = True
+) -> dict:
+    """Generate every item not yet complete; returns counts. Check the items with `check_items`
+    first (before loading the model), so that a bad item stops the batch before any work."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
     for it in tqdm(items, desc="batch", unit="video", file=sys.stderr):
         video = out_dir / f"{it.id}.mp4"

@@ -25,6 +25,8 @@ from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderMo
 
 from .composition import Composition, RegionLayout, check_canvas_size, compose_references
 from .conditioning import (
+    CLIP_MEAN,
+    CLIP_STD,
     canvas_to_tensor,
     check_num_frames,
     clip_pixel_values,
@@ -128,8 +130,8 @@ class MagrefPipeline(WanImageToVideoPipeline):
         """CLIP features of the [-1, 1] canvas (B, 3, H, W): penultimate block, no post norm."""
         device = device or self._execution_device
         proc = self.image_processor
-        mean = proc.image_mean if proc is not None else [0.48145466, 0.4578275, 0.40821073]
-        std = proc.image_std if proc is not None else [0.26862954, 0.26130258, 0.27577711]
+        mean = proc.image_mean if proc is not None else CLIP_MEAN
+        std = proc.image_std if proc is not None else CLIP_STD
         pixel_values = clip_pixel_values(canvas, self.clip_input_size(), mean, std)
         encoder_device = get_module_execution_device(self.image_encoder)  # offload hooks aware
         pixel_values = pixel_values.to(encoder_device, self.image_encoder.dtype)
@@ -139,12 +141,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
     @torch.no_grad()
     def prepare_condition(self, canvas: torch.Tensor, latent_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
         """y = [reference mask (4); normalised VAE latent of canvas + F-1 black frames (16)]."""
-        vae_device = get_module_execution_device(self.vae)
-        video = condition_video(canvas, num_frames).to(vae_device, self.vae.dtype)
-        latent = self.vae.encode(video).latent_dist.mode().float()
-        mean = torch.tensor(self.vae.config.latents_mean, device=latent.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.vae.config.latents_std, device=latent.device).view(1, -1, 1, 1, 1)
-        latent = (latent - mean) / std
+        latent = self.encode_video(condition_video(canvas, num_frames))
         mask = reference_mask(latent_mask.to(latent.device), num_frames).to(latent.dtype)
         return torch.cat([mask.expand(latent.shape[0], -1, -1, -1, -1), latent], dim=1)
 
@@ -160,11 +157,25 @@ class MagrefPipeline(WanImageToVideoPipeline):
             return latents.to(device=device, dtype=torch.float32)
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 
+    def _latent_stats(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and std, shaped (1, C, 1, 1, 1)."""
+        mean = torch.tensor(self.vae.config.latents_mean, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.vae.config.latents_std, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> normalised float32 latent (the posterior mode, as the
+        official VAE returns); shared by the condition and the trainer's targets."""
+        vae_device = get_module_execution_device(self.vae)
+        latent = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode().float()
+        mean, std = self._latent_stats(latent.device, latent.dtype)
+        return (latent - mean) / std
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         vae_device = get_module_execution_device(self.vae)
         latents = latents.to(vae_device, self.vae.dtype)
-        mean = torch.tensor(self.vae.config.latents_mean, device=vae_device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.vae.config.latents_std, device=vae_device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+        mean, std = self._latent_stats(vae_device, latents.dtype)
         return self.vae.decode(latents * std + mean, return_dict=False)[0]
 
     def scheduler_for(self, solver: str | None, shift: float | None):
@@ -206,6 +217,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         With `batched_cfg` both branches run as one batch-2 forward (same result, fewer launches)."""
         dtype = self.transformer.dtype
         batched_cfg = self.batched_cfg if batched_cfg is None else batched_cfg
+        mode, mask_channels = self.config.get("conditioning", "channel"), self.config.get("mask_channels", True)
         timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -213,8 +225,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                mode = self.config.get("conditioning", "channel")
-                x_in = model_input(latents, condition, mode, self.config.get("mask_channels", True)).to(dtype)  # (B, 36, T, h, w) in channel mode
+                x_in = model_input(latents, condition, mode, mask_channels).to(dtype)  # (B, 36, T, h, w) in channel mode
                 timestep = t.expand(x_in.shape[0])
                 if negative_prompt_embeds is not None and batched_cfg:
                     both = self.predict_velocity(

@@ -13,12 +13,8 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from .checkpoints import clip_image_processor
 from .schedulers import make_scheduler
-
-try:  # transformers >= 5: the PIL backend, which needs no torchvision
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers import CLIPImageProcessor
 
 TINY_SEED = 0
 TEXT_DIM = 32
@@ -94,9 +90,7 @@ def tiny_components(seed: int = TINY_SEED, solver: str = "unipc", shift: float =
             added_kv_proj_dim=32,
             rope_max_seq_len=1024,
         )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
-    )
+    image_processor = clip_image_processor(CLIP_IMAGE_SIZE)
     for m in (text_encoder, image_encoder, vae, transformer):
         m.eval()
     return dict(

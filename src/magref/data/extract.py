@@ -29,13 +29,13 @@ class Extractor(Protocol):
         """frames: (F, H, W, 3) uint8 of one clip; context: source path, frame indices, ..."""
 
 
-def _cutout(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
+def cutout(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
     x0, y0, x1, y1 = box
     rgba = np.dstack([frame, (mask > 0).astype(np.uint8) * 255])[y0:y1, x0:x1]
     return Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA")
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return None
@@ -61,7 +61,7 @@ class OpenCVExtractor:
         for x, y, fw, fh in self.faces.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))[: self.max_subjects]:
             pad = int(0.3 * max(fw, fh))
             box = (max(0, x - pad), max(0, y - pad), min(w, x + fw + pad), min(h, y + fh + pad))
-            subjects.append(Subject(_cutout(ref, np.ones((h, w), np.uint8), box), box, "face"))
+            subjects.append(Subject(cutout(ref, np.ones((h, w), np.uint8), box), box, "face"))
         if f < 3:
             return subjects
         # The median over the whole video (when given) sees past slow subjects that cover the
@@ -80,9 +80,9 @@ class OpenCVExtractor:
                 break
             x, y, bw, bh = stats[i, :4]
             mask = self._grabcut(ref, labels == i, (x, y, bw, bh))
-            box = _bbox(mask)
+            box = mask_bbox(mask)
             if box is not None:
-                subjects.append(Subject(_cutout(ref, mask, box), box, "object"))
+                subjects.append(Subject(cutout(ref, mask, box), box, "object"))
         return subjects
 
     def _grabcut(self, image: np.ndarray, seed: np.ndarray, rect) -> np.ndarray:
@@ -118,9 +118,9 @@ class MaskSidecarExtractor:
         subjects = []
         for mask_video, kind in zip(masks, kinds):
             mask = np.asarray(Image.fromarray(mask_video[src_index].astype(np.uint8) * 255).resize(ref.shape[1::-1], Image.NEAREST)) > 127
-            box = _bbox(mask)
+            box = mask_bbox(mask)
             if box is not None:
-                subjects.append(Subject(_cutout(ref, mask, box), box, kind))
+                subjects.append(Subject(cutout(ref, mask, box), box, kind))
         return subjects
 
 
@@ -195,9 +195,9 @@ class DetectSegmentExtractor:
             mask = mask & inside
             if mask.sum() < 0.05 * inside.sum():  # SAM found nothing in its box: keep the box itself
                 mask = inside
-            b = _bbox(mask)
+            b = mask_bbox(mask)
             if b is not None:
-                subjects.append(Subject(_cutout(ref, mask, b), b, kind))
+                subjects.append(Subject(cutout(ref, mask, b), b, kind))
         return subjects
 
 

@@ -141,10 +141,15 @@ class Trainer:
         n, b = len(self.dataset), self.cfg.batch_size
         out = []
         for j in range(b):
-            g = (step * self.world_size + self.rank) * b + j
-            epoch, pos = divmod(g, n)
-            out.append(int(np.random.default_rng([self.cfg.seed, epoch]).permutation(n)[pos]))
+            epoch, pos = divmod((step * self.world_size + self.rank) * b + j, n)
+            out.append(int(self._epoch_order(epoch)[pos]))
         return out
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The dataset order of one epoch, drawn once per epoch rather than once per sample."""
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order, self._order_epoch = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)), epoch
+        return self._order
 
     def example(self, index: int, rng: random.Random) -> dict:
         sample = self.dataset[index]
@@ -161,10 +166,7 @@ class Trainer:
     def encode(self, examples: list[dict]) -> dict:
         """Frozen encoders, through the pipeline's own methods (one code path with inference)."""
         pipe, dev = self.pipe, self.device
-        video = torch.stack([e["video"] for e in examples]).to(dev)
-        mean = torch.tensor(pipe.vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
-        std = torch.tensor(pipe.vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
-        x0 = (pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mode().float() - mean) / std
+        x0 = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
         condition = torch.cat([pipe.prepare_condition(e["canvas"][None].to(dev), e["latent_mask"], self.frames) for e in examples])
         image_embeds = torch.cat([pipe.encode_image(e["canvas"][None].to(dev), dev) for e in examples])
         text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev)[0]
@@ -251,7 +253,8 @@ class Trainer:
             full = get_model_state_dict(self.transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             full = self.transformer.state_dict()
-        return {k: v.detach().cpu().contiguous() for k, v in full.items() if k in set(self.trainable_names)}
+        trainable = set(self.trainable_names)
+        return {k: v.detach().cpu().contiguous() for k, v in full.items() if k in trainable}
 
     def optimizer_state(self) -> dict:
         if self.world_size > 1:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..data.extract import cutout, mask_bbox
 from ..data.shards import FORMAT, MANIFEST, Sample, Subject, write_shard
 from ..io import write_json
 from .clips import make_clip
@@ -20,15 +20,6 @@ NUM_IDENTITIES = 400
 def identity_ids(split: str) -> list[int]:
     held = split == "heldout"
     return [i for i in range(NUM_IDENTITIES) if is_held_out(i) == held]
-
-
-def cutout(frame: np.ndarray, mask: np.ndarray) -> tuple[Image.Image, tuple[int, int, int, int]] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 16:
-        return None
-    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    rgba = np.dstack([frame, mask.astype(np.uint8) * 255])[box[1] : box[3], box[0] : box[2]]
-    return Image.fromarray(np.ascontiguousarray(rgba), "RGBA"), box
 
 
 def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", seed: int = 0, frames: int = 17, height: int = 64,
@@ -46,10 +37,10 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
         clip = make_clip([identity(i) for i in ids], rng, frames, height, width)
         mid = frames // 2
         subs = []
-        for ident, mask in zip(clip.identities, clip.masks):
-            cut = cutout(clip.frames[mid], mask[mid])
-            if cut is not None:
-                subs.append(Subject(cut[0], cut[1], "person" if ident.kind == "character" else "object"))
+        for ident, mask in zip(clip.identities, clip.masks[:, mid]):
+            box = mask_bbox(mask)
+            if box is not None and mask.sum() >= 16:  # a subject almost hidden makes no reference
+                subs.append(Subject(cutout(clip.frames[mid], mask, box), box, "person" if ident.kind == "character" else "object"))
         if not subs:
             continue
         meta = {"source": f"world/{split}/{k}", "start": 0, "fps": 8.0, "identities": ids, "motions": clip.motions, "scene": clip.scene}

@@ -18,16 +18,14 @@ import numpy as np
 from PIL import Image
 
 from ..bench.metrics import MetricInput, _hs_hist, quality, subject_colour
+from ..composition import to_rgb_on_white
 from .build import identity_ids
 from .clips import MOTIONS
 from .render import SCENES, identity, render_subject
 
 
 def sprite_on_white(identity_id: int, size: int = 64) -> Image.Image:
-    sprite = render_subject(identity(identity_id), size)
-    canvas = Image.new("RGB", sprite.size, (255, 255, 255))
-    canvas.paste(sprite, (0, 0), sprite)
-    return canvas
+    return to_rgb_on_white(render_subject(identity(identity_id), size))
 
 
 def identity_match(frames: np.ndarray, true_id: int, distractors: list[int]) -> tuple[bool, float]:
