@@ -20,19 +20,21 @@ EXIT_USAGE = 2
 
 def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> None:
     g = p.add_argument_group("generation" + (" (defaults for every item; items may override)" if batch else ""))
-    g.add_argument("--model", default=None, help="tiny-random, a MagrefPipeline folder, or a hub id (default: the bundled model)")
-    g.add_argument("--height", type=int, default=DEFAULTS["height"])
-    g.add_argument("--width", type=int, default=DEFAULTS["width"])
-    g.add_argument("--frames", type=int, default=DEFAULTS["num_frames"], help="4n+1 frames (default 81)")
-    g.add_argument("--steps", type=int, default=DEFAULTS["num_inference_steps"])
-    g.add_argument("--guidance", type=float, default=DEFAULTS["guidance_scale"])
-    g.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="flow shift (3.0 at 480p, 5.0 at 720p)")
+    g.add_argument("--model", default=None,
+                   help="miniature (the bundled trained model, default), tiny-random, a MagrefPipeline folder, or a hub id")
+    d = "the model's own (generation_defaults.json), else the official 480p value: "
+    g.add_argument("--height", type=int, default=None, help=d + str(DEFAULTS["height"]))
+    g.add_argument("--width", type=int, default=None, help=d + str(DEFAULTS["width"]))
+    g.add_argument("--frames", type=int, default=None, help="4n+1 frames; " + d + str(DEFAULTS["num_frames"]))
+    g.add_argument("--steps", type=int, default=None, help=d + str(DEFAULTS["num_inference_steps"]))
+    g.add_argument("--guidance", type=float, default=None, help=d + str(DEFAULTS["guidance_scale"]))
+    g.add_argument("--shift", type=float, default=None, help="flow shift (3.0 at 480p, 5.0 at 720p); " + d + str(DEFAULTS["shift"]))
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     g.add_argument("--solver", choices=["unipc", "dpm++"], default="unipc")
     g.add_argument("--layout", default=None, help="layout JSON: one box [x0, y0, x1, y1] per reference")
     g.add_argument("--layout-seed", type=int, default=None, help="official random placement for random.seed(N)")
-    g.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt plus 'camera shake'")
-    g.add_argument("--fps", type=float, default=DEFAULTS["fps"])
+    g.add_argument("--negative-prompt", default=None, help="default: the model's own, else Wan's negative prompt plus 'camera shake'")
+    g.add_argument("--fps", type=float, default=None, help=d + str(DEFAULTS["fps"]))
     g.add_argument("--keep-first-frames", action="store_true", help="keep the first 4 decoded frames (the official output drops them)")
     a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
     a.add_argument("--preset", choices=["quality", "fast", "lowmem"], default="quality",
@@ -45,19 +47,17 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
 
 
 def _settings_dict(args) -> dict:
+    """The command line's settings; what it leaves out comes from the model's own defaults."""
+    from .models import generation_defaults
+
+    given = {k: getattr(args, k) for k in ("negative_prompt", "height", "width", "frames", "steps", "guidance", "shift", "fps")}
+    defaults = generation_defaults(args.model)
     return dict(
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        frames=args.frames,
-        steps=args.steps,
-        guidance=args.guidance,
-        shift=args.shift,
+        **{k: defaults[k] if v is None else v for k, v in given.items()},
         seed=args.seed,
         solver=args.solver,
         layout=args.layout,
         layout_seed=args.layout_seed,
-        fps=args.fps,
         keep_first_frames=args.keep_first_frames,
     )
 
@@ -232,6 +232,20 @@ def cmd_world_train(args) -> int:
     return 0
 
 
+def cmd_world_evaluate(args) -> int:
+    from .world.evaluate import evaluate
+
+    models = {}
+    for item in args.model:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise MagrefInputError(f"--model {item!r} is not NAME=SPEC.", "write e.g. --model magref=~/.cache/magref/world@1500.")
+        models[name] = spec
+    evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
+             guidance=args.guidance, truth=not args.no_truth)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magref", description="MAGREF any-reference video generation")
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
@@ -325,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no-mask: mask channels carry zeros; tokens: references as extra tokens (Phantom-style)")
     p.add_argument("--reuse-from", default=None, help="another run's folder: reuse its VAE and data (same budget, only the transformer differs)")
     p.set_defaults(func=cmd_world_train)
+    p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
+                   help="SPEC: a pipeline folder, a `world train --out` run (latest checkpoint) or RUN@STEP; repeat per model")
+    p.add_argument("--out", required=True, help="folder for results.jsonl, summary.json, table.md, sheets/ and videos/ (a rerun resumes)")
+    p.add_argument("--subjects", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--cases", type=int, default=10, help="cases per subject count")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
+    p.set_defaults(func=cmd_world_evaluate)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Resolve a `--model` argument to a MagrefPipeline.
 
-Accepted: `tiny-random` (built in code), a local MagrefPipeline folder (`model_index.json`,
+Accepted: `miniature` (the bundled trained miniature MAGREF, the default), `tiny-random`
+(built in code), a local MagrefPipeline folder (`model_index.json`,
 as written by `save_pretrained`), or a hub id (`org/name`), which is fetched only because the user
 named it. Anything else gets a clear error naming what was expected.
 """
@@ -14,7 +15,10 @@ from pathlib import Path
 from .errors import CheckpointError, MagrefInputError
 
 TINY_RANDOM = "tiny-random"
-DEFAULT_MODEL = TINY_RANDOM  # until the trained miniature model ships (issue 7)
+MINIATURE = "miniature"  # trained on the procedural world by `magref world train` (docs/miniature-world.md)
+DEFAULT_MODEL = TINY_RANDOM  # switched to MINIATURE in the commit that ships its weights
+MINIATURE_PATH = Path(__file__).parent / "assets" / "models" / "miniature"
+DEFAULTS_FILE = "generation_defaults.json"  # a model folder's own settings: size, frames, steps, ...
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -26,6 +30,11 @@ def load_pipeline(model: str | None = None, solver: str | None = None, shift: fl
         from .tiny import tiny_random_pipeline
 
         pipe = tiny_random_pipeline()
+    elif model == MINIATURE:
+        import torch
+
+        # stored in bf16 to keep the package small; computed in float32 on any CPU
+        pipe = _load_path_or_hub(str(MINIATURE_PATH), torch_dtype or torch.float32)
     else:
         pipe = _load_path_or_hub(model, torch_dtype)
     if solver is not None or shift is not None:
@@ -39,7 +48,7 @@ def _load_path_or_hub(model: str, torch_dtype):
     from .pipeline import MagrefPipeline
 
     path = Path(model).expanduser()
-    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     if path.exists():
         if path.is_dir() and (path / "model_index.json").is_file():
             try:
@@ -60,7 +69,7 @@ def _load_path_or_hub(model: str, torch_dtype):
             )
         raise CheckpointError(
             f"{path} is not a MagrefPipeline folder (no model_index.json).",
-            f"pass --model {TINY_RANDOM}, a folder written by MagrefPipeline.save_pretrained, or a hub id.",
+            f"pass --model {MINIATURE}, {TINY_RANDOM}, a folder written by MagrefPipeline.save_pretrained, or a hub id.",
         )
     if _HUB_ID.match(model):
         try:
@@ -72,14 +81,36 @@ def _load_path_or_hub(model: str, torch_dtype):
             ) from None
     raise MagrefInputError(
         f"Unknown model {model!r}: no such path, and not a hub id.",
-        f"pass --model {TINY_RANDOM}, a local MagrefPipeline folder, or org/name.",
+        f"pass --model {MINIATURE}, {TINY_RANDOM}, a local MagrefPipeline folder, or org/name.",
     )
+
+
+def generation_defaults(model: str | None) -> dict:
+    """Settings a model was made for (`generation_defaults.json` in its folder: height, width,
+    frames, steps, guidance, shift, fps, negative_prompt), over the official 480p defaults. Read
+    without loading weights, so input checks still come before the model loads."""
+    import json
+
+    from .defaults import DEFAULTS
+
+    out = dict(height=DEFAULTS["height"], width=DEFAULTS["width"], frames=DEFAULTS["num_frames"], steps=DEFAULTS["num_inference_steps"],
+               guidance=DEFAULTS["guidance_scale"], shift=DEFAULTS["shift"], fps=DEFAULTS["fps"], negative_prompt=None)
+    path = _local_path(model or DEFAULT_MODEL) / DEFAULTS_FILE
+    if path.is_file():
+        out.update({k: v for k, v in json.loads(path.read_text()).items() if k in out})
+    return out
+
+
+def _local_path(model: str) -> Path:
+    return MINIATURE_PATH if model == MINIATURE else Path(model).expanduser()
 
 
 def model_fingerprint(model: str | None, pipe=None) -> str:
     """A cheap identity for the sidecar: sha256 over configs and weight file names/sizes for a
     folder; over the transformer weights for models built in code (they are tiny)."""
     model = model or DEFAULT_MODEL
+    if model == MINIATURE:
+        model = str(MINIATURE_PATH)
     h = hashlib.sha256()
     path = Path(model)
     if path.is_dir():

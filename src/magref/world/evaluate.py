@@ -117,3 +117,147 @@ def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7) ->
         motion_ok.append(classify_motion(trajectory(frames, i)) == motion)
     return {"identity_top1": float(np.mean(hits)), "identity_margin": float(np.mean(margins)),
             "motion_accuracy": float(np.mean(motion_ok)), "quality": quality(MetricInput(frames, [], ""))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models against the truth: `magref world evaluate`
+# ----------------------------------------------------------------------------------------------
+def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, size: int = 64, frames: int = 13) -> np.ndarray:
+    """(F, H, W, 3) uint8: the model's video for a case, references = the held-out sprites on white."""
+    import torch
+
+    from ..pipeline import to_uint8_frames
+
+    refs = [sprite_on_white(i, 96) for i in case.ids]
+    out = pipe(prompt=case.prompt, references=refs, negative_prompt="", height=size, width=size, num_frames=frames,
+               num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+    return to_uint8_frames(out.frames[0])
+
+
+def truth_case(case: EvalCase, seed: int, frames: int = 9) -> np.ndarray:
+    """The world's own rendering of the case: the ceiling of every metric."""
+    from .clips import make_clip
+
+    return make_clip([identity(i) for i in case.ids], np.random.default_rng([case.seed, seed]), frames=frames,
+                     motions=case.motions, scene=case.scene).frames
+
+
+def load_model_spec(spec: str):
+    """`PATH` (a pipeline folder, or a `magref world train` run: its latest checkpoint) or `RUN@STEP`."""
+    from pathlib import Path
+
+    from ..models import load_pipeline
+    from .train import pipeline_from_run
+
+    path, _, step = spec.partition("@")
+    if (Path(path).expanduser() / "dit").is_dir():
+        return pipeline_from_run(path, int(step) if step else None)
+    return load_pipeline(path)
+
+
+METRICS = ("identity_top1", "identity_margin", "motion_accuracy", "quality")
+
+
+def summarise(rows: list[dict]) -> dict:
+    """{model: {subjects: {metric: (mean, standard error, n)}}}."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r["model"], {}).setdefault(r["subjects"], []).append(r)
+    out: dict = {}
+    for model, by_k in groups.items():
+        for k, rs in sorted(by_k.items()):
+            stats = {}
+            for m in METRICS:
+                v = np.array([r[m] for r in rs], float)
+                stats[m] = (float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, len(v))
+            out.setdefault(model, {})[k] = stats
+    return out
+
+
+def table_markdown(summary: dict, chance: float) -> str:
+    lines = ["| model | subjects | identity top-1 | identity margin | motion accuracy | quality | n |", "|---|---|---|---|---|---|---|"]
+    for model, by_k in summary.items():
+        for k, s in by_k.items():
+            cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS]
+            lines.append(f"| {model} | {k} | " + " | ".join(cells) + f" | {s[METRICS[0]][2]} |")
+    lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown: int = 5, scale: int = 2) -> Image.Image:
+    """One row per model: label, the reference canvas, then evenly spaced frames of its video."""
+    from PIL import ImageDraw
+
+    cell = 64 * scale
+    label_w = 120
+    sheet = Image.new("RGB", (label_w + cell * (frames_shown + 1) + 8, cell * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, canvas, frames) in enumerate(rows):
+        y = r * cell
+        draw.text((4, y + cell // 2 - 6), label, fill="black")
+        sheet.paste(canvas.convert("RGB").resize((cell, cell), Image.NEAREST), (label_w, y))
+        for j, t in enumerate(np.linspace(0, len(frames) - 1, frames_shown).round().astype(int)):
+            sheet.paste(Image.fromarray(frames[t]).resize((cell, cell), Image.NEAREST), (label_w + cell * (j + 1) + 8, y))
+    return sheet
+
+
+def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
+             truth: bool = True, case_seed: int = 2, log=print) -> dict:
+    """Generate every (model, case, seed) video, score it against the truth, and write
+    results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
+    sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/."""
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from ..composition import compose_references
+    from ..io import read_video, write_json, write_video
+
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+    done = {(r["model"], r["case"], r["seed"]) for r in rows}
+    all_cases = {k: eval_cases(k, cases, seed=case_seed) for k in subjects}
+    sources = ({"ground truth": None} if truth else {}) | models
+    todo = [(name, k, j, s) for name in sources for k in subjects for j in range(cases) for s in seeds if (name, f"{k}s_{j}", s) not in done]
+    pipes: dict = {}
+    with open(results, "a") as f:
+        for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
+            case = all_cases[k][j]
+            if sources[name] is None:
+                frames = truth_case(case, s)
+            else:
+                if name not in pipes:
+                    pipes.clear()  # one model in memory at a time
+                    pipes[name] = load_model_spec(sources[name])
+                    pipes[name].set_progress_bar_config(disable=True)
+                frames = generate_case(pipes[name], case, s, steps, guidance)
+            video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
+            video.parent.mkdir(parents=True, exist_ok=True)
+            write_video(video, frames, 8.0)
+            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "subjects": k, "seed": s, "ids": case.ids, "prompt": case.prompt,
+                   "steps": steps, "guidance": guidance, **score_video(frames, case)}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            rows.append(row)
+    summary = summarise([r for r in rows if r["model"] in sources])
+    write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance,
+                                                    "case_seed": case_seed, "models": models}, "summary": summary})
+    chance = 1.0 / 8
+    (out / "table.md").write_text(table_markdown(summary, chance))
+    # pictures: the first case of each subject count, first seed, every model
+    (out / "sheets").mkdir(exist_ok=True)
+    for k in subjects:
+        case = all_cases[k][0]
+        canvas = compose_references([sprite_on_white(i, 96) for i in case.ids], 64, 64).canvas
+        sheet_rows = []
+        for name in sources:
+            video = out / "videos" / name.replace(" ", "_") / f"{k}s_0_seed{seeds[0]}.mp4"
+            if video.is_file():
+                sheet_rows.append((name, canvas, read_video(video)))
+        if sheet_rows:
+            contact_sheet(sheet_rows).save(out / "sheets" / f"{k}s_0.png")
+    log(f"world evaluate: {len(rows)} videos scored -> {out / 'table.md'}")
+    return summary

@@ -188,5 +188,52 @@ def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: in
     return out / "dit" / "final"
 
 
+def pipeline_from_run(run: str | Path, step: int | None = None):
+    """The MagrefPipeline of a `magref world train` run at a transformer checkpoint (the latest
+    one when `step` is None): the run's base pipeline with the checkpoint's weights. Comparing
+    runs at one step compares them at the same training budget."""
+    from safetensors.torch import load_file
+
+    from ..errors import MagrefInputError
+    from ..pipeline import MagrefPipeline
+
+    run = Path(run).expanduser()
+    ckpts = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*") if (p / "trainable.safetensors").is_file())
+    if step is not None:
+        ckpts = [p for p in ckpts if int(p.name.split("-")[1]) == step]
+    if not (run / "base" / "model_index.json").is_file() or not ckpts:
+        have = ", ".join(str(int(p.name.split("-")[1])) for p in sorted((run / "dit" / "checkpoints").glob("step-*"))) or "none"
+        raise MagrefInputError(f"{run} has no base pipeline or no transformer checkpoint at step {step} (have: {have}).",
+                               "pass a `magref world train --out` folder and one of its checkpoint steps.")
+    pipe = MagrefPipeline.from_pretrained(str(run / "base"))
+    pipe.transformer.load_state_dict(load_file(ckpts[-1] / "trainable.safetensors"))
+    return pipe
+
+
+def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype=torch.bfloat16) -> Path:
+    """Save a run's pipeline (at `step`) as a self-contained folder, weights in `dtype` (bf16
+    halves the size of the bundled model; `models.load_pipeline` computes in float32), with
+    the generation settings the model was trained for."""
+    from ..io import write_json
+
+    pipe = pipeline_from_run(run, step)
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in ("transformer", "vae", "text_encoder", "image_encoder"):
+        model = getattr(pipe, name)
+        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())  # norms, rope, time embedding stay exact
+        for param_name, p in model.named_parameters():
+            if not any(k in param_name.split(".") for k in keep):
+                p.data = p.data.to(dtype)
+    pipe.save_pretrained(dest)
+    write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS)
+    return dest
+
+
+# What the miniature model was trained for: 64x64 clips of 13 frames (9 shown); captions without
+# a negative prompt (caption dropout trains the empty prompt as the unconditional branch).
+MINIATURE_DEFAULTS = dict(height=SIZE, width=SIZE, frames=FRAMES, steps=25, guidance=5.0, shift=3.0, fps=8.0, negative_prompt="")
+
+
 if __name__ == "__main__":  # pragma: no cover
     run(sys.argv[1] if len(sys.argv) > 1 else "~/.cache/magref/world")
