@@ -54,10 +54,16 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     from conftest import run_cli
 
     out = tmp_path / "w"
-    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--clips", "8", "--dit-steps", "2", "--batch-size", "2")
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--decoder-steps", "2", "--clips", "8", "--dit-steps", "2", "--batch-size", "2")
     assert rc == 0, err[-2000:]
     vae_cfg = __import__("json").loads((out / "vae" / "model" / "config.json").read_text())
     assert len(vae_cfg["latents_std"]) == 16 and vae_cfg["latents_std"] != [1.0] * 16  # measured, not defaults
+    # stage 1b tunes the decoder only: the encoder, hence the transformer's latent space, is unchanged
+    from safetensors.torch import load_file
+
+    before, after = (load_file(out / "vae" / d / "diffusion_pytorch_model.safetensors") for d in ("model", "tuned"))
+    assert all((before[k] == after[k]).all() for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any((before[k] != after[k]).any() for k in before if k.startswith("decoder."))
     ref = tmp_path / "ref.png"
     render_subject(identity(5), 48).save(ref)
     rc, _, err = run_cli("generate", "--model", out / "dit" / "final", "--prompt", "a red triangle moves", "--ref", ref,
@@ -124,7 +130,7 @@ def test_world_ablation_runs_reuse_vae_and_data(tmp_path):
     from conftest import run_cli
 
     full = tmp_path / "full"
-    assert run_cli("world", "train", "--out", full, "--vae-steps", "2", "--clips", "6", "--dit-steps", "2", "--batch-size", "2")[0] == 0
+    assert run_cli("world", "train", "--out", full, "--vae-steps", "2", "--decoder-steps", "1", "--clips", "6", "--dit-steps", "2", "--batch-size", "2")[0] == 0
     for ablation in ("no-mask", "tokens"):
         out = tmp_path / ablation
         rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--clips", "6", "--dit-steps", "2", "--batch-size", "2",

@@ -4,6 +4,7 @@ Stages (each resumable; everything lives under --out, by default ~/.cache/magref
 1. vae      a small Wan VAE (base width 16, 16 latent channels) learns to reconstruct world
             frames: single frames first (the causal VAE codes frame 0 alone), then clips;
             per-channel latent mean/std are measured afterwards and stored in its config.
+1b. decoder the decoder alone on whole 13-frame clips (encoder frozen: the latent space is fixed).
 2. data     single-subject training clips from training identities only (tar shards).
 3. dit      the MAGREF transformer (36 input channels) trained with `magref train`'s Trainer:
             flow matching with region-aware dynamic masking. The text and image encoders are
@@ -134,8 +135,68 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
     return vae_dir / "model"
 
 
+def tune_decoder(out: Path, steps: int, log=print) -> Path:
+    """Stage 1b: the VAE's decoder alone, on whole 13-frame clips. Stage 1 trains on single frames
+    and 9-frame clips, and its decoder loses subjects in the fourth latent frame (frames 9-12)
+    that the transformer's clips have. The encoder is frozen, so the latent space the transformer
+    learns in, and its statistics, stay exactly as they were: this stage may run before, during
+    or after the transformer's training."""
+    from diffusers import AutoencoderKLWan
+
+    src, dst, state_file = out / "vae" / "model", out / "vae" / "tuned", out / "vae" / "decoder_state.pt"
+    vae = AutoencoderKLWan.from_pretrained(src)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+    step = 0
+    if state_file.is_file():
+        state = load_state(state_file)
+        vae.decoder.load_state_dict(state["decoder"])
+        vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = int(state["step"])
+        log(f"decoder: resumed at step {step}")
+    t0 = time.time()
+    while step < steps:
+        rng = np.random.default_rng([3, step])
+        x = world_frames(rng, 2, FRAMES)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(step))
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % 25 == 0 or step == steps:
+            with open(out / "vae" / "decoder_metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0}) + "\n")
+            log(f"decoder step {step}/{steps} loss {loss.item():.4f}")
+        if step % 50 == 0 or step == steps:
+            tmp = state_file.with_suffix(".part")
+            torch.save({"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step}, tmp)
+            tmp.replace(state_file)
+    shutil.rmtree(dst, ignore_errors=True)
+    vae.save_pretrained(dst)
+    log(f"decoder: saved {dst}")
+    return dst
+
+
+def run_vae(out: Path) -> Path:
+    """The run's VAE: the decoder-tuned one once stage 1b has finished (same encoder)."""
+    tuned = out / "vae" / "tuned"
+    return tuned if (tuned / "config.json").is_file() else out / "vae" / "model"
+
+
 def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: int = 4000, batch_size: int = 8, log=print,
-        ablation: str = "none", reuse_from: str | Path | None = None) -> Path:
+        ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = 400) -> Path:
     """`reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
     from diffusers import AutoencoderKLWan
@@ -157,9 +218,13 @@ def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: in
         t = time.time()
         train_vae(out, vae_steps, log)
         timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
+    if decoder_steps and reuse_from is None and not (out / "vae" / "tuned" / "config.json").is_file():  # reused: the source run tunes it
+        t = time.time()
+        tune_decoder(out, decoder_steps, log)
+        timings["decoder_s"] = timings.get("decoder_s", 0) + time.time() - t
     if not (out / "base" / "model_index.json").is_file():
         comps = miniature_components(ablation=ablation)
-        comps["vae"] = AutoencoderKLWan.from_pretrained(out / "vae" / "model")
+        comps["vae"] = AutoencoderKLWan.from_pretrained(run_vae(out))
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
     if not (out / "data" / "manifest.json").is_file():
@@ -207,6 +272,9 @@ def pipeline_from_run(run: str | Path, step: int | None = None):
                                "pass a `magref world train --out` folder and one of its checkpoint steps.")
     pipe = MagrefPipeline.from_pretrained(str(run / "base"))
     pipe.transformer.load_state_dict(load_file(ckpts[-1] / "trainable.safetensors"))
+    from diffusers import AutoencoderKLWan
+
+    pipe.vae = AutoencoderKLWan.from_pretrained(run_vae(run))  # base may predate stage 1b; the encoder is the same
     return pipe
 
 
