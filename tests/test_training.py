@@ -242,3 +242,29 @@ def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, dataset):
     assert rc == 0, err[-2000:]
     losses = _losses(tmp_path / "bf16")
     assert len(losses) == 12 and all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_trainer_pads_text_as_the_pipeline_samples(tmp_path, dataset):
+    """Wan's cross-attention has no padding mask, so the zero-padded text length is part of the
+    model: the trainer's caption embeddings are exactly what the pipeline feeds the transformer."""
+    import random
+
+    import torch
+
+    from magref.training.config import load_config
+    from magref.training.trainer import Trainer
+
+    trainer = Trainer(load_config(_cfg(tmp_path, dataset, "text")), log=lambda *a: None)
+    pipe = trainer.pipe
+    example = trainer.example(0, random.Random(0))
+    example["caption"] = "a red ball jumps"
+    text = trainer.encode([example])["text"]
+    assert text.shape[1] == pipe.config.text_len == 512
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"]), with_kwargs=True)
+    try:
+        pipe(prompt="a red ball jumps", references=[Image.new("RGB", (32, 32), "red")], height=64, width=64, num_frames=5,
+             num_inference_steps=1, guidance_scale=1.0, output_type="latent")
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0], text)

@@ -64,6 +64,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         image_processor=None,  # CLIP image processor: its size, mean and std drive encode_image
         conditioning: str = "channel",  # "tokens": the Phantom-style ablation (see conditioning.model_input)
         mask_channels: bool = True,  # False: the no-mask ablation
+        text_len: int = 512,  # UMT5 embeddings zero-padded to this length, in training and inference alike
     ):
         # Skip WanImageToVideoPipeline.__init__: it registers Wan2.2's second transformer and
         # boundary config, which MAGREF does not have and which would leak into model_index.json.
@@ -77,7 +78,9 @@ class MagrefPipeline(WanImageToVideoPipeline):
             transformer=transformer,
             image_processor=image_processor,
         )
-        self.register_to_config(conditioning=conditioning, mask_channels=mask_channels)
+        # Wan's cross-attention has no padding mask: the zero-padded length changes the attention,
+        # so a model must be sampled with the length it was trained with (official: 512).
+        self.register_to_config(conditioning=conditioning, mask_channels=mask_channels, text_len=text_len)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal if vae is not None else 4
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -281,11 +284,12 @@ class MagrefPipeline(WanImageToVideoPipeline):
         attention_kwargs: dict | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,  # default: the model's text_len
         batched_cfg: bool | None = None,
     ):
         # 1. Check inputs
         self.check_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames)
+        max_sequence_length = max_sequence_length or self.config.get("text_len", 512)
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None

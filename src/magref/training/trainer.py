@@ -169,7 +169,8 @@ class Trainer:
         x0 = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
         condition = torch.cat([pipe.prepare_condition(e["canvas"][None].to(dev), e["latent_mask"], self.frames) for e in examples])
         image_embeds = torch.cat([pipe.encode_image(e["canvas"][None].to(dev), dev) for e in examples])
-        text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev)[0]
+        text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev,
+                                  max_sequence_length=pipe.config.get("text_len", 512))[0]  # as the pipeline samples
         return {"x0": x0, "condition": condition, "image_embeds": image_embeds, "text": text}
 
     # -- one step -----------------------------------------------------------------------------
