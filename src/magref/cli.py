@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = world.add_parser("train", help="train the miniature MAGREF from scratch (resumable; hours on a CPU)")
     p.add_argument("--out", default="~/.cache/magref/world")
     p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--decoder-steps", type=int, default=600, help="decoder-only tuning on whole clips (0: skip)")
+    p.add_argument("--decoder-steps", type=int, default=400, help="decoder-only tuning on whole clips (0: skip)")
     p.add_argument("--clips", type=int, default=4000)
     p.add_argument("--dit-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
