@@ -2,6 +2,7 @@
 training data, clips carry correct masks and captions, datasets load in the trainer's format."""
 
 import numpy as np
+import torch
 import pytest
 
 from magref.errors import MagrefInputError
@@ -76,11 +77,13 @@ def test_world_train_stages_run_end_to_end(tmp_path):
 
     from safetensors import safe_open
 
-    from magref.world.train import export_run, pipeline_from_run
+    from magref.world.train import pipeline_from_run
 
     with pytest.raises(MagrefInputError, match="step 7"):
         pipeline_from_run(out, step=7)
-    exported = export_run(out, tmp_path / "exported", step=2)
+    exported = tmp_path / "exported"
+    rc, _, err = run_cli("world", "export", out, exported, "--step", "2")
+    assert rc == 0, err[-2000:]
     with safe_open(exported / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
         dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
     assert dtypes["blocks.0.attn1.to_q.weight"] == "BF16" and dtypes["scale_shift_table"] == "F32"
@@ -164,3 +167,21 @@ def test_world_evaluate_scores_generated_and_true_videos_and_resumes(tmp_path):
     assert rc == 0 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
     rc, _, err = run_cli("world", "evaluate", "--model", "tiny", "--out", tmp_path)
     assert rc == 2 and "NAME=SPEC" in err
+
+
+def test_world_train_starts_from_the_bundled_vae(tmp_path):
+    """--vae skips the VAE stages (the serial ~45 min of a run): the run's VAE is the given one,
+    in float32, and no VAE training state is written."""
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+    from magref.models import WORLD_VAE_PATH
+
+    out = tmp_path / "w"
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "4", "--dit-steps", "1", "--batch-size", "2")
+    assert rc == 0, err[-2000:]
+    assert not (out / "vae" / "state.pt").exists() and not (out / "vae" / "decoder_state.pt").exists()
+    given = load_file(WORLD_VAE_PATH / "diffusion_pytorch_model.safetensors")
+    for stage in ("model", "tuned"):
+        got = load_file(out / "vae" / stage / "diffusion_pytorch_model.safetensors")
+        assert set(got) == set(given) and all(got[k].dtype == torch.float32 and torch.equal(got[k], given[k].float()) for k in given)

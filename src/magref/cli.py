@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .defaults import DEFAULTS
+from .defaults import DEFAULTS, MINIATURE_BUDGET
 from .errors import MagrefInputError
 
 EXIT_USAGE = 2
@@ -228,7 +228,14 @@ def cmd_world_train(args) -> int:
     from .world.train import run
 
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
-        ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps)
+        ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae)
+    return 0
+
+
+def cmd_world_export(args) -> int:
+    from .world.train import export_run, export_vae
+
+    print(f"magref: wrote {export_vae(args.run, args.dest) if args.vae_only else export_run(args.run, args.dest, args.step)}")
     return 0
 
 
@@ -331,15 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_world_build)
     p = world.add_parser("train", help="train the miniature MAGREF from scratch (resumable; hours on a CPU)")
     p.add_argument("--out", default="~/.cache/magref/world")
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--decoder-steps", type=int, default=400, help="decoder-only tuning on whole clips (0: skip)")
-    p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--dit-steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=8)
+    # defaults: magref.defaults.MINIATURE_BUDGET (docs/miniature-world.md)
+    p.add_argument("--vae-steps", type=int, default=MINIATURE_BUDGET["vae_steps"])
+    p.add_argument("--decoder-steps", type=int, default=MINIATURE_BUDGET["decoder_steps"], help="decoder-only tuning on whole clips (0: skip)")
+    p.add_argument("--clips", type=int, default=MINIATURE_BUDGET["clips"])
+    p.add_argument("--dit-steps", type=int, default=MINIATURE_BUDGET["dit_steps"])
+    p.add_argument("--batch-size", type=int, default=MINIATURE_BUDGET["batch_size"])
     p.add_argument("--ablation", choices=["none", "no-mask", "tokens"], default="none",
                    help="no-mask: mask channels carry zeros; tokens: references as extra tokens (Phantom-style)")
     p.add_argument("--reuse-from", default=None, help="another run's folder: reuse its VAE and data (same budget, only the transformer differs)")
+    p.add_argument("--vae", default=None, help="a finished VAE folder (e.g. src/magref/assets/world/vae): skips the VAE stages")
     p.set_defaults(func=cmd_world_train)
+    p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
+    p.add_argument("run", help="a `magref world train --out` folder")
+    p.add_argument("dest", help="e.g. src/magref/assets/models/miniature")
+    p.add_argument("--step", type=int, default=None, help="transformer checkpoint step (default: the latest)")
+    p.add_argument("--vae-only", action="store_true", help="the run's finished VAE alone (for `world train --vae`)")
+    p.set_defaults(func=cmd_world_export)
     p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="SPEC: a pipeline folder, a `world train --out` run (latest checkpoint) or RUN@STEP; repeat per model")

@@ -11,3 +11,8 @@ MAGREF_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
 # Official defaults (480p checkpoint).
 DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=40, guidance_scale=5.0, shift=3.0, fps=15, seed=3407)
 DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them
+
+# `magref world train`'s budget. The VAE stages at these values made the bundled
+# `assets/world/vae`; the transformer's budget is the one the miniature is planned for
+# (docs/miniature-world.md has what was measured at fewer steps).
+MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, clips=4000, dit_steps=4000, batch_size=8)

@@ -167,8 +167,10 @@ class Trainer:
         """Frozen encoders, through the pipeline's own methods (one code path with inference)."""
         pipe, dev = self.pipe, self.device
         x0 = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
-        condition = torch.cat([pipe.prepare_condition(e["canvas"][None].to(dev), e["latent_mask"], self.frames) for e in examples])
-        image_embeds = torch.cat([pipe.encode_image(e["canvas"][None].to(dev), dev) for e in examples])
+        # the whole batch in one VAE / CLIP call: per-example calls made the condition the most costly part of a CPU step
+        canvas = torch.stack([e["canvas"] for e in examples]).to(dev)  # (B, 3, H, W)
+        condition = pipe.prepare_condition(canvas, torch.stack([e["latent_mask"] for e in examples]), self.frames)
+        image_embeds = pipe.encode_image(canvas, dev)
         text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev,
                                   max_sequence_length=pipe.config.get("text_len", 512))[0]  # as the pipeline samples
         return {"x0": x0, "condition": condition, "image_embeds": image_embeds, "text": text}

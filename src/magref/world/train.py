@@ -10,7 +10,8 @@ Stages (each resumable; everything lives under --out, by default ~/.cache/magref
             flow matching with region-aware dynamic masking. The text and image encoders are
             small, random and frozen: their features still identify words and canvases.
 Stage outputs: vae/ (checkpoints), base/ (pipeline before DiT training), data/, dit/ (Trainer run,
-dit/final is the trained pipeline).
+dit/final is the trained pipeline). `export_run` (`magref world export`) writes a run as the
+bundled model folder. Default budgets: `defaults.MINIATURE_BUDGET`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import MINIATURE_BUDGET
 from .build import build_world_dataset, identity_ids
 from .clips import make_clip
 from .render import identity
@@ -196,9 +198,13 @@ def run_vae(out: Path) -> Path:
     return tuned if (tuned / "config.json").is_file() else out / "vae" / "model"
 
 
-def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: int = 4000, batch_size: int = 8, log=print,
-        ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = 400) -> Path:
-    """`reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
+def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: int = MINIATURE_BUDGET["clips"],
+        dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
+        ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
+        vae_from: str | Path | None = None) -> Path:
+    """`vae_from`: a finished VAE folder (e.g. the bundled `assets/world/vae`) that replaces
+    stages 1 and 1b, which are the serial part of a run (~45 min here).
+    `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
     from diffusers import AutoencoderKLWan
 
@@ -215,6 +221,11 @@ def run(out: str | Path, vae_steps: int = 3000, clips: int = 4000, dit_steps: in
         for part in ("vae", "data"):
             if not (out / part).exists():
                 (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
+    if vae_from is not None and not (out / "vae" / "model" / "config.json").is_file():
+        vae = AutoencoderKLWan.from_pretrained(Path(vae_from).expanduser(), torch_dtype=torch.float32)
+        for stage in ("model", "tuned"):  # already decoder-tuned: stage 1b has nothing to do
+            vae.save_pretrained(out / "vae" / stage)
+        log(f"vae: from {vae_from}")
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
         train_vae(out, vae_steps, log)
@@ -294,14 +305,29 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
     for name in ("transformer", "vae", "text_encoder", "image_encoder"):
-        model = getattr(pipe, name)
-        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())  # norms, rope, time embedding stay exact
-        for param_name, p in model.named_parameters():
-            if not any(k in param_name.split(".") for k in keep):
-                p.data = p.data.to(dtype)
+        _to_storage_dtype(getattr(pipe, name), dtype)
     pipe.save_pretrained(dest)
     write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS)
     return dest
+
+
+def export_vae(run: str | Path, dest: str | Path, dtype=torch.bfloat16) -> Path:
+    """A run's finished VAE alone (as `export_run` stores it), for `magref world train --vae`."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(run_vae(Path(run).expanduser()))
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    _to_storage_dtype(vae, dtype).save_pretrained(dest)
+    return dest
+
+
+def _to_storage_dtype(model, dtype):
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())  # norms, rope, time embedding stay exact
+    for param_name, p in model.named_parameters():
+        if not any(k in param_name.split(".") for k in keep):
+            p.data = p.data.to(dtype)
+    return model
 
 
 # What the miniature model was trained for: 64x64 clips of 13 frames (9 shown); captions without
