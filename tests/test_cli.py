@@ -206,4 +206,3 @@ def test_generate_presets_are_recorded(tmp_path, opts):
     assert acc["preset"] == opts[1]
     assert acc.get("cache", "none") == (opts[3] if opts[2] == "--cache" else "none")
     assert ("fp8_weights" in acc) == ("--fp8" in opts)
-

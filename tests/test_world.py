@@ -2,8 +2,8 @@
 training data, clips carry correct masks and captions, datasets load in the trainer's format."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from magref.errors import MagrefInputError
 

@@ -289,7 +289,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
     ):
         # 1. Check inputs
         self.check_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames)
-        max_sequence_length = max_sequence_length or self.config.get("text_len", 512)
+        max_sequence_length = max_sequence_length or self.config.text_len
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None

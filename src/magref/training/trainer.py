@@ -172,7 +172,7 @@ class Trainer:
         condition = pipe.prepare_condition(canvas, torch.stack([e["latent_mask"] for e in examples]), self.frames)
         image_embeds = pipe.encode_image(canvas, dev)
         text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev,
-                                  max_sequence_length=pipe.config.get("text_len", 512))[0]  # as the pipeline samples
+                                  max_sequence_length=pipe.config.text_len)[0]  # as the pipeline samples
         return {"x0": x0, "condition": condition, "image_embeds": image_embeds, "text": text}
 
     # -- one step -----------------------------------------------------------------------------
