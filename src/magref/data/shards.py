@@ -113,6 +113,11 @@ class ClipDataset:
             subjects.append(Subject(image, tuple(sub["box"]), sub["kind"]))
         return Sample(key, frames, meta.pop("caption"), subjects, meta)
 
+    def caption(self, i: int) -> str:
+        """The caption alone, without decoding the frames."""
+        shard, key = self.index[i]
+        return json.loads(self._tar(shard).extractfile(f"{key}.json").read())["caption"]
+
     def __getstate__(self):  # picklable for DataLoader workers: reopen tars lazily
         state = dict(self.__dict__)
         state["_open"] = {}

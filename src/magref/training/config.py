@@ -68,6 +68,9 @@ class TrainConfig:
     caption_dropout: float = 0.0
     first_frame: str = "canvas"  # the target's frame 0: the canvas (as Wan I2V's image) or the clip's
     layout: LayoutSettings = field(default_factory=LayoutSettings)
+    # > 0: encode every clip once with this many fixed layouts (VAE latents, condition, CLIP
+    # features, kept beside the data) and train from those; steps cost the transformer alone.
+    cache_layouts: int = 0
 
     def fingerprint(self) -> str:
         """What must not change across a resume (everything but the step budget and cadence)."""
@@ -123,6 +126,8 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     for key, options in CHOICES.items():
         if getattr(cfg, key) not in options:
             raise MagrefInputError(f"{where}: {key} = {getattr(cfg, key)!r} is not one of {', '.join(options)}.", f"set {key}: {options[0]}.")
+    if cfg.cache_layouts < 0:
+        raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
     positive = ("max_steps", "batch_size", "checkpoint_every", "log_every")
     for key in positive:
         if getattr(cfg, key) < 1:

@@ -134,6 +134,11 @@ class Trainer:
 
             self.ema = EMAModel(self.params, decay=cfg.ema_decay)
         self.step = 0
+        self.cache = None
+        if cfg.cache_layouts:
+            from .cache import EncodingCache
+
+            self.cache = EncodingCache(self, log)
 
     # -- data ---------------------------------------------------------------------------------
     def sample_indices(self, step: int) -> list[int]:
@@ -163,24 +168,40 @@ class Trainer:
         return {"video": video, "canvas": canvas, "latent_mask": torch.from_numpy(comp.latent_mask), "caption": caption}
 
     @torch.no_grad()
-    def encode(self, examples: list[dict]) -> dict:
+    def encode_visual(self, examples: list[dict], with_target: bool = True, with_condition: bool = True) -> dict:
         """Frozen encoders, through the pipeline's own methods (one code path with inference)."""
-        pipe, dev = self.pipe, self.device
-        x0 = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
-        # the whole batch in one VAE / CLIP call: per-example calls made the condition the most costly part of a CPU step
-        canvas = torch.stack([e["canvas"] for e in examples]).to(dev)  # (B, 3, H, W)
-        condition = pipe.prepare_condition(canvas, torch.stack([e["latent_mask"] for e in examples]), self.frames)
-        image_embeds = pipe.encode_image(canvas, dev)
-        text = pipe.encode_prompt([e["caption"] for e in examples], do_classifier_free_guidance=False, device=dev,
-                                  max_sequence_length=pipe.config.text_len)[0]  # as the pipeline samples
-        return {"x0": x0, "condition": condition, "image_embeds": image_embeds, "text": text}
+        pipe, dev, out = self.pipe, self.device, {}
+        if with_target:
+            out["x0"] = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
+        if with_condition:
+            # the whole batch in one VAE / CLIP call: per-example calls made the condition the most costly part of a CPU step
+            canvas = torch.stack([e["canvas"] for e in examples]).to(dev)  # (B, 3, H, W)
+            out["condition"] = pipe.prepare_condition(canvas, torch.stack([e["latent_mask"] for e in examples]), self.frames)
+            out["image_embeds"] = pipe.encode_image(canvas, dev)
+        return out
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        return self.pipe.encode_prompt(captions, do_classifier_free_guidance=False, device=self.device,
+                                       max_sequence_length=self.pipe.config.text_len)[0]  # as the pipeline samples
+
+    def encode(self, examples: list[dict]) -> dict:
+        return {**self.encode_visual(examples), "text": self.encode_text([e["caption"] for e in examples])}
+
+    def batch(self, step: int, rng: random.Random) -> dict:
+        indices = self.sample_indices(step)
+        if self.cache is None:
+            return self.encode([self.example(i, rng) for i in indices])
+        captions = ["" if rng.random() < self.cfg.caption_dropout else self.dataset.caption(i) for i in indices]
+        layouts = [rng.randrange(self.cfg.cache_layouts) for _ in indices]
+        return {**self.cache.batch(indices, layouts, self.device), "text": self.encode_text(captions)}
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
         cfg = self.cfg
         seed = int(np.random.SeedSequence([cfg.seed, step, self.rank]).generate_state(1)[0])  # this step's draws
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-        batch = self.encode([self.example(i, rng) for i in self.sample_indices(step)])
+        batch = self.batch(step, rng)
         x0 = batch["x0"]
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         sigma = sample_sigmas(x0.shape[0], cfg, gen).to(self.device)
@@ -283,6 +304,8 @@ class Trainer:
         torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if self.ema is not None:
             torch.save(self.ema.state_dict(), tmp / "ema.pt")
+            if self.world_size == 1:  # the averaged weights by name, for sampling from a checkpoint
+                save_file({n: p.detach().cpu().contiguous() for n, p in zip(self.trainable_names, self.ema.shadow_params)}, tmp / "ema.safetensors")
         write_json(tmp / "state.json", {"step": self.step, "fingerprint": self.cfg.fingerprint(), "world_size": self.world_size})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint is complete or absent

@@ -251,8 +251,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
     config.write_text(yaml.safe_dump({
         "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
-        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": 3e-4, "lr_scheduler": "constant_with_warmup",
-        "warmup_steps": 100, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": 100,
+        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": 1e-3, "lr_scheduler": "constant_with_warmup",
+        "warmup_steps": 100, "ema_decay": 0.999,
+        # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
+        "cache_layouts": 2, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": 100,
         # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
         # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
         # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
@@ -288,7 +290,8 @@ def pipeline_from_run(run: str | Path, step: int | None = None):
         raise MagrefInputError(f"{run} has no base pipeline or no transformer checkpoint at step {step} (have: {have}).",
                                "pass a `magref world train --out` folder and one of its checkpoint steps.")
     pipe = MagrefPipeline.from_pretrained(str(run / "base"))
-    pipe.transformer.load_state_dict(load_file(ckpts[-1] / "trainable.safetensors"))
+    ema = ckpts[-1] / "ema.safetensors"  # the averaged weights sample better where the run kept them
+    pipe.transformer.load_state_dict(load_file(ema if ema.is_file() else ckpts[-1] / "trainable.safetensors"))
     from diffusers import AutoencoderKLWan
 
     pipe.vae = AutoencoderKLWan.from_pretrained(run_vae(run))  # base may predate stage 1b; the encoder is the same
