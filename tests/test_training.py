@@ -75,6 +75,17 @@ def test_dynamic_layouts_vary_and_stay_inside():
         counts.add(len(keep))
         assert len(set(keep)) == len(keep) and set(keep) <= {0, 1, 2}
     assert kinds == {"official-random", "user"} and counts == {1, 2, 3}
+    # the subjects' own boxes: used about as often as asked, never when they do not fit the canvas
+    own = [(0, 0, 20, 30), (30, 10, 60, 50), (10, 20, 40, 60)]
+    mixed = LayoutSampler(p_source_boxes=0.5)
+    used = 0
+    for _ in range(400):
+        keep, layout = mixed(3, 64, 96, rng, own)
+        used += [list(c) for c in layout.cells] == [list(own[i]) for i in keep]
+    assert 150 < used < 250
+    too_big = [(0, 0, 200, 30)] * 3
+    assert all([list(c) for c in LayoutSampler(p_source_boxes=1.0)(3, 64, 96, rng, too_big)[1].cells][0] != [0, 0, 200, 30]
+               for _ in range(20))
 
 
 def _cfg(tmp_path, dataset, name, **extra):

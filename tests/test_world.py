@@ -50,6 +50,27 @@ def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
     assert all(len(held[i].subjects) == 2 for i in range(len(held)))
 
 
+def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):
+    """Cut-outs from frame 0 and `p_source_boxes`: the canvas holds exactly the subject's frame-0
+    pixels at their place (the miniature's in-place copy), everywhere else white."""
+    import random
+
+    from magref.composition import compose_references
+    from magref.data.masking import LayoutSampler
+
+    build_world_dataset(tmp_path / "d", 3, "train", frames=9, cutout_frame=0)
+    ds = ClipDataset(tmp_path / "d")
+    assert ds.manifest["settings"]["cutout_frame"] == 0
+    sampler = LayoutSampler(p_drop=0.0, p_source_boxes=1.0)
+    for i in range(len(ds)):
+        s = ds[i]
+        keep, layout = sampler(1, 64, 64, random.Random(i), [sub.box for sub in s.subjects])
+        assert layout.kind == "user" and list(layout.cells[0]) == list(s.subjects[0].box)
+        canvas = np.asarray(compose_references([s.subjects[0].image], 64, 64, layout=layout).canvas).astype(int)
+        drawn = (canvas != 255).any(-1)
+        assert drawn.sum() > 50 and np.abs(canvas[drawn] - s.frames[0].astype(int)[drawn]).max() <= 1
+
+
 def test_world_train_stages_run_end_to_end(tmp_path):
     """A few steps of every stage (VAE, data, DiT), then the result generates a video."""
     from conftest import run_cli

@@ -4,7 +4,10 @@ Training composes through the same `compose_references` as inference, so a layou
 same thing in both. A layout is drawn by: dropping some subjects (at least one stays), shuffling
 their order, then either the official grid with official random placement (sometimes, so the
 inference layouts are seen) or a random rows x cols partition of the canvas in which each
-subject gets a random sub-box of random scale and position inside its own cell.
+subject gets a random sub-box of random scale and position inside its own cell. Optionally
+(`p_source_boxes`) the layout is the subjects' own boxes in the clip, where their cut-outs were
+taken: the reference then sits where the subject is, a local copy that a model trained from
+scratch learns long before the non-local one (the miniature world's curriculum).
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ class LayoutSampler:
     p_drop: float = 0.2  # each subject is dropped with this probability (one always stays)
     min_scale: float = 0.5  # sub-box side as a fraction of its cell side
     max_cells: int = 8
+    p_source_boxes: float = 0.0
 
-    def __call__(self, num_subjects: int, height: int, width: int, rng: random.Random) -> tuple[list[int], RegionLayout]:
-        """Returns the kept subject indices (in canvas order) and their layout."""
+    def __call__(self, num_subjects: int, height: int, width: int, rng: random.Random,
+                 source_boxes: list[tuple[int, int, int, int]] | None = None) -> tuple[list[int], RegionLayout]:
+        """Returns the kept subject indices (in canvas order) and their layout. `source_boxes`:
+        each subject's box in the clip (x0, y0, x1, y1), used with probability `p_source_boxes`."""
         keep = [i for i in range(num_subjects) if rng.random() >= self.p_drop] or [rng.randrange(num_subjects)]
         keep = keep[: self.max_cells]
         rng.shuffle(keep)
         n = len(keep)
+        if self.p_source_boxes > 0 and source_boxes is not None and rng.random() < self.p_source_boxes:
+            boxes = [source_boxes[i] for i in keep]
+            if all(0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height for x0, y0, x1, y1 in boxes):  # else: boxes of another frame size
+                return keep, RegionLayout.from_boxes(boxes, height, width)
         if rng.random() < self.p_official_grid:
             return keep, RegionLayout.official_random(n, height, width, rng.randrange(2**31))
         rows = rng.randint(1, n)

@@ -38,6 +38,7 @@ class LayoutSettings:
     p_official_grid: float = 0.3
     p_drop: float = 0.2
     min_scale: float = 0.5
+    p_source_boxes: float = 0.0  # the subjects' own boxes in the clip (data/masking.py)
 
 
 @dataclass

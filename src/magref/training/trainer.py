@@ -96,7 +96,8 @@ class Trainer:
             raise MagrefInputError(f"Dataset {cfg.data} has no samples.", "prepare more videos.")
         settings = self.dataset.manifest["settings"]
         self.frames, self.height, self.width = settings["frames"], settings["height"], settings["width"]
-        self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale)
+        self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale,
+                                     p_source_boxes=cfg.layout.p_source_boxes)
 
         torch.manual_seed(cfg.seed)  # model init (tiny-random) and LoRA init
         self.pipe = load_pipeline(cfg.model)
@@ -158,7 +159,7 @@ class Trainer:
 
     def example(self, index: int, rng: random.Random) -> dict:
         sample = self.dataset[index]
-        keep, layout = self.layouts(len(sample.subjects), self.height, self.width, rng)
+        keep, layout = self.layouts(len(sample.subjects), self.height, self.width, rng, [s.box for s in sample.subjects])
         comp = compose_references([sample.subjects[i].image for i in keep], self.height, self.width, layout=layout)
         canvas = canvas_to_tensor(comp.canvas)[0]  # (3, H, W) in [-1, 1]
         video = torch.from_numpy(sample.frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # (3, F, H, W)
