@@ -1,6 +1,7 @@
 """How much a `magref world train` transformer uses its conditioning: the MSE of its flow
 prediction on training clips with the true condition, with the reference canvas removed (an
-empty white canvas, zero mask), with an empty caption and with another clip's caption.
+empty white canvas, zero mask), with an empty caption and with another clip's caption; and the MSE inside the reference regions of
+latent frame 0 alone, where the canvas says most (with `p_source_boxes` the subject is there).
 
     python scripts/conditioning_check.py ~/.cache/magref/world 1200
 
@@ -34,18 +35,23 @@ def main(run: str, step: int, n: int = 8) -> None:
     other = t.encode([dict(e, caption=ex[(k + 1) % n]["caption"]) for k, e in enumerate(ex)])
     x0 = true["x0"]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    print("| sigma | true condition | blank canvas | empty caption | other caption |\n|---|---|---|---|---|")
+    region = true["condition"][:, :1, :1] > 0.5  # (n, 1, 1, h, w): the reference mask on latent frame 0
+    print("| sigma | true condition | blank canvas | empty caption | other caption | regions, true | regions, blank canvas |\n|---|---|---|---|---|---|---|")
     for s in (0.3, 0.6, 0.9):
         xt, target = (1 - s) * x0 + s * noise, noise - x0
 
-        def mse(cond, text, image):
+        def mse(cond, text, image, in_regions=False):
             with torch.no_grad():
                 pred = t.transformer(hidden_states=model_input(xt, cond, mode, mask_channels), timestep=torch.full((n,), s * 1000),
                                      encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
-            return ((model_output(pred, mode) - target) ** 2).mean().item()
+            err = (model_output(pred, mode) - target) ** 2
+            if in_regions:
+                err = err[:, :, :1].masked_select(region.expand_as(err[:, :, :1]))
+            return err.mean().item()
 
         cells = [mse(true["condition"], true["text"], true["image_embeds"]), mse(blank["condition"], true["text"], blank["image_embeds"]),
-                 mse(true["condition"], empty["text"], true["image_embeds"]), mse(true["condition"], other["text"], true["image_embeds"])]
+                 mse(true["condition"], empty["text"], true["image_embeds"]), mse(true["condition"], other["text"], true["image_embeds"]),
+                 mse(true["condition"], true["text"], true["image_embeds"], True), mse(blank["condition"], true["text"], blank["image_embeds"], True)]
         print(f"| {s} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
 
 
