@@ -24,6 +24,7 @@ def main(run: str, step: int, n: int = 8) -> None:
     run = Path(run).expanduser()
     cfg = load_config(str(run / "dit.yaml"))
     cfg.output_dir = str(run / "conditioning-check")  # the Trainer wants one; nothing is trained
+    cfg.cache_layouts = 0  # 8 clips are encoded live; never build (or rebuild) the run's cache for them
     t = Trainer(cfg)
     t.transformer.load_state_dict(load_file(run / "dit" / "checkpoints" / f"step-{step:07d}" / "trainable.safetensors"))
     t.transformer.eval()
