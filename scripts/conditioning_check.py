@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from magref.conditioning import model_input, model_output
 from magref.training.config import load_config
 from magref.training.trainer import Trainer
 
@@ -28,7 +27,6 @@ def main(run: str, step: int, n: int = 8) -> None:
     t = Trainer(cfg)
     t.transformer.load_state_dict(load_file(run / "dit" / "checkpoints" / f"step-{step:07d}" / "trainable.safetensors"))
     t.transformer.eval()
-    mode, mask_channels = t.pipe.config.get("conditioning", "channel"), t.pipe.config.get("mask_channels", True)
     ex = [t.example(i, random.Random(i)) for i in range(n)]
     true = t.encode(ex)
     blank = t.encode([dict(e, canvas=torch.ones_like(e["canvas"]), latent_mask=torch.zeros_like(e["latent_mask"])) for e in ex])
@@ -43,9 +41,8 @@ def main(run: str, step: int, n: int = 8) -> None:
 
         def mse(cond, text, image, in_regions=False):
             with torch.no_grad():
-                pred = t.transformer(hidden_states=model_input(xt, cond, mode, mask_channels), timestep=torch.full((n,), s * 1000),
-                                     encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)[0]
-            err = (model_output(pred, mode) - target) ** 2
+                pred = t.predict(xt, torch.full((n,), s * 1000), {"condition": cond, "text": text, "image_embeds": image})
+            err = (pred - target) ** 2
             if in_regions:
                 err = err[:, :, :1].masked_select(region.expand_as(err[:, :, :1]))
             return err.mean().item()

@@ -198,6 +198,19 @@ class Trainer:
         return {**self.cache.batch(indices, layouts, self.device), "text": self.encode_text(captions)}
 
     # -- one step -----------------------------------------------------------------------------
+    def predict(self, x_t: torch.Tensor, timestep: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The transformer's flow prediction for the video latent only, with the conditioning
+        (`condition`, `text`, `image_embeds` of `batch`) wired as the pipeline's config says."""
+        mode = self.pipe.config.get("conditioning", "channel")
+        pred = self.transformer(
+            hidden_states=model_input(x_t, batch["condition"], mode, self.pipe.config.get("mask_channels", True)),
+            timestep=timestep,
+            encoder_hidden_states=batch["text"],
+            encoder_hidden_states_image=batch["image_embeds"],
+            return_dict=False,
+        )[0]
+        return model_output(pred, mode)
+
     def train_step(self, step: int) -> float:
         cfg = self.cfg
         seed = int(np.random.SeedSequence([cfg.seed, step, self.rank]).generate_state(1)[0])  # this step's draws
@@ -209,16 +222,9 @@ class Trainer:
         x_t, target, timestep = flow_pair(x0, noise, sigma)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        mode = self.pipe.config.get("conditioning", "channel")
         with autocast:
-            pred = self.transformer(
-                hidden_states=model_input(x_t, batch["condition"], mode, self.pipe.config.get("mask_channels", True)),
-                timestep=timestep,
-                encoder_hidden_states=batch["text"],
-                encoder_hidden_states_image=batch["image_embeds"],
-                return_dict=False,
-            )[0]
-        loss = torch.nn.functional.mse_loss(model_output(pred, mode).float(), target.float())  # the video latent only
+            pred = self.predict(x_t, timestep, batch)
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
