@@ -194,7 +194,8 @@ def test_two_process_fsdp_gloo(tmp_path, dataset, mode):
 @pytest.mark.parametrize(
     "extra,needle",
     [({"lerning_rate": 1e-3}, "did you mean 'learning_rate'"), ({"mode": "half"}, "not one of full, lora"), ({"max_steps": "ten"}, "should be int"),
-     ({"layout": {"p_grid": 0.5}}, "unknown key 'p_grid'")],
+     ({"layout": {"p_grid": 0.5}}, "unknown key 'p_grid'"), ({"subject_loss_weight": 0.5}, "must be >= 1"),
+     ({"subject_loss_weight": 5.0}, "needs per-frame subject masks")],
 )
 def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)
@@ -318,3 +319,32 @@ def test_encoding_cache_matches_live_encoding_and_is_shared(tmp_path, dataset):
     ckpt = tmp_path / "c4" / "checkpoints" / "step-0000040"
     ema, raw = load_file(ckpt / "ema.safetensors"), load_file(ckpt / "trainable.safetensors")
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_latent_subject_mask_follows_the_causal_vae_grouping():
+    """Frame 0 is its own latent frame, then 4 frames per latent frame; 8x8 pixels per cell."""
+    from magref.training.trainer import latent_subject_mask
+
+    masks = np.zeros((13, 64, 64), np.uint8)
+    masks[0, 3, 60] = 1  # latent frame 0, cell (0, 7)
+    masks[6, 20, 9] = 1  # frames 5-8 -> latent frame 2, cell (2, 1)
+    masks[12, 63, 0] = 1  # frames 9-12 -> latent frame 3, cell (7, 0)
+    got = latent_subject_mask(masks)
+    assert got.shape == (4, 8, 8)
+    want = torch.zeros(4, 8, 8)
+    want[0, 0, 7] = want[2, 2, 1] = want[3, 7, 0] = 1
+    assert torch.equal(got, want)
+
+
+def test_weighted_mse_weights_cells_and_keeps_the_plain_scale():
+    from magref.training.trainer import weighted_mse
+
+    pred, target = torch.randn(2, 16, 4, 8, 8), torch.randn(2, 16, 4, 8, 8)
+    plain = torch.nn.functional.mse_loss(pred, target)
+    assert torch.allclose(weighted_mse(pred, target, None), plain)
+    assert torch.allclose(weighted_mse(pred, target, torch.full((2, 4, 8, 8), 3.0)), plain)  # uniform weights change nothing
+    weight = torch.ones(2, 4, 8, 8)
+    weight[:, :, :2] = 5.0
+    err = ((pred - target) ** 2).mean(1)  # (B, F, h, w), the channels share a cell's weight
+    want = (5 * err[:, :, :2].sum() + err[:, :, 2:].sum()) / (5 * err[:, :, :2].numel() + err[:, :, 2:].numel())
+    assert torch.allclose(weighted_mse(pred, target, weight), want)

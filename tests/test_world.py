@@ -48,6 +48,15 @@ def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
     held = ClipDataset(tmp_path / "held")
     assert all(is_held_out(j) for i in range(len(held)) for j in held[i].meta["identities"])
     assert all(len(held[i].subjects) == 2 for i in range(len(held)))
+    # the per-frame subject masks (for subject-weighted training) are the union of the clip's own
+    for data, split, subjects in ((ds, "train", 1), (held, "heldout", 2)):
+        for i in range(len(data)):
+            s = data[i]
+            rng = np.random.default_rng([0, int(s.meta["source"].split("/")[-1])])  # as build_world_dataset draws clip k
+            ids = [int(j) for j in rng.choice(identity_ids(split), size=subjects, replace=False)]
+            clip = make_clip([identity(j) for j in ids], rng, 9, 64, 64)
+            assert ids == s.meta["identities"] and np.array_equal(clip.frames, s.frames)
+            assert s.masks.dtype == np.uint8 and np.array_equal(s.masks, clip.masks.any(0)) and s.masks.sum() > 0
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):
@@ -206,3 +215,18 @@ def test_world_train_starts_from_the_bundled_vae(tmp_path):
     for stage in ("model", "tuned"):
         got = load_file(out / "vae" / stage / "diffusion_pytorch_model.safetensors")
         assert set(got) == set(given) and all(got[k].dtype == torch.float32 and torch.equal(got[k], given[k].float()) for k in given)
+
+    # a run whose data predates the per-frame masks gets them on resume, and keeps its encoding cache
+    from magref.data.shards import write_shard
+
+    data = ClipDataset(out / "data")
+    samples = [data[i] for i in range(len(data))]
+    for sample in samples:
+        sample.masks = None
+    write_shard(out / "data" / data.manifest["shards"][0]["file"], samples)
+    assert ClipDataset(out / "data").masks(0) is None
+    cache = sorted((out / "data" / "encodings").glob("*/part-*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "4", "--dit-steps", "2", "--batch-size", "2")
+    assert rc == 0, err[-2000:]
+    assert ClipDataset(out / "data").masks(0) is not None and [p.stat().st_mtime_ns for p in cache] == stamps

@@ -6,6 +6,8 @@ library as is, and writable with the standard library alone. A sample is
     <key>.json            caption, source video, clip start/fps, subjects [{file, box, kind}]
     <key>.frames.npy      (F, H, W, 3) uint8 clip, lossless
     <key>.subject<i>.png  RGBA cut-out of subject i (alpha = its mask)
+    <key>.masks.npy       optional (F, H, W) uint8: 1 where any subject is, per frame (the
+                          procedural world knows it; `subject_loss_weight` in training needs it)
 Shards are written to a temporary name and renamed when complete, so an interrupted
 `magref prepare` never leaves a half-written shard behind.
 """
@@ -40,6 +42,8 @@ class Sample:
     caption: str
     subjects: list[Subject]
     meta: dict
+    masks: np.ndarray | None = None  # (F, H, W) uint8, 1 where any subject is
+
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -62,6 +66,10 @@ def write_shard(path: Path, samples: list[Sample]) -> None:
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(s.frames, dtype=np.uint8))
             _add(tar, f"{s.key}.frames.npy", buf.getvalue())
+            if s.masks is not None:
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(s.masks, dtype=np.uint8))
+                _add(tar, f"{s.key}.masks.npy", buf.getvalue())
             _add(tar, f"{s.key}.json", json.dumps({**s.meta, "caption": s.caption, "subjects": subjects}, ensure_ascii=False).encode())
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -111,7 +119,16 @@ class ClipDataset:
             image = Image.open(io.BytesIO(read(sub["file"])))
             image.load()
             subjects.append(Subject(image, tuple(sub["box"]), sub["kind"]))
-        return Sample(key, frames, meta.pop("caption"), subjects, meta)
+        return Sample(key, frames, meta.pop("caption"), subjects, meta, self.masks(i))
+
+    def masks(self, i: int) -> np.ndarray | None:
+        """The per-frame subject masks (F, H, W) of sample i, or None where the dataset has none."""
+        shard, key = self.index[i]
+        try:
+            member = self._tar(shard).getmember(f"{key}.masks.npy")
+        except KeyError:
+            return None
+        return np.load(io.BytesIO(self._tar(shard).extractfile(member).read()))
 
     def caption(self, i: int) -> str:
         """The caption alone, without decoding the frames."""

@@ -72,6 +72,9 @@ class TrainConfig:
     # > 0: encode every clip once with this many fixed layouts (VAE latents, condition, CLIP
     # features, kept beside the data) and train from those; steps cost the transformer alone.
     cache_layouts: int = 0
+    # > 1: the flow loss of latent cells where a subject is (any pixel of the frames the cell
+    # codes) counts this many times a background cell's; needs datasets with per-frame masks.
+    subject_loss_weight: float = 1.0
 
     def fingerprint(self) -> str:
         """What must not change across a resume (everything but the step budget and cadence)."""
@@ -127,6 +130,8 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     for key, options in CHOICES.items():
         if getattr(cfg, key) not in options:
             raise MagrefInputError(f"{where}: {key} = {getattr(cfg, key)!r} is not one of {', '.join(options)}.", f"set {key}: {options[0]}.")
+    if not cfg.subject_loss_weight >= 1:
+        raise MagrefInputError(f"{where}: subject_loss_weight must be >= 1 (got {cfg.subject_loss_weight}).", "set subject_loss_weight: 1 (off) or e.g. 5.")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
     positive = ("max_steps", "batch_size", "checkpoint_every", "log_every")

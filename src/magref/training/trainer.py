@@ -6,7 +6,8 @@ One step, as the paper describes it on top of Wan's objective:
     encode   x0 = VAE latent of the video; y = [reference mask; VAE latent of canvas + black
              frames]; CLIP features of the canvas; UMT5 embeddings of the caption (all frozen)
     noise    sigma ~ shifted uniform or logit-normal; x_t = (1 - sigma) x0 + sigma e
-    predict  v = transformer([x_t; y], t = 1000 sigma, text, clip); loss = mse(v, e - x0)
+    predict  v = transformer([x_t; y], t = 1000 sigma, text, clip); loss = mse(v, e - x0),
+             optionally weighted up where the subjects are (`subject_loss_weight`)
 Every random draw of step k is seeded by (seed, k, rank), and the data order by (seed, epoch),
 so a resumed run reproduces an uninterrupted one bit for bit once weights, optimizer, LR
 schedule and EMA are restored. Runs alone or under torchrun (FSDP2 on the transformer blocks;
@@ -57,6 +58,24 @@ def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor):
 # ----------------------------------------------------------------------------------------------
 # Distributed helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def latent_subject_mask(masks: np.ndarray, t_stride: int = 4, s_stride: int = 8) -> torch.Tensor:
+    """(F, H, W) pixel masks -> (1 + (F-1)/t_stride, H/s_stride, W/s_stride) float {0, 1}: a
+    latent cell is marked when any pixel it codes is. The causal VAE codes frame 0 alone and then
+    t_stride frames per latent frame, so the temporal groups are [0], [1..4], [5..8], ..."""
+    m = torch.from_numpy(np.asarray(masks)).float()
+    groups = torch.cat([m[:1], m[1:].unflatten(0, (-1, t_stride)).amax(1)])  # (F_lat, H, W)
+    return torch.nn.functional.max_pool2d(groups[:, None], s_stride)[:, 0]
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """MSE with a per-cell weight (B, F, h, w) shared by the channels, normalised by the weights'
+    sum so that the loss keeps the plain MSE's scale."""
+    if weight is None:
+        return torch.nn.functional.mse_loss(pred, target)
+    w = weight[:, None].expand_as(pred)
+    return (w * (pred - target) ** 2).sum() / w.sum()
 
 
 def world() -> tuple[int, int]:
@@ -134,6 +153,9 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=cfg.ema_decay)
+        if cfg.subject_loss_weight != 1 and self.dataset.masks(0) is None:
+            raise MagrefInputError(f"subject_loss_weight = {cfg.subject_loss_weight} needs per-frame subject masks, and {cfg.data} has none.",
+                                   "set subject_loss_weight: 1, or use a dataset with masks (e.g. `magref world build`).")
         self.step = 0
         self.cache = None
         if cfg.cache_layouts:
@@ -192,10 +214,16 @@ class Trainer:
     def batch(self, step: int, rng: random.Random) -> dict:
         indices = self.sample_indices(step)
         if self.cache is None:
-            return self.encode([self.example(i, rng) for i in indices])
-        captions = ["" if rng.random() < self.cfg.caption_dropout else self.dataset.caption(i) for i in indices]
-        layouts = [rng.randrange(self.cfg.cache_layouts) for _ in indices]
-        return {**self.cache.batch(indices, layouts, self.device), "text": self.encode_text(captions)}
+            out = self.encode([self.example(i, rng) for i in indices])
+        else:
+            captions = ["" if rng.random() < self.cfg.caption_dropout else self.dataset.caption(i) for i in indices]
+            layouts = [rng.randrange(self.cfg.cache_layouts) for _ in indices]
+            out = {**self.cache.batch(indices, layouts, self.device), "text": self.encode_text(captions)}
+        if self.cfg.subject_loss_weight != 1:
+            ts, ss = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
+            marked = torch.stack([latent_subject_mask(self.dataset.masks(i), ts, ss) for i in indices]).to(self.device)
+            out["loss_weight"] = 1 + (self.cfg.subject_loss_weight - 1) * marked  # (B, F_lat, h, w)
+        return out
 
     # -- one step -----------------------------------------------------------------------------
     def predict(self, x_t: torch.Tensor, timestep: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -224,7 +252,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         with autocast:
             pred = self.predict(x_t, timestep, batch)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss = weighted_mse(pred.float(), target.float(), batch.get("loss_weight"))
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)

@@ -46,7 +46,8 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
         if not subs:
             continue
         meta = {"source": f"world/{split}/{k}", "start": 0, "fps": 8.0, "identities": ids, "motions": clip.motions, "scene": clip.scene}
-        buffer.append(Sample(f"{split}_{seed}_{k:07d}", clip.frames, clip.caption, subs, meta))
+        masks = clip.masks.any(0).astype(np.uint8)  # (F, H, W): where any subject is, for subject-weighted losses
+        buffer.append(Sample(f"{split}_{seed}_{k:07d}", clip.frames, clip.caption, subs, meta, masks))
         if len(buffer) >= samples_per_shard or k == num_clips - 1:
             name = f"shard-{len(manifest['shards']):05d}.tar"
             write_shard(out / name, buffer)
