@@ -85,7 +85,8 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     from conftest import run_cli
 
     out = tmp_path / "w"
-    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--decoder-steps", "2", "--clips", "8", "--dit-steps", "2", "--batch-size", "2")
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--decoder-steps", "2", "--subject-vae-steps", "2", "--clips", "8",
+                         "--dit-steps", "2", "--batch-size", "2")
     assert rc == 0, err[-2000:]
     vae_cfg = __import__("json").loads((out / "vae" / "model" / "config.json").read_text())
     assert len(vae_cfg["latents_std"]) == 16 and vae_cfg["latents_std"] != [1.0] * 16  # measured, not defaults
@@ -95,6 +96,14 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     before, after = (load_file(out / "vae" / d / "diffusion_pytorch_model.safetensors") for d in ("model", "tuned"))
     assert all((before[k] == after[k]).all() for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any((before[k] != after[k]).any() for k in before if k.startswith("decoder."))
+    # stage 1c tunes the whole VAE, so it measures the latent statistics again; the run and its
+    # transformer use that last stage
+    subjects = load_file(out / "vae" / "subjects" / "diffusion_pytorch_model.safetensors")
+    assert any((after[k] != subjects[k]).any() for k in after if k.startswith("encoder."))
+    stats = [__import__("json").loads((out / "vae" / d / "config.json").read_text())["latents_std"] for d in ("tuned", "subjects")]
+    assert stats[0] != stats[1]
+    base_vae = load_file(out / "base" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(base_vae[k], subjects[k]) for k in subjects)
     ref = tmp_path / "ref.png"
     render_subject(identity(5), 48).save(ref)
     rc, _, err = run_cli("generate", "--model", out / "dit" / "final", "--prompt", "a red triangle moves", "--ref", ref,
@@ -163,7 +172,8 @@ def test_world_ablation_runs_reuse_vae_and_data(tmp_path):
     from conftest import run_cli
 
     full = tmp_path / "full"
-    assert run_cli("world", "train", "--out", full, "--vae-steps", "2", "--decoder-steps", "1", "--clips", "6", "--dit-steps", "2", "--batch-size", "2")[0] == 0
+    assert run_cli("world", "train", "--out", full, "--vae-steps", "2", "--decoder-steps", "1", "--subject-vae-steps", "1", "--clips", "6",
+                   "--dit-steps", "2", "--batch-size", "2")[0] == 0
     for ablation in ("no-mask", "tokens"):
         out = tmp_path / ablation
         rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--clips", "6", "--dit-steps", "2", "--batch-size", "2",
@@ -210,9 +220,9 @@ def test_world_train_starts_from_the_bundled_vae(tmp_path):
     out = tmp_path / "w"
     rc, _, err = run_cli("world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "4", "--dit-steps", "1", "--batch-size", "2")
     assert rc == 0, err[-2000:]
-    assert not (out / "vae" / "state.pt").exists() and not (out / "vae" / "decoder_state.pt").exists()
+    assert not any((out / "vae").glob("*state.pt"))
     given = load_file(WORLD_VAE_PATH / "diffusion_pytorch_model.safetensors")
-    for stage in ("model", "tuned"):
+    for stage in ("model", "tuned", "subjects"):
         got = load_file(out / "vae" / stage / "diffusion_pytorch_model.safetensors")
         assert set(got) == set(given) and all(got[k].dtype == torch.float32 and torch.equal(got[k], given[k].float()) for k in given)
 

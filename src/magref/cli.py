@@ -228,7 +228,8 @@ def cmd_world_train(args) -> int:
     from .world.train import run
 
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
-        ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae)
+        ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
+        subject_vae_steps=args.subject_vae_steps)
     return 0
 
 
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     # defaults: magref.defaults.MINIATURE_BUDGET (docs/miniature-world.md)
     p.add_argument("--vae-steps", type=int, default=MINIATURE_BUDGET["vae_steps"])
     p.add_argument("--decoder-steps", type=int, default=MINIATURE_BUDGET["decoder_steps"], help="decoder-only tuning on whole clips (0: skip)")
+    p.add_argument("--subject-vae-steps", type=int, default=MINIATURE_BUDGET["subject_vae_steps"],
+                   help="then the whole VAE on whole clips, the loss weighted where subjects are (0: skip)")
     p.add_argument("--clips", type=int, default=MINIATURE_BUDGET["clips"])
     p.add_argument("--dit-steps", type=int, default=MINIATURE_BUDGET["dit_steps"])
     p.add_argument("--batch-size", type=int, default=MINIATURE_BUDGET["batch_size"])

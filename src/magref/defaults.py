@@ -15,4 +15,4 @@ DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the offi
 # `magref world train`'s budget. The VAE stages at these values made the bundled
 # `assets/world/vae`; the transformer's budget is the one the miniature is planned for
 # (docs/miniature-world.md has what was measured at fewer steps).
-MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, clips=4000, dit_steps=4000, batch_size=8)
+MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, subject_vae_steps=600, clips=4000, dit_steps=4000, batch_size=8)

@@ -5,6 +5,7 @@ Stages (each resumable; everything lives under --out, by default ~/.cache/magref
             frames: single frames first (the causal VAE codes frame 0 alone), then clips;
             per-channel latent mean/std are measured afterwards and stored in its config.
 1b. decoder the decoder alone on whole 13-frame clips (encoder frozen: the latent space is fixed).
+1c. vae     the whole VAE on 13-frame clips, the loss weighted where subjects are (`VAE_STAGES`).
 2. data     single-subject training clips from training identities only (tar shards).
 3. dit      the MAGREF transformer (36 input channels) trained with `magref train`'s Trainer:
             flow matching with region-aware dynamic masking. The text and image encoders are
@@ -17,6 +18,7 @@ bundled model folder. Default budgets: `defaults.MINIATURE_BUDGET`.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import shutil
 import sys
 import time
@@ -66,18 +68,20 @@ def miniature_components(seed: int = 0, ablation: str = "none") -> dict:
                 text_len=226, **ABLATIONS[ablation])  # captions are < 226 bytes; shorter padding, cheaper cross-attention
 
 
-def world_frames(rng: np.random.Generator, batch: int, frames: int) -> torch.Tensor:
-    """(B, 3, F, H, W) in [-1, 1]: random training-identity clips (1-3 subjects)."""
+def world_frames(rng: np.random.Generator, batch: int, frames: int, with_masks: bool = False):
+    """(B, 3, F, H, W) in [-1, 1]: random training-identity clips (1-3 subjects); with_masks also
+    returns where any subject is, (B, 1, F, H, W) float {0, 1}."""
     pool = identity_ids("train")
-    clips = []
+    clips, masks = [], []
     for _ in range(batch):
         n = int(rng.integers(1, 4))
         ids = rng.choice(pool, size=n, replace=False)
         clip = make_clip([identity(int(i)) for i in ids], rng, frames=max(frames, 2), height=SIZE, width=SIZE)
         start = int(rng.integers(0, clip.frames.shape[0] - frames + 1))
         clips.append(clip.frames[start : start + frames])
-    x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
-    return x / 127.5 - 1
+        masks.append(clip.masks[:, start : start + frames].any(0))
+    x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return (x, torch.from_numpy(np.stack(masks)).float()[:, None]) if with_masks else x
 
 
 def load_state(path: Path) -> dict:
@@ -126,51 +130,85 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
             tmp = state_file.with_suffix(".part")
             torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
             tmp.replace(state_file)
-    # latent statistics, so the transformer sees unit-variance latents
-    with torch.no_grad():
-        rng = np.random.default_rng([2, 0])
-        mus = torch.cat([vae.encode(world_frames(rng, 8, FRAMES)).latent_dist.mode() for _ in range(8)])
-    mean = mus.mean(dim=(0, 2, 3, 4)).tolist()
-    std = mus.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    measure_latent_stats(vae)
     vae.save_pretrained(vae_dir / "model")
-    log(f"vae: saved {vae_dir / 'model'} (latent std {np.mean(std):.3f})")
+    log(f"vae: saved {vae_dir / 'model'} (latent std {np.mean(vae.config.latents_std):.3f})")
     return vae_dir / "model"
 
 
-def tune_decoder(out: Path, steps: int, log=print) -> Path:
-    """Stage 1b: the VAE's decoder alone, on whole 13-frame clips. Stage 1 trains on single frames
-    and 9-frame clips, and its decoder loses subjects in the fourth latent frame (frames 9-12)
-    that the transformer's clips have. The encoder is frozen, so the latent space the transformer
-    learns in, and its statistics, stay exactly as they were: this stage may run before, during
-    or after the transformer's training."""
+# The VAE stages after stage 1, in order; each starts from the previous folder.
+# - tuned (1b): the decoder alone (encoder frozen) on whole 13-frame clips. Stage 1 trains on
+#   single frames and 9-frame clips, and its decoder lost subjects in the fourth latent frame.
+# - subjects (1c): the whole VAE on 13-frame clips, the reconstruction loss weighted 10x where
+#   subjects are, then the latent statistics measured again. After 1b the whole-frame L1 was
+#   0.08-0.11 per frame but 0.22 on the subjects of frame 0 and 0.45 on those of frames 9-12: the
+#   subjects faded in every decoded video, true latents included, and the background hid it.
+#   Tuning the decoder alone with that weighting left them at 0.3-0.38 (the encoder had lost them).
+VAE_STAGES = {
+    "tuned": dict(src="model", seed=3, lr=3e-4, cosine=True, subject_weight=1.0, encoder=False),
+    "subjects": dict(src="tuned", seed=6, lr=5e-4, cosine=False, subject_weight=10.0, encoder=True),
+}
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 + L2 / 2, each averaged with a per-pixel weight (B, 1, F, H, W) shared by the channels."""
+    if weight is None:
+        return (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean()
+    total = weight.expand_as(x).sum()
+    return ((rec - x).abs() * weight).sum() / total + 0.5 * ((rec - x) ** 2 * weight).sum() / total
+
+
+def measure_latent_stats(vae) -> None:
+    """Per-channel latent mean and std over world clips, stored in the VAE's config, so the
+    transformer sees unit-variance latents."""
+    with torch.no_grad():
+        rng = np.random.default_rng([2, 0])
+        mus = torch.cat([vae.encode(world_frames(rng, 8, FRAMES)).latent_dist.mode() for _ in range(8)])
+    vae.register_to_config(latents_mean=mus.mean(dim=(0, 2, 3, 4)).tolist(), latents_std=mus.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist())
+
+
+def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
+    """A stage of `VAE_STAGES` on whole clips: the decoder (and post-quant conv) alone, or the
+    whole VAE followed by new latent statistics."""
     from diffusers import AutoencoderKLWan
 
-    src, dst, state_file = out / "vae" / "model", out / "vae" / "tuned", out / "vae" / "decoder_state.pt"
+    cfg = VAE_STAGES[stage]
+    src, dst, state_file = out / "vae" / cfg["src"], out / "vae" / stage, out / "vae" / f"{stage}_state.pt"
+    if stage == "tuned" and (out / "vae" / "decoder_state.pt").is_file():  # the name before there were two stages
+        state_file = out / "vae" / "decoder_state.pt"
     vae = AutoencoderKLWan.from_pretrained(src)
-    vae.requires_grad_(False)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+    if cfg["encoder"]:
+        params = list(vae.parameters())
+    else:
+        vae.requires_grad_(False)
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        for p in params:
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    cosine = lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine if cfg["cosine"] else (lambda s: 1.0))
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
-        vae.decoder.load_state_dict(state["decoder"])
-        vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
+        if "vae" in state:
+            vae.load_state_dict(state["vae"])
+        else:
+            vae.decoder.load_state_dict(state["decoder"])
+            vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = int(state["step"])
-        log(f"decoder: resumed at step {step}")
+        log(f"vae ({stage}): resumed at step {step}")
     t0 = time.time()
+    weighted = cfg["subject_weight"] != 1
     while step < steps:
-        rng = np.random.default_rng([3, step])
-        x = world_frames(rng, 2, FRAMES)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(step))
-        rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean()
+        x, masks = world_frames(np.random.default_rng([cfg["seed"], step]), 2, FRAMES, with_masks=True)
+        with torch.no_grad() if not cfg["encoder"] else nullcontext():
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=torch.Generator().manual_seed(step))
+        loss = reconstruction_loss(vae.decode(z).sample, x, 1 + (cfg["subject_weight"] - 1) * masks if weighted else None)
+        if cfg["encoder"]:
+            loss = loss + 1e-6 * post.kl().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -178,30 +216,34 @@ def tune_decoder(out: Path, steps: int, log=print) -> Path:
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % 25 == 0 or step == steps:
-            with open(out / "vae" / "decoder_metrics.jsonl", "a") as f:
+            with open(out / "vae" / f"{stage}_metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0}) + "\n")
-            log(f"decoder step {step}/{steps} loss {loss.item():.4f}")
+            log(f"vae ({stage}) step {step}/{steps} loss {loss.item():.4f}")
         if step % 50 == 0 or step == steps:
             tmp = state_file.with_suffix(".part")
-            torch.save({"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "step": step}, tmp)
+            weights = {"vae": vae.state_dict()} if cfg["encoder"] else {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict()}
+            torch.save({**weights, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
             tmp.replace(state_file)
+    if cfg["encoder"]:
+        measure_latent_stats(vae)
     shutil.rmtree(dst, ignore_errors=True)
     vae.save_pretrained(dst)
-    log(f"decoder: saved {dst}")
+    log(f"vae ({stage}): saved {dst}")
     return dst
 
 
 def run_vae(out: Path) -> Path:
-    """The run's VAE: the decoder-tuned one once stage 1b has finished (same encoder)."""
-    tuned = out / "vae" / "tuned"
-    return tuned if (tuned / "config.json").is_file() else out / "vae" / "model"
+    """The run's VAE: the last decoder stage that has finished (they all share the encoder)."""
+    for stage in reversed(VAE_STAGES):
+        if (out / "vae" / stage / "config.json").is_file():
+            return out / "vae" / stage
+    return out / "vae" / "model"
 
 
 def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: int = MINIATURE_BUDGET["clips"],
         dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
-        vae_from: str | Path | None = None) -> Path:
+        vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"]) -> Path:
     """`vae_from`: a finished VAE folder (e.g. the bundled `assets/world/vae`) that replaces
     stages 1 and 1b, which are the serial part of a run (~45 min here).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
@@ -224,17 +266,20 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
                 (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
     if vae_from is not None and not (out / "vae" / "model" / "config.json").is_file():
         vae = AutoencoderKLWan.from_pretrained(Path(vae_from).expanduser(), torch_dtype=torch.float32)
-        for stage in ("model", "tuned"):  # already decoder-tuned: stage 1b has nothing to do
+        for stage in ("model", *VAE_STAGES):  # already decoder-tuned: the decoder stages have nothing to do
             vae.save_pretrained(out / "vae" / stage)
         log(f"vae: from {vae_from}")
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
         train_vae(out, vae_steps, log)
         timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
-    if decoder_steps and reuse_from is None and not (out / "vae" / "tuned" / "config.json").is_file():  # reused: the source run tunes it
-        t = time.time()
-        tune_decoder(out, decoder_steps, log)
-        timings["decoder_s"] = timings.get("decoder_s", 0) + time.time() - t
+    for stage, budget in zip(VAE_STAGES, (decoder_steps, subject_vae_steps)):
+        if budget and reuse_from is None and not (out / "vae" / stage / "config.json").is_file():  # reused: the source run tunes it
+            if VAE_STAGES[stage]["src"] != "model" and not (out / "vae" / VAE_STAGES[stage]["src"] / "config.json").is_file():
+                continue  # its source stage was skipped
+            t = time.time()
+            tune_vae(out, budget, log, stage)
+            timings[f"vae_{stage}_s"] = timings.get(f"vae_{stage}_s", 0) + time.time() - t
     if not (out / "base" / "model_index.json").is_file():
         comps = miniature_components(ablation=ablation)
         comps["vae"] = AutoencoderKLWan.from_pretrained(run_vae(out))
