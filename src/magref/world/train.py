@@ -322,8 +322,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # has no reason to learn before it copies in place. The other half are the method's.
         "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6, "p_source_boxes": 0.5},
         # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
-        # caption predicts: runs without this drew the right scene and no subject after 5000 steps
-        # (what they drew of it faded within the first frames). The world knows where subjects are.
+        # caption alone predicts; the world knows where subjects are, so their cells count 5x.
         "subject_loss_weight": 5.0,
     }))
     t = time.time()
