@@ -1,7 +1,9 @@
 """How much a `magref world train` transformer uses its conditioning: the MSE of its flow
 prediction on training clips with the true condition, with the reference canvas removed (an
 empty white canvas, zero mask), with an empty caption and with another clip's caption; and the MSE inside the reference regions of
-latent frame 0 alone, where the canvas says most (with `p_source_boxes` the subject is there).
+latent frame 0 alone, where the canvas says most (with `p_source_boxes` the subject is there),
+and inside the subjects' cells of latent frames 1 on (the frames a MAGREF video keeps; needs the
+data's per-frame masks).
 
     python scripts/conditioning_check.py ~/.cache/magref/world 1200
 
@@ -16,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from magref.training.config import load_config
-from magref.training.trainer import Trainer
+from magref.training.trainer import Trainer, latent_subject_mask
 
 
 def main(run: str, step: int, n: int = 8) -> None:
@@ -35,21 +37,31 @@ def main(run: str, step: int, n: int = 8) -> None:
     x0 = true["x0"]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     region = true["condition"][:, :1, :1] > 0.5  # (n, 1, 1, h, w): the reference mask on latent frame 0
-    print("| sigma | true condition | blank canvas | empty caption | other caption | regions, true | regions, blank canvas |\n|---|---|---|---|---|---|---|")
+    masks = [t.dataset.masks(i) for i in range(n)]
+    later = None  # (n, 1, T-1, h, w): where the subjects are in latent frames 1..T-1
+    if all(m is not None for m in masks):
+        later = torch.stack([latent_subject_mask(m, t.pipe.vae_scale_factor_temporal, t.pipe.vae_scale_factor_spatial) for m in masks])[:, None, 1:] > 0.5
+    print("| sigma | true condition | blank canvas | empty caption | other caption | regions, true | regions, blank canvas "
+          "| subjects in frames 1+, true | subjects in frames 1+, blank canvas |\n|---|---|---|---|---|---|---|---|---|")
     for s in (0.3, 0.6, 0.9):
         xt, target = (1 - s) * x0 + s * noise, noise - x0
 
-        def mse(cond, text, image, in_regions=False):
+        def mse(cond, text, image, where=None):
             with torch.no_grad():
                 pred = t.predict(xt, torch.full((n,), s * 1000), {"condition": cond, "text": text, "image_embeds": image})
             err = (pred - target) ** 2
-            if in_regions:
+            if where == "regions":
                 err = err[:, :, :1].masked_select(region.expand_as(err[:, :, :1]))
+            elif where == "later":
+                if later is None:
+                    return float("nan")
+                err = err[:, :, 1:].masked_select(later.expand_as(err[:, :, 1:]))
             return err.mean().item()
 
         cells = [mse(true["condition"], true["text"], true["image_embeds"]), mse(blank["condition"], true["text"], blank["image_embeds"]),
                  mse(true["condition"], empty["text"], true["image_embeds"]), mse(true["condition"], other["text"], true["image_embeds"]),
-                 mse(true["condition"], true["text"], true["image_embeds"], True), mse(blank["condition"], true["text"], blank["image_embeds"], True)]
+                 mse(true["condition"], true["text"], true["image_embeds"], "regions"), mse(blank["condition"], true["text"], blank["image_embeds"], "regions"),
+                 mse(true["condition"], true["text"], true["image_embeds"], "later"), mse(blank["condition"], true["text"], blank["image_embeds"], "later")]
         print(f"| {s} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
 
 
