@@ -3,7 +3,8 @@ prediction on training clips with the true condition, with the reference canvas 
 empty white canvas, zero mask), with an empty caption and with another clip's caption; and the MSE inside the reference regions of
 latent frame 0 alone, where the canvas says most (with `p_source_boxes` the subject is there),
 and inside the subjects' cells of latent frames 1 on (the frames a MAGREF video keeps; needs the
-data's per-frame masks).
+data's per-frame masks), also with the canvas recoloured (its channels permuted: same shapes and
+places, other colours), which tells whether the model reads the reference's appearance.
 
     python scripts/conditioning_check.py ~/.cache/magref/world 1200
 
@@ -32,6 +33,8 @@ def main(run: str, step: int, n: int = 8) -> None:
     ex = [t.example(i, random.Random(i)) for i in range(n)]
     true = t.encode(ex)
     blank = t.encode([dict(e, canvas=torch.ones_like(e["canvas"]), latent_mask=torch.zeros_like(e["latent_mask"])) for e in ex])
+    # the same shapes at the same places in other colours (white stays white): is the appearance read?
+    recoloured = t.encode([dict(e, canvas=e["canvas"][[2, 0, 1]]) for e in ex])
     empty = t.encode([dict(e, caption="") for e in ex])
     other = t.encode([dict(e, caption=ex[(k + 1) % n]["caption"]) for k, e in enumerate(ex)])
     x0 = true["x0"]
@@ -42,7 +45,8 @@ def main(run: str, step: int, n: int = 8) -> None:
     if all(m is not None for m in masks):
         later = torch.stack([latent_subject_mask(m, t.pipe.vae_scale_factor_temporal, t.pipe.vae_scale_factor_spatial) for m in masks])[:, None, 1:] > 0.5
     print("| sigma | true condition | blank canvas | empty caption | other caption | regions, true | regions, blank canvas "
-          "| subjects in frames 1+, true | subjects in frames 1+, blank canvas |\n|---|---|---|---|---|---|---|---|---|")
+          "| subjects in frames 1+, true | subjects in frames 1+, blank canvas | subjects in frames 1+, recoloured canvas |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for s in (0.3, 0.6, 0.9):
         xt, target = (1 - s) * x0 + s * noise, noise - x0
 
@@ -61,7 +65,8 @@ def main(run: str, step: int, n: int = 8) -> None:
         cells = [mse(true["condition"], true["text"], true["image_embeds"]), mse(blank["condition"], true["text"], blank["image_embeds"]),
                  mse(true["condition"], empty["text"], true["image_embeds"]), mse(true["condition"], other["text"], true["image_embeds"]),
                  mse(true["condition"], true["text"], true["image_embeds"], "regions"), mse(blank["condition"], true["text"], blank["image_embeds"], "regions"),
-                 mse(true["condition"], true["text"], true["image_embeds"], "later"), mse(blank["condition"], true["text"], blank["image_embeds"], "later")]
+                 mse(true["condition"], true["text"], true["image_embeds"], "later"), mse(blank["condition"], true["text"], blank["image_embeds"], "later"),
+                 mse(recoloured["condition"], true["text"], recoloured["image_embeds"], "later")]
         print(f"| {s} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
 
 
