@@ -69,13 +69,17 @@ def latent_subject_mask(masks: np.ndarray, t_stride: int = 4, s_stride: int = 8)
     return torch.nn.functional.max_pool2d(groups[:, None], s_stride)[:, 0]
 
 
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` with `weight` broadcast over them (e.g. one weight per cell shared by
+    the channels), normalised by the weights' sum so that it keeps the plain mean's scale."""
+    return (values * weight).sum() / weight.expand_as(values).sum()
+
+
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """MSE with a per-cell weight (B, F, h, w) shared by the channels, normalised by the weights'
-    sum so that the loss keeps the plain MSE's scale."""
+    """MSE with a per-cell weight (B, F, h, w) shared by the channels."""
     if weight is None:
         return torch.nn.functional.mse_loss(pred, target)
-    w = weight[:, None].expand_as(pred)
-    return (w * (pred - target) ** 2).sum() / w.sum()
+    return weighted_mean((pred - target) ** 2, weight[:, None])
 
 
 def world() -> tuple[int, int]:

@@ -18,10 +18,10 @@ bundled model folder. Default budgets: `defaults.MINIATURE_BUDGET`.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +154,9 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     """L1 + L2 / 2, each averaged with a per-pixel weight (B, 1, F, H, W) shared by the channels."""
     if weight is None:
         return (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean()
-    total = weight.expand_as(x).sum()
-    return ((rec - x).abs() * weight).sum() / total + 0.5 * ((rec - x) ** 2 * weight).sum() / total
+    from ..training.trainer import weighted_mean
+
+    return weighted_mean((rec - x).abs(), weight) + 0.5 * weighted_mean((rec - x) ** 2, weight)
 
 
 def measure_latent_stats(vae) -> None:
@@ -233,7 +234,7 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
 
 
 def run_vae(out: Path) -> Path:
-    """The run's VAE: the last decoder stage that has finished (they all share the encoder)."""
+    """The run's VAE: the last stage of `VAE_STAGES` that has finished (stage 1 if none)."""
     for stage in reversed(VAE_STAGES):
         if (out / "vae" / stage / "config.json").is_file():
             return out / "vae" / stage
@@ -266,7 +267,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
                 (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
     if vae_from is not None and not (out / "vae" / "model" / "config.json").is_file():
         vae = AutoencoderKLWan.from_pretrained(Path(vae_from).expanduser(), torch_dtype=torch.float32)
-        for stage in ("model", *VAE_STAGES):  # already decoder-tuned: the decoder stages have nothing to do
+        for stage in ("model", *VAE_STAGES):  # a finished VAE: the tuning stages have nothing to do
             vae.save_pretrained(out / "vae" / stage)
         log(f"vae: from {vae_from}")
     if not (out / "vae" / "model" / "config.json").is_file():
