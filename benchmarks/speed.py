@@ -180,6 +180,19 @@ def video_rows(model, cfg, x, text, image, device, steps):
         acc.disable_step_cache(P)
         diff = (out - ref).abs().max().item()
         print(f"| {kind} {params or ''} | {seconds:.2f} | {base / seconds:.2f}x | {diff:.3e} | {diff / ref.abs().max().item():.3e} |")
+    # MagCache: one calibrating loop (skips nothing), then the timed loop with its ratios
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MAGREF_CACHE_DIR"] = tmp
+        with acc.mag_cache(P, "benchmark", steps, 3.0, "unipc"):
+            loop()
+        for threshold in (0.06, 0.12):
+            with acc.mag_cache(P, "benchmark", steps, 3.0, "unipc", threshold=threshold):
+                out, seconds = loop()
+            diff = (out - ref).abs().max().item()
+            print(f"| magcache {{'threshold': {threshold}}} | {seconds:.2f} | {base / seconds:.2f}x | {diff:.3e} | {diff / ref.abs().max().item():.3e} |")
 
 
 if __name__ == "__main__":

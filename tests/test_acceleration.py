@@ -1,6 +1,7 @@
 """Speed/memory options on CPU: batched CFG equals two passes, caches run and their difference is
 reported, offload paths run, context parallelism over 2 gloo processes reproduces 1 process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,35 @@ def test_step_cache_runs_and_difference_is_reported(kind, params):
     assert torch.isfinite(cached).all()
     assert calls["n"] < uncached_calls, "the cache skipped no computation"
     assert rel < 1.0
+
+
+def test_magcache_calibrates_on_the_first_video_then_skips(tmp_path, monkeypatch):
+    """The calibrating video skips nothing (it is the uncached video, exactly); the ratios are
+    saved per model and schedule; the next video reuses them and skips blocks."""
+    monkeypatch.setenv("MAGREF_CACHE_DIR", str(tmp_path))
+    pipe = tiny_random_pipeline()
+    reference = _latents(pipe)
+    calls = {"n": 0}
+    hook = pipe.transformer.blocks[-1].ffn.net[0].proj.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    settings = dict(fingerprint="f" * 64, steps=KW["num_inference_steps"], shift=3.0, solver="unipc", threshold=0.5)
+    with acc.mag_cache(pipe, **settings) as info:
+        calibrated = _latents(pipe)
+    assert info["calibrating"] and torch.equal(calibrated, reference)
+    uncached_calls, calls["n"] = calls["n"], 0
+    saved = json.loads(acc.mag_ratios_path("f" * 64, KW["num_inference_steps"], 3.0, "unipc").read_text())
+    assert len(saved["mag_ratios"]) == KW["num_inference_steps"] and saved["branches"] == 2  # cond and uncond contexts
+    assert saved["mag_ratios"][0] == 1.0 and all(r > 0 for r in saved["mag_ratios"])
+    with acc.mag_cache(pipe, **settings) as info:
+        cached = _latents(pipe)
+    hook.remove()
+    assert not info["calibrating"] and not getattr(pipe.transformer, "is_cache_enabled", False)
+    rel = ((cached - reference).abs().max() / reference.abs().max()).item()
+    print(f"magcache: relative max diff vs uncached {rel:.3e}, last-block FFN calls {calls['n']}/{uncached_calls}")
+    assert calls["n"] < uncached_calls and torch.isfinite(cached).all() and rel < 1.0
+    # another schedule has its own ratios: calibrates again
+    with acc.mag_cache(pipe, **{**settings, "shift": 5.0}) as info:
+        assert info["calibrating"]
+        _latents(pipe, shift=5.0)
 
 
 def test_lowmem_preset_runs_and_matches():

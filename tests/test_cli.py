@@ -206,3 +206,15 @@ def test_generate_presets_are_recorded(tmp_path, opts):
     assert acc["preset"] == opts[1]
     assert acc.get("cache", "none") == (opts[3] if opts[2] == "--cache" else "none")
     assert ("fp8_weights" in acc) == ("--fp8" in opts)
+
+
+def test_generate_magcache_calibrates_then_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGREF_CACHE_DIR", str(tmp_path / "cache"))
+    sidecars = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.mp4"
+        rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--cache", "magcache", "--out", out)
+        assert rc == 0, err
+        sidecars.append(json.loads(out.with_suffix(".json").read_text())["acceleration"])
+    assert [s["calibrating"] for s in sidecars] == [True, False] and sidecars[0]["ratios"] == sidecars[1]["ratios"]
+    assert sidecars[0]["cache"] == "magcache" and sidecars[0]["cache_threshold"] == 0.06 and len(list((tmp_path / "cache" / "magcache").glob("*.json"))) == 1

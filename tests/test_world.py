@@ -1,6 +1,8 @@
 """The procedural world: identities are deterministic and distinct, held-out ids never reach
 training data, clips carry correct masks and captions, datasets load in the trainer's format."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from magref.errors import MagrefInputError
 from magref.data.shards import ClipDataset
 from magref.world import identity, make_clip, render_subject
 from magref.world.build import build_world_dataset, identity_ids
-from magref.world.render import is_held_out
+from magref.world.clips import caption
+from magref.world.render import PALETTE, is_held_out
 
 
 def test_identities_are_deterministic_and_distinct():
@@ -35,6 +38,15 @@ def test_clip_masks_and_caption():
     assert identity(1).describe() in clip.caption.lower() and "moves from left to right" in clip.caption and "beach" in clip.caption
     xs = [np.nonzero(clip.masks[0, t])[1].mean() for t in (0, 8)]
     assert xs[1] > xs[0] + 5  # it really moved right
+    # kind captions: the same clip, and words that name no colour (only a reference says which one)
+    kind = make_clip([identity(1), identity(2)], np.random.default_rng(0), frames=9, height=64, width=64,
+                     motions=["moves from left to right", "jumps up and down"], scene="beach", caption_style="kind")
+    assert np.array_equal(kind.frames, clip.frames)
+    names = [identity(i).describe(appearance=False) for i in (1, 2)]
+    assert kind.caption.lower() == f"{names[0]} moves from left to right and {names[1]} jumps up and down in a beach."
+    assert any(c in clip.caption for c in PALETTE) and not any(c in kind.caption for c in PALETTE)
+    with pytest.raises(ValueError, match="caption style"):
+        make_clip([identity(1)], np.random.default_rng(0), frames=5, caption_style="colourful")
 
 
 def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
@@ -226,17 +238,27 @@ def test_world_train_starts_from_the_bundled_vae(tmp_path):
         got = load_file(out / "vae" / stage / "diffusion_pytorch_model.safetensors")
         assert set(got) == set(given) and all(got[k].dtype == torch.float32 and torch.equal(got[k], given[k].float()) for k in given)
 
-    # a run whose data predates the per-frame masks gets them on resume, and keeps its encoding cache
-    from magref.data.shards import write_shard
+    # a run whose data predates the per-frame masks and the kind captions gets both on resume, and
+    # keeps its encoding cache
+    from magref.data.shards import MANIFEST, write_shard
 
     data = ClipDataset(out / "data")
+    assert data.manifest["world"]["captions"] == "kind" and not any(c in data[i].caption for i in range(len(data)) for c in PALETTE)
     samples = [data[i] for i in range(len(data))]
     for sample in samples:
         sample.masks = None
+        sample.caption = caption([identity(j) for j in sample.meta["identities"]], sample.meta["motions"], sample.meta["scene"], "appearance")
     write_shard(out / "data" / data.manifest["shards"][0]["file"], samples)
-    assert ClipDataset(out / "data").masks(0) is None
+    manifest = json.loads((out / "data" / MANIFEST).read_text())
+    del manifest["world"]["captions"]  # as written before the option
+    (out / "data" / MANIFEST).write_text(json.dumps(manifest))
+    assert ClipDataset(out / "data").masks(0) is None and any(c in ClipDataset(out / "data")[0].caption for c in PALETTE)
     cache = sorted((out / "data" / "encodings").glob("*/part-*.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in cache]
     rc, _, err = run_cli("world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "4", "--dit-steps", "2", "--batch-size", "2")
     assert rc == 0, err[-2000:]
     assert ClipDataset(out / "data").masks(0) is not None and [p.stat().st_mtime_ns for p in cache] == stamps
+    again = ClipDataset(out / "data")
+    assert again.manifest["world"]["captions"] == "kind"
+    assert [again[i].caption for i in range(len(again))] == [
+        caption([identity(j) for j in s.meta["identities"]], s.meta["motions"], s.meta["scene"], "kind") for s in samples]

@@ -3,7 +3,8 @@
 - batched CFG: conditional and unconditional passes in one forward (pipeline flag)
 - attention backend: diffusers' attention dispatcher (native SDPA, flash, sage, flex, ...)
 - regional torch.compile of the repeated transformer block (`compile_repeated_blocks`)
-- step caches: diffusers hooks (first-block cache, TaylorSeer)
+- step caches: diffusers hooks (first-block cache, TaylorSeer, MagCache with ratios calibrated
+  per model and schedule on the first video that asks for it)
 - low memory: group offloading with CUDA streams, VAE tiling
 - multi-GPU: diffusers context parallelism (Ulysses) under torchrun
 Presets bundle them: `quality` is the official computation (two eager passes), `fast` adds
@@ -12,7 +13,13 @@ batched CFG and regional compile, `lowmem` streams weights from host memory.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
+import os
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -24,7 +31,7 @@ PRESETS = {
     "fast": dict(batched_cfg=True, compile=True, offload=False),
     "lowmem": dict(batched_cfg=False, compile=False, offload=True),
 }
-CACHES = ("none", "fbcache", "taylorseer")
+CACHES = ("none", "fbcache", "taylorseer", "magcache")
 
 
 def apply_preset(pipe, preset: str, device: torch.device) -> dict:
@@ -92,10 +99,70 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
             # diffusers' default patterns ("^blocks.*attn", full match) miss Wan's attn1/attn2/ffn
             cache_identifiers=params.get("cache_identifiers", [r"blocks\.\d+\.(attn1|attn2|ffn)"]),
         )
+    elif kind == "magcache":
+        from diffusers.hooks import MagCacheConfig
+
+        ratios = params.get("mag_ratios")  # None: calibrate (skip nothing, measure the ratios)
+        config = MagCacheConfig(threshold=params.get("threshold", 0.06), max_skip_steps=params.get("max_skip_steps", 3),
+                                retention_ratio=params.get("retention_ratio", 0.2), num_inference_steps=params["num_inference_steps"],
+                                mag_ratios=ratios, calibrate=ratios is None)
     else:
         raise MagrefInputError(f"Unknown step cache {kind!r}.", f"use one of {', '.join(CACHES)}.")
     pipe.transformer.enable_cache(config)
     return {"cache": kind, **{k: v for k, v in vars(config).items() if isinstance(v, (int, float, str)) or v is None}}
+
+
+def mag_ratios_path(fingerprint: str, steps: int, shift: float, solver: str) -> Path:
+    """Where the MagCache ratios of a model and schedule live: they depend on the weights and
+    the timesteps, not on the prompt or the references."""
+    root = Path(os.environ.get("MAGREF_CACHE_DIR", "~/.cache/magref")).expanduser()
+    return root / "magcache" / f"{fingerprint[:16]}-{solver}-{steps}steps-shift{shift:g}.json"
+
+
+class _RatioRecorder(logging.Handler):
+    # diffusers' MagCache hook reports calibrated ratios only through its logger (and a print), once
+    # per cache context (cond, uncond) at the end of the loop; this is the supported way to read them.
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.runs: list[list[float]] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("MagCache Calibration Results:"):
+            self.runs.append(json.loads(msg.split(":", 1)[1]))
+
+
+@contextmanager
+def mag_cache(pipe, fingerprint: str, steps: int, shift: float, solver: str, threshold: float = 0.06):
+    """MagCache for one video. The first video of a (model, steps, shift, solver) calibrates: it
+    skips nothing, so it is the uncached video, and its magnitude ratios (mean over the CFG
+    branches) are saved; later videos reuse them and skip steps. Yields what was done, for the sidecar."""
+    path = mag_ratios_path(fingerprint, steps, shift, solver)
+    ratios = json.loads(path.read_text())["mag_ratios"] if path.is_file() else None
+    info = {"cache": "magcache", "threshold": threshold, "ratios": str(path), "calibrating": ratios is None}
+    enable_step_cache(pipe, "magcache", num_inference_steps=steps, mag_ratios=ratios, threshold=threshold)
+    logger, recorder = logging.getLogger("diffusers.hooks.mag_cache"), _RatioRecorder()
+    level, propagate = logger.level, logger.propagate
+    if ratios is None:  # recorded and saved; not printed
+        logger.addHandler(recorder)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if ratios is None else contextlib.nullcontext():
+            yield info
+    finally:
+        disable_step_cache(pipe)
+        logger.removeHandler(recorder)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if ratios is None:
+        if not recorder.runs or any(len(r) != steps for r in recorder.runs):
+            raise RuntimeError(f"MagCache calibration recorded {[len(r) for r in recorder.runs]} ratios, expected {steps} per branch.")
+        mean = [sum(v) / len(v) for v in zip(*recorder.runs)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"mag_ratios": mean, "branches": len(recorder.runs), "steps": steps, "shift": shift, "solver": solver}))
+        tmp.replace(path)
 
 
 def disable_step_cache(pipe) -> None:

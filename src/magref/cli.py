@@ -39,8 +39,9 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
     a.add_argument("--preset", choices=["quality", "fast", "lowmem"], default="quality",
                    help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
-    a.add_argument("--cache", choices=["none", "fbcache", "taylorseer"], default="none", help="step cache (changes the output slightly)")
-    a.add_argument("--cache-threshold", type=float, default=0.05, help="first-block cache threshold")
+    a.add_argument("--cache", choices=["none", "fbcache", "taylorseer", "magcache"], default="none",
+                   help="step cache (changes the output slightly); magcache: the first video of a model and schedule calibrates it (no speed-up)")
+    a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06)")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a.add_argument("--fp8", action="store_true", help="transformer weights in float8 through torchao (pip install 'magref[fp8]')")
@@ -124,7 +125,10 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
     applied = {**acc.apply_preset(pipe, args.preset, device), **fp8}
     acc.set_attention_backend(pipe, args.attention)
     applied["attention"] = args.attention or "default"
-    applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
+    if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
+        applied.update(cache="magcache", cache_threshold=args.cache_threshold or 0.06)
+    else:
+        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold or 0.05))
     if world > 1:
         applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
     return rank, applied
@@ -220,7 +224,7 @@ def cmd_bench_score(args) -> int:
 def cmd_world_build(args) -> int:
     from .world.build import build_world_dataset
 
-    build_world_dataset(args.out, args.clips, args.split, seed=args.seed, frames=args.frames, subjects=args.subjects)
+    build_world_dataset(args.out, args.clips, args.split, seed=args.seed, frames=args.frames, subjects=args.subjects, caption_style=args.captions)
     return 0
 
 
@@ -250,7 +254,7 @@ def cmd_world_evaluate(args) -> int:
             raise MagrefInputError(f"--model {item!r} is not NAME=SPEC.", "write e.g. --model magref=~/.cache/magref/world@1500.")
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
-             guidance=args.guidance, truth=not args.no_truth)
+             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions)
     return 0
 
 
@@ -336,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=1)
     p.add_argument("--frames", type=int, default=13)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
+                   help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.set_defaults(func=cmd_world_build)
     p = world.add_parser("train", help="train the miniature MAGREF from scratch (resumable; hours on a CPU)")
     p.add_argument("--out", default="~/.cache/magref/world")
@@ -368,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
+    p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
+                   help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.set_defaults(func=cmd_world_evaluate)
     return parser
 

@@ -8,6 +8,7 @@ mp4 matches it, so a killed batch resumes without redoing or corrupting anything
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -100,22 +101,30 @@ def run_job(
     images, composition = prepared if prepared is not None else settings.load()
     t_prep = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
-    result = pipe(
-        prompt=settings.prompt,
-        references=images,
-        negative_prompt=settings.negative_prompt,
-        height=settings.height,
-        width=settings.width,
-        num_frames=settings.frames,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance,
-        shift=settings.shift,
-        solver=settings.solver,
-        layout=composition.layout,
-        generator=generator,
-        drop_first_frames=0 if settings.keep_first_frames else DROP_FIRST_FRAMES,
-        output_type="np",
-    )
+    acceleration = dict(acceleration or {"preset": "quality"})
+    if acceleration.get("cache") == "magcache":  # its ratios depend on the steps and shift of this job
+        from .acceleration import mag_cache
+
+        step_cache = mag_cache(pipe, fingerprint, settings.steps, settings.shift, settings.solver, acceleration.get("cache_threshold", 0.06))
+    else:
+        step_cache = contextlib.nullcontext({})
+    with step_cache as cache_info:
+        result = pipe(
+            prompt=settings.prompt,
+            references=images,
+            negative_prompt=settings.negative_prompt,
+            height=settings.height,
+            width=settings.width,
+            num_frames=settings.frames,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            shift=settings.shift,
+            solver=settings.solver,
+            layout=composition.layout,
+            generator=generator,
+            drop_first_frames=0 if settings.keep_first_frames else DROP_FIRST_FRAMES,
+            output_type="np",
+        )
     t_gen = time.perf_counter()
     if not write:
         return {}
@@ -128,7 +137,7 @@ def run_job(
         "settings": dataclasses.asdict(settings),
         "negative_prompt_used": settings.negative_prompt if settings.negative_prompt is not None else "magref default (Wan + camera shake)",
         "model": {"id": model, "fingerprint": fingerprint},
-        "acceleration": acceleration or {"preset": "quality"},
+        "acceleration": acceleration | cache_info,
         "layout": composition.layout.to_dict(),
         "output": {
             "file": out_path.name,

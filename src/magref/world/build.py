@@ -24,19 +24,20 @@ def identity_ids(split: str) -> list[int]:
 
 
 def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", seed: int = 0, frames: int = 17, height: int = 64,
-                        width: int = 64, subjects: int = 1, samples_per_shard: int = 500, log=print, cutout_frame: int | None = None) -> dict:
+                        width: int = 64, subjects: int = 1, samples_per_shard: int = 500, log=print, cutout_frame: int | None = None,
+                        caption_style: str = "kind") -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pool = identity_ids(split)
     manifest = {"format": FORMAT, "settings": {"frames": frames, "fps": 8.0, "height": height, "width": width, "max_clips_per_video": 1,
                 "samples_per_shard": samples_per_shard, "extractor": "world-ground-truth",
                 "cutout_frame": frames // 2 if cutout_frame is None else cutout_frame},
-                "world": {"split": split, "seed": seed, "subjects": subjects, "identities": len(pool)}, "shards": [], "skipped": []}
+                "world": {"split": split, "seed": seed, "subjects": subjects, "identities": len(pool), "captions": caption_style}, "shards": [], "skipped": []}
     buffer: list[Sample] = []
     for k in range(num_clips):
         rng = np.random.default_rng([seed, k])
         ids = [int(i) for i in rng.choice(pool, size=subjects, replace=False)]
-        clip = make_clip([identity(i) for i in ids], rng, frames, height, width)
+        clip = make_clip([identity(i) for i in ids], rng, frames, height, width, caption_style=caption_style)
         mid = frames // 2 if cutout_frame is None else cutout_frame
         subs = []
         for ident, mask in zip(clip.identities, clip.masks[:, mid]):

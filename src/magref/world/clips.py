@@ -29,8 +29,20 @@ class Clip:
     scene: str
 
 
+CAPTION_STYLES = ("appearance", "kind")  # "kind": captions say who moves how, not what they look like
+
+
+def caption(identities: list[Identity], motions: list[str], scene: str, style: str = "appearance") -> str:
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style {style!r}: use one of {CAPTION_STYLES}")
+    parts = [f"{ident.describe(appearance=style == 'appearance')} {motion}" for ident, motion in zip(identities, motions)]
+    n = len(parts)
+    text = (" and ".join(parts) if n <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]) + f" in a {scene}."
+    return text[0].upper() + text[1:]
+
+
 def make_clip(identities: list[Identity], rng: np.random.Generator, frames: int = 17, height: int = 64, width: int = 64,
-              scene: str | None = None, motions: list[str] | None = None) -> Clip:
+              scene: str | None = None, motions: list[str] | None = None, caption_style: str = "appearance") -> Clip:
     scene = scene or str(rng.choice(SCENES))
     motions = motions or [str(rng.choice(list(MOTIONS))) for _ in identities]
     background = scene_image(scene, height, width, rng)
@@ -62,6 +74,4 @@ def make_clip(identities: list[Identity], rng: np.random.Generator, frames: int 
             masks[:k, t] &= ~alpha  # later subjects occlude earlier ones
             masks[k, t] = alpha
         out[t] = np.asarray(canvas)
-    parts = [f"{ident.describe()} {motion}" for ident, motion in zip(identities, motions)]
-    caption = (" and ".join(parts) if n <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]) + f" in a {scene}."
-    return Clip(out, masks, caption[0].upper() + caption[1:], list(identities), motions, scene)
+    return Clip(out, masks, caption(identities, motions, scene, caption_style), list(identities), motions, scene)

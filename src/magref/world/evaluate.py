@@ -20,7 +20,7 @@ from PIL import Image
 from ..bench.metrics import MetricInput, _hs_hist, quality, subject_colour
 from ..composition import to_rgb_on_white
 from .build import identity_ids
-from .clips import MOTIONS
+from .clips import MOTIONS, caption
 from .render import SCENES, identity, render_subject
 
 
@@ -86,7 +86,7 @@ class EvalCase:
     seed: int
 
 
-def eval_cases(subjects: int, n: int, seed: int = 0) -> list[EvalCase]:
+def eval_cases(subjects: int, n: int, seed: int = 0, caption_style: str = "kind") -> list[EvalCase]:
     """Held-out identities only; one motion per subject; captions in the training template."""
     pool = identity_ids("heldout")
     cases = []
@@ -95,9 +95,7 @@ def eval_cases(subjects: int, n: int, seed: int = 0) -> list[EvalCase]:
         ids = [int(i) for i in rng.choice(pool, size=subjects, replace=False)]
         motions = [str(rng.choice(list(MOTIONS))) for _ in ids]
         scene = str(rng.choice(SCENES))
-        parts = [f"{identity(i).describe()} {m}" for i, m in zip(ids, motions)]
-        prompt = (" and ".join(parts) if subjects <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]) + f" in a {scene}."
-        cases.append(EvalCase(ids, motions, scene, prompt[0].upper() + prompt[1:], seed * 1000 + k))
+        cases.append(EvalCase(ids, motions, scene, caption([identity(i) for i in ids], motions, scene, caption_style), seed * 1000 + k))
     return cases
 
 
@@ -202,7 +200,7 @@ def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown:
 
 
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
-             truth: bool = True, case_seed: int = 2, log=print) -> dict:
+             truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind") -> dict:
     """Generate every (model, case, seed) video, score it against the truth, and write
     results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
     sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/."""
@@ -219,7 +217,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
     done = {(r["model"], r["case"], r["seed"]) for r in rows}
-    all_cases = {k: eval_cases(k, cases, seed=case_seed) for k in subjects}
+    all_cases = {k: eval_cases(k, cases, seed=case_seed, caption_style=caption_style) for k in subjects}
     sources = ({"ground truth": None} if truth else {}) | models
     todo = [(name, k, j, s) for name in sources for k in subjects for j in range(cases) for s in seeds if (name, f"{k}s_{j}", s) not in done]
     pipes: dict = {}
@@ -244,7 +242,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance,
-                                                    "case_seed": case_seed, "models": models}, "summary": summary})
+                                                    "case_seed": case_seed, "captions": caption_style, "models": models}, "summary": summary})
     chance = 1.0 / 8
     (out / "table.md").write_text(table_markdown(summary, chance))
     # pictures: the first case of each subject count, first seed, every model

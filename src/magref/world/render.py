@@ -32,8 +32,12 @@ class Identity:
     kind: str  # "character" | "object"
     params: dict = field(hash=False, compare=False)
 
-    def describe(self) -> str:
+    def describe(self, appearance: bool = True) -> str:
+        """appearance=False names the kind only ("a person", "a mug"): then only a reference can
+        say which person or which mug."""
         p = self.params
+        if not appearance:
+            return "a person" if self.kind == "character" else f"a {p['shape']}"
         if self.kind == "character":
             glasses = " and glasses" if p["glasses"] else ""
             return f"a person with {p['hair_style']} {p['hair']} hair, a {p['shirt']} shirt{glasses}"

@@ -233,6 +233,13 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
     return dst
 
 
+# The training captions name the subject's kind and motion, not its colours: with colours in the
+# caption (the second and third recipes) the model took the appearance from the text and the
+# subject's place from the canvas (a recoloured canvas cost it nothing, scripts/conditioning_check.py).
+# MAGREF's use is the same split: the prompt says what happens, the references say who.
+CAPTIONS = "kind"
+
+
 def run_vae(out: Path) -> Path:
     """The run's VAE: the last stage of `VAE_STAGES` that has finished (stage 1 if none)."""
     for stage in reversed(VAE_STAGES):
@@ -286,9 +293,15 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         comps["vae"] = AutoencoderKLWan.from_pretrained(run_vae(out))
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
-    if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink() and ClipDataset(out / "data").masks(0) is None:
-        log("data: written before per-frame subject masks were stored; rebuilding the shards (same clips, so the encoding cache stays valid)")
-        (out / "data" / "manifest.json").unlink()
+    if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
+        stale = []
+        if ClipDataset(out / "data").masks(0) is None:
+            stale.append("without per-frame subject masks")
+        if json.loads((out / "data" / "manifest.json").read_text())["world"].get("captions", "appearance") != CAPTIONS:
+            stale.append("with captions that name colours")
+        if stale:  # same clips and keys: the encoding cache (canvas, target, CLIP; not the captions) stays valid
+            log(f"data: written {' and '.join(stale)}; rebuilding the shards, keeping the encoding cache")
+            (out / "data" / "manifest.json").unlink()
     if not (out / "data" / "manifest.json").is_file():
         t = time.time()
         if (out / "data" / "encodings").is_dir():  # same clips, same keys: keep the encoders' work
@@ -298,7 +311,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
         build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=SIZE, width=SIZE, subjects=1, samples_per_shard=500, log=log,
-                            cutout_frame=0)
+                            cutout_frame=0, caption_style=CAPTIONS)
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
