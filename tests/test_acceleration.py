@@ -114,6 +114,11 @@ rank, world = acc.init_distributed_from_env()
 pipe = tiny_random_pipeline()
 if world > 1:
     acc.enable_context_parallel(pipe)
+    full = sum(p.numel() for p in pipe.text_encoder.parameters())
+    sharded = acc.shard_encoders(pipe)
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in pipe.text_encoder.parameters())
+    layers = sum(p.numel() for p in pipe.text_encoder.encoder.block.parameters())
+    assert set(sharded) == {"text_encoder", "image_encoder"} and local <= full - layers // 2 + 1024, (local, full, layers)
 refs = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
 out = pipe(prompt="a red block", references=refs, height=64, width=96, num_frames=9, num_inference_steps=3,
            output_type="latent", generator=torch.Generator().manual_seed(0)).frames
@@ -132,6 +137,7 @@ def _free_port():
 
 
 def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
+    """Ulysses over the transformer and FSDP2-sharded encoders (each rank holds half of them)."""
     script = tmp_path / "cp.py"
     script.write_text(CP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -6,7 +6,8 @@
 - step caches: diffusers hooks (first-block cache, TaylorSeer, MagCache with ratios calibrated
   per model and schedule on the first video that asks for it)
 - low memory: group offloading with CUDA streams, VAE tiling
-- multi-GPU: diffusers context parallelism (Ulysses) under torchrun
+- multi-GPU: diffusers context parallelism (Ulysses) for the transformer and FSDP2 sharding of
+  the encoders under torchrun
 Presets bundle them: `quality` is the official computation (two eager passes), `fast` adds
 batched CFG and regional compile, `lowmem` streams weights from host memory.
 """
@@ -206,6 +207,36 @@ def enable_context_parallel(pipe, ulysses_degree: int | None = None) -> int:
     with _accelerator_count_at_least_one():
         pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
     return degree
+
+
+def shard_encoders(pipe) -> dict:
+    """FSDP2 over the processes of torch.distributed for the text and image encoders: each rank
+    keeps 1/N of their weights (UMT5-XXL is ~11 GB in bf16) and gathers one layer at a time when
+    the prompt and canvas are encoded. Every rank encodes the same inputs, so the output is the
+    unsharded one. Units are the layers transformers marks as unsplittable (`_no_split_modules`):
+    ~80 % of UMT5-XXL's weights and nearly all of CLIP's. The rest stays replicated: the root is
+    not wrapped because fully_shard swaps the model's class, and transformers finds its
+    hidden-state hooks (CLIP's penultimate layer) by class; UMT5's word embedding is tied between
+    two modules, so sharding one would leave the other's full copy."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_initialized():
+        raise MagrefInputError("Sharding the encoders needs several processes.", "launch with torchrun --nproc_per_node N -m magref.cli ...")
+    device = next(pipe.text_encoder.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    done = {}
+    for name in ("text_encoder", "image_encoder"):
+        model = getattr(pipe, name, None)
+        if model is None:
+            continue
+        units = set(getattr(model, "_no_split_modules", None) or [])
+        layers = [m for m in model.modules() if type(m).__name__ in units]
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        done[name] = f"FSDP2 over {dist.get_world_size()} ranks, {len(layers)} layer units"
+    return done
 
 
 def init_distributed_from_env() -> tuple[int, int]:

@@ -131,6 +131,8 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
         applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold or 0.05))
     if world > 1:
         applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
+        if not acc.PRESETS[args.preset]["offload"]:  # lowmem streams the encoders from host memory instead
+            applied["sharded_encoders"] = acc.shard_encoders(pipe)
     return rank, applied
 
 
