@@ -6,7 +6,10 @@ and inside the subjects' cells of latent frames 1 on (the frames a MAGREF video 
 data's per-frame masks), also with the canvas recoloured (its channels permuted: same shapes and
 places, other colours), which tells whether the model reads the reference's appearance.
 
-    python scripts/conditioning_check.py ~/.cache/magref/world 1200
+    python scripts/conditioning_check.py ~/.cache/magref/world 1200 [DATA]
+
+DATA: another dataset in the run's format (default: the run's own training clips), e.g. fresh
+clips of the same world (`build_world_dataset(..., seed=1, frames=13, cutout_frame=0)`).
 
 If removing the canvas costs next to nothing, the model has not learnt to use the references.
 """
@@ -22,9 +25,11 @@ from magref.training.config import load_config
 from magref.training.trainer import Trainer, latent_subject_mask
 
 
-def main(run: str, step: int, n: int = 8) -> None:
+def main(run: str, step: int, n: int = 8, data: str | None = None) -> None:
     run = Path(run).expanduser()
     cfg = load_config(str(run / "dit.yaml"))
+    if data:  # e.g. clips the model never saw, to tell learning from remembering
+        cfg.data = str(Path(data).expanduser())
     cfg.output_dir = str(run / "conditioning-check")  # the Trainer wants one; nothing is trained
     cfg.cache_layouts = 0  # 8 clips are encoded live; never build (or rebuild) the run's cache for them
     t = Trainer(cfg)
@@ -45,9 +50,9 @@ def main(run: str, step: int, n: int = 8) -> None:
     if all(m is not None for m in masks):
         later = torch.stack([latent_subject_mask(m, t.pipe.vae_scale_factor_temporal, t.pipe.vae_scale_factor_spatial) for m in masks])[:, None, 1:] > 0.5
     print("| sigma | true condition | blank canvas | empty caption | other caption | regions, true | regions, blank canvas "
-          "| subjects in frames 1+, true | subjects in frames 1+, blank canvas | subjects in frames 1+, recoloured canvas |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
-    for s in (0.3, 0.6, 0.9):
+          "| regions, recoloured canvas | subjects in frames 1+, true | subjects in frames 1+, blank canvas | subjects in frames 1+, recoloured canvas |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in (0.3, 0.6, 0.9, 0.99):
         xt, target = (1 - s) * x0 + s * noise, noise - x0
 
         def mse(cond, text, image, where=None):
@@ -65,10 +70,11 @@ def main(run: str, step: int, n: int = 8) -> None:
         cells = [mse(true["condition"], true["text"], true["image_embeds"]), mse(blank["condition"], true["text"], blank["image_embeds"]),
                  mse(true["condition"], empty["text"], true["image_embeds"]), mse(true["condition"], other["text"], true["image_embeds"]),
                  mse(true["condition"], true["text"], true["image_embeds"], "regions"), mse(blank["condition"], true["text"], blank["image_embeds"], "regions"),
+                 mse(recoloured["condition"], true["text"], recoloured["image_embeds"], "regions"),
                  mse(true["condition"], true["text"], true["image_embeds"], "later"), mse(blank["condition"], true["text"], blank["image_embeds"], "later"),
                  mse(recoloured["condition"], true["text"], recoloured["image_embeds"], "later")]
         print(f"| {s} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), data=sys.argv[3] if len(sys.argv) > 3 else None)

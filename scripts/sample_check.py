@@ -2,7 +2,7 @@
 official grid layout and with the reference placed where a subject would start (the in-place
 boxes half of the training layouts use), and score identity against 7 distractors.
 
-    python scripts/sample_check.py ~/.cache/magref/w6 4000 [picture.png] [--cases 4] [--captions kind]
+    python scripts/sample_check.py ~/.cache/magref/w6 4000 [picture.png] [--cases 4] [--captions kind] [--guidance 5]
 
 Prints one (layout, identity hit, margin) per video and the hit counts; the picture has two rows
 per case (grid, then in place), frames 0..12 left to right, all frames kept.
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--captions", default="kind", choices=["kind", "appearance"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance", type=float, default=5.0)
     args = ap.parse_args()
     pipe = pipeline_from_run(args.run, args.step)
     pipe.set_progress_bar_config(disable=True)
@@ -37,7 +38,7 @@ def main() -> None:
     for case in eval_cases(1, args.cases, caption_style=args.captions):
         for name, layout in (("grid", None), ("in place", IN_PLACE)):
             out = pipe(prompt=case.prompt, references=[sprite_on_white(case.ids[0], 96)], negative_prompt="", height=64, width=64, num_frames=13,
-                       num_inference_steps=25, guidance_scale=5.0, generator=torch.Generator().manual_seed(args.seed), output_type="np",
+                       num_inference_steps=25, guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed), output_type="np",
                        layout=layout, drop_first_frames=0)
             frames = to_uint8_frames(out.frames[0])
             hit, margin = identity_match(frames[4:], case.ids[0], distractors_for(case.ids[0], 7, np.random.default_rng(0)))
