@@ -11,12 +11,10 @@ per case (grid, then in place), frames 0..12 left to right, all frames kept.
 import argparse
 
 import numpy as np
-import torch
 from PIL import Image
 
 from magref.composition import RegionLayout
-from magref.pipeline import to_uint8_frames
-from magref.world.evaluate import distractors_for, eval_cases, identity_match, sprite_on_white
+from magref.world.evaluate import distractors_for, eval_cases, generate_case, identity_match
 from magref.world.train import pipeline_from_run
 
 IN_PLACE = RegionLayout.from_boxes([(18, 22, 46, 54)], 64, 64)  # about where a training subject starts
@@ -37,10 +35,7 @@ def main() -> None:
     rows, hits = [], {"grid": [], "in place": []}
     for case in eval_cases(1, args.cases, caption_style=args.captions):
         for name, layout in (("grid", None), ("in place", IN_PLACE)):
-            out = pipe(prompt=case.prompt, references=[sprite_on_white(case.ids[0], 96)], negative_prompt="", height=64, width=64, num_frames=13,
-                       num_inference_steps=25, guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed), output_type="np",
-                       layout=layout, drop_first_frames=0)
-            frames = to_uint8_frames(out.frames[0])
+            frames = generate_case(pipe, case, args.seed, 25, args.guidance, layout=layout, drop_first_frames=0)
             hit, margin = identity_match(frames[4:], case.ids[0], distractors_for(case.ids[0], 7, np.random.default_rng(0)))
             hits[name].append(hit)
             print(f"{case.prompt!r} id {case.ids[0]} {name}: hit {hit} margin {margin:.3f}")

@@ -120,15 +120,19 @@ def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7) ->
 # ----------------------------------------------------------------------------------------------
 # Models against the truth: `magref world evaluate`
 # ----------------------------------------------------------------------------------------------
-def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, size: int = 64, frames: int = 13) -> np.ndarray:
-    """(F, H, W, 3) uint8: the model's video for a case, references = the held-out sprites on white."""
+def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, size: int = 64, frames: int = 13, layout=None,
+                  drop_first_frames: int | None = None) -> np.ndarray:
+    """(F, H, W, 3) uint8: the model's video for a case, references = the held-out sprites on white;
+    `layout` None is the official grid, `drop_first_frames` None the pipeline's default."""
     import torch
 
     from ..pipeline import to_uint8_frames
 
     refs = [sprite_on_white(i, 96) for i in case.ids]
+    extra = {} if drop_first_frames is None else {"drop_first_frames": drop_first_frames}
     out = pipe(prompt=case.prompt, references=refs, negative_prompt="", height=size, width=size, num_frames=frames,
-               num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+               num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np",
+               layout=layout, **extra)
     return to_uint8_frames(out.frames[0])
 
 

@@ -294,10 +294,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
-        stale = []
-        if ClipDataset(out / "data").masks(0) is None:
+        stale, data = [], ClipDataset(out / "data")
+        if data.masks(0) is None:
             stale.append("without per-frame subject masks")
-        if json.loads((out / "data" / "manifest.json").read_text())["world"].get("captions", "appearance") != CAPTIONS:
+        if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
             stale.append("with captions that name colours")
         if stale:  # same clips and keys: the encoding cache (canvas, target, CLIP; not the captions) stays valid
             log(f"data: written {' and '.join(stale)}; rebuilding the shards, keeping the encoding cache")
