@@ -31,16 +31,19 @@ def transformer_config(scaled: bool) -> dict:
 
 def build(cfg: dict, device, dtype):
     from diffusers import WanTransformer3DModel
-
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # the fp32-module casting advice is handled below
-    with torch.device(device):
-        model = WanTransformer3DModel(
-            patch_size=(1, 2, 2), in_channels=36, out_channels=16, freq_dim=256, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **cfg,
-        )
-    model = model.to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: the 14B never exists in float32 (57 GB)
+    try:
+        with torch.device(device):
+            model = WanTransformer3DModel(
+                patch_size=(1, 2, 2), in_channels=36, out_channels=16, freq_dim=256, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **cfg,
+            )
+    finally:
+        torch.set_default_dtype(default)
     for name, module in model.named_modules():  # diffusers keeps these in float32 for stability
         if any(k in name.split(".") for k in model._keep_in_fp32_modules or []):
             module.to(torch.float32)
@@ -103,6 +106,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--video", action="store_true", help="also time whole loops with step caches")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--video-steps", type=int, default=40, help="steps of the whole video that the GPU rows project to")
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -116,34 +120,122 @@ def main() -> None:
     x, text, image, tokens = inputs(cfg, frames, height, width, device, dtype)
     flops = 2 * step_flops(cfg, tokens)  # two guidance branches per step
     params = sum(p.numel() for p in model.parameters()) / 1e9
-    print(f"\ndevice: {name}; transformer {'real 14B' if gpu else 'scaled'} config, {params:.2f} B params, {dtype}; "
-          f"video {width}x{height}x{frames} -> {tokens} tokens; {flops / 1e12:.2f} TFLOP per denoising step\n")
+    import diffusers
+
+    print(f"\ndevice: {name}; torch {torch.__version__}, diffusers {diffusers.__version__}; transformer "
+          f"{'real 14B' if gpu else 'scaled'} config, {params:.2f} B params, {dtype}; video {width}x{height}x{frames} -> "
+          f"{tokens} tokens; {flops / 1e12:.2f} TFLOP per denoising step\n")
     print("| variant | s / step | vs eager two-pass | TFLOP/s | MFU | peak memory (GiB) |")
     print("|---|---|---|---|---|---|")
     base = None
+    measured = {}
 
-    def row(label, seconds):
+    def row(label, batched, m=None, note=""):
+        """One table row; a failure becomes the row's text, so one broken variant costs one row."""
         nonlocal base
+        if gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            seconds = time_step(m or model, x, text, image, batched, device, args.repeats)
+        except Exception as e:  # noqa: BLE001 - reported in the table, the next rows still run
+            print(f"| {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | | | | |")
+            return None
         base = base or seconds
+        measured[label] = seconds
         tflops = flops / seconds / 1e12
         mfu = f"{tflops / peak:.1%}" if peak else "n/a (CPU)"
-        print(f"| {label} | {seconds:.3f} | {base / seconds:.2f}x | {tflops:.3f} | {mfu} | {peak_memory_gib(device):.2f} |")
+        print(f"| {label}{note} | {seconds:.3f} | {base / seconds:.2f}x | {tflops:.3f} | {mfu} | {peak_memory_gib(device):.2f} |")
+        return seconds
 
-    row("eager two-pass (official)", time_step(model, x, text, image, False, device, args.repeats))
-    row("batched CFG", time_step(model, x, text, image, True, device, args.repeats))
+    row("eager two-pass (official)", False)
+    row("batched CFG", True)
+    backend = "native"
+    if gpu:  # diffusers' attention dispatcher: cuDNN's fused attention against SDPA's default choice
+        try:
+            model.set_attention_backend("_native_cudnn")
+            if (row("batched CFG, cuDNN attention", True) or 1e9) < measured["batched CFG"]:
+                backend = "_native_cudnn"
+        except Exception as e:  # noqa: BLE001
+            print(f"| batched CFG, cuDNN attention | failed: {type(e).__name__}: {e} | | | | |")
+        model.set_attention_backend("native")
+    # lowmem: weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
+    lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)
+    lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
+    row("lowmem (group offloading, block level, two-pass)", False, lowmem)
+    del lowmem
     if gpu:
+        del model
+        model = build(cfg, device, dtype)  # a clean one: the offloaded copy carries hooks
+        model.set_attention_backend(backend)
+        t0 = time.perf_counter()
         model.compile_repeated_blocks(fullgraph=True)
-        row("batched CFG + regional compile", time_step(model, x, text, image, True, device, args.repeats))
+        row("batched CFG + regional compile", True, note=f" ({backend} attention)")
+        print("| 8 GPUs, Ulysses context parallel | not measured (one GPU in this run) | | | | |")
+        print(f"\n(regional compile row: its first call, compilation included, ended {time.perf_counter() - t0:.0f} s after compile_repeated_blocks)")
+        print(f"\nwhole {args.video_steps}-step video, projected as s/step x steps (transformer only, no step cache):")
+        for label, seconds in measured.items():
+            print(f"- {label}: {seconds * args.video_steps:.0f} s")
+        del model
+        lowmem_components(device, frames, height, width)
+        return
     else:
         print("| batched CFG + regional compile | not measured (CPU) | | | | |")
-    lowmem = build(cfg, "cpu", dtype)
-    lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
-    row("lowmem (group offloading, block level)", time_step(lowmem, x, text, image, False, device, args.repeats))
-    del lowmem
     if args.video:
-        video_rows(model if not gpu else build(cfg, device, dtype), cfg, x, text, image, device, args.steps)
+        video_rows(model, cfg, x, text, image, device, args.steps)
+
+
+def lowmem_components(device, frames, height, width, text_len=512):
+    """The rest of the lowmem preset at full size: the Wan2.1 VAE decoding the whole video in
+    tiles, and UMT5-XXL streamed layer by layer (leaf-level group offloading) for one prompt."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.hooks import apply_group_offloading
+
+    print("\n| lowmem component (random weights, full size) | seconds | peak GPU memory (GiB) |")
+    print("|---|---|---|")
+    try:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        vae = AutoencoderKLWan().to(device, torch.bfloat16).eval()  # diffusers' defaults are Wan2.1's VAE
+        vae.enable_tiling()
+        z = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            sync(device)
+            t0 = time.perf_counter()
+            vae.decode(z, return_dict=False)
+            sync(device)
+        print(f"| VAE decode {width}x{height}x{frames}, tiled | {time.perf_counter() - t0:.1f} | {peak_memory_gib(device):.2f} |")
+        del vae
+    except Exception as e:  # noqa: BLE001
+        print(f"| VAE decode, tiled | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | |")
+    try:
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                         feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device("meta"):
+                enc = UMT5EncoderModel(cfg)
+        finally:
+            torch.set_default_dtype(default)
+        enc = enc.to_empty(device="cpu").eval()
+        for p_ in enc.parameters():  # zeros: the values change neither memory nor time
+            p_.data.zero_()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        apply_group_offloading(enc, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level", use_stream=device.type == "cuda")
+        ids = torch.randint(0, 256384, (1, text_len), device=device)
+        with torch.no_grad():
+            enc(ids)  # warm-up: pins and schedules the streams
+            sync(device)
+            t0 = time.perf_counter()
+            enc(ids)
+            sync(device)
+        print(f"| UMT5-XXL encode {text_len} tokens, leaf-level offload | {time.perf_counter() - t0:.1f} | {peak_memory_gib(device):.2f} |")
+    except Exception as e:  # noqa: BLE001
+        print(f"| UMT5-XXL encode, leaf-level offload | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | |")
 
 
 def video_rows(model, cfg, x, text, image, device, steps):
