@@ -80,6 +80,22 @@ def test_magcache_calibrates_on_the_first_video_then_skips(tmp_path, monkeypatch
         _latents(pipe, shift=5.0)
 
 
+def test_attention_backend_is_tried_where_it_will_run():
+    from magref.errors import MagrefInputError
+
+    pipe = tiny_random_pipeline()
+    acc.set_attention_backend(pipe, "_native_math", torch.device("cpu"))
+    math = _latents(pipe)
+    acc.set_attention_backend(pipe, "native", torch.device("cpu"))
+    torch.testing.assert_close(math, _latents(pipe), atol=1e-5, rtol=0)
+    # cuDNN's fused attention needs CUDA and half precision: refused before any video is made
+    with pytest.raises(MagrefInputError, match=r"'_native_cudnn' does not run on cpu in torch.float32"):
+        acc.set_attention_backend(pipe, "_native_cudnn", torch.device("cpu"))
+    with pytest.raises(MagrefInputError, match="must be one of"):
+        acc.set_attention_backend(pipe, "nonsense", torch.device("cpu"))
+    torch.testing.assert_close(_latents(pipe), math, atol=1e-5, rtol=0)  # the refused backend did not stick
+
+
 def test_lowmem_preset_runs_and_matches():
     reference = _latents(tiny_random_pipeline())
     pipe = tiny_random_pipeline()

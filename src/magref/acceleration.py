@@ -171,12 +171,28 @@ def disable_step_cache(pipe) -> None:
         pipe.transformer.disable_cache()
 
 
-def set_attention_backend(pipe, backend: str | None) -> None:
-    if backend:
-        try:
-            pipe.transformer.set_attention_backend(backend)
-        except Exception as e:
-            raise MagrefInputError(f"Attention backend {backend!r} is not usable here ({e}).", "use 'native', or install the backend's package.") from None
+def set_attention_backend(pipe, backend: str | None, device: torch.device | None = None) -> None:
+    """Route the transformer's attention through `backend` of diffusers' dispatcher, and try it
+    once on a small input of the transformer's dtype on `device`: a backend that cannot run there
+    (cuDNN's wants CUDA and half precision) fails here with a clear message, not mid-video."""
+    if not backend:
+        return
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, dispatch_attention_fn
+
+    dtype = pipe.transformer.dtype
+    device = device or pipe.transformer.device
+    # diffusers also makes the backend the process-wide default; a refused one must not linger there
+    previous, _ = _AttentionBackendRegistry.get_active_backend()
+    try:
+        pipe.transformer.set_attention_backend(backend)
+        q = torch.zeros(1, 16, 2, 64, device=device, dtype=dtype)  # (batch, tokens, heads, head dim)
+        dispatch_attention_fn(q, q, q, backend=backend)
+    except Exception as e:
+        pipe.transformer.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(previous)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MagrefInputError(f"Attention backend {backend!r} does not run on {device} in {dtype} ({reason}).",
+                               "use 'native' (or leave --attention out), or install the backend's package and use a device it supports.") from None
 
 
 @contextmanager

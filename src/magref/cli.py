@@ -123,7 +123,7 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     fp8 = acc.enable_fp8_weights(pipe) if args.fp8 else {}
     applied = {**acc.apply_preset(pipe, args.preset, device), **fp8}
-    acc.set_attention_backend(pipe, args.attention)
+    acc.set_attention_backend(pipe, args.attention, device)
     applied["attention"] = args.attention or "default"
     if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
         applied.update(cache="magcache", cache_threshold=args.cache_threshold or 0.06)
