@@ -54,7 +54,7 @@ def identity_ceiling(vae, clips: int = 40) -> dict:
             clip = make_clip([identity(ident)], rng, 13, 64, 64)
             x = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
             with torch.no_grad():
-                rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+                rec = vae.decode(vae.encode(x.to(vae.device)).latent_dist.mode()).sample.clamp(-1, 1).cpu()
             frames = ((rec[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
             others = distractors_for(ident, 7, np.random.default_rng(k))
             decoded_hits.append(identity_match(frames[4:], ident, others)[0])

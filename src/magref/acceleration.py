@@ -33,6 +33,8 @@ PRESETS = {
     "lowmem": dict(batched_cfg=False, compile=False, offload=True),
 }
 CACHES = ("none", "fbcache", "taylorseer", "magcache")
+# Default skip thresholds: diffusers' first-block cache example value, and MagCache's for Wan.
+CACHE_THRESHOLDS = {"fbcache": 0.05, "magcache": 0.06}
 
 
 def apply_preset(pipe, preset: str, device: torch.device) -> dict:
@@ -90,7 +92,7 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
     if kind == "fbcache":
         from diffusers.hooks import FirstBlockCacheConfig
 
-        config = FirstBlockCacheConfig(threshold=params.get("threshold", 0.05))
+        config = FirstBlockCacheConfig(threshold=params.get("threshold") or CACHE_THRESHOLDS["fbcache"])
     elif kind == "taylorseer":
         from diffusers.hooks import TaylorSeerCacheConfig
 
@@ -104,7 +106,7 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
         from diffusers.hooks import MagCacheConfig
 
         ratios = params.get("mag_ratios")  # None: calibrate (skip nothing, measure the ratios)
-        config = MagCacheConfig(threshold=params.get("threshold", 0.06), max_skip_steps=params.get("max_skip_steps", 3),
+        config = MagCacheConfig(threshold=params.get("threshold") or CACHE_THRESHOLDS["magcache"], max_skip_steps=params.get("max_skip_steps", 3),
                                 retention_ratio=params.get("retention_ratio", 0.2), num_inference_steps=params["num_inference_steps"],
                                 mag_ratios=ratios, calibrate=ratios is None)
     else:
@@ -134,10 +136,11 @@ class _RatioRecorder(logging.Handler):
 
 
 @contextmanager
-def mag_cache(pipe, fingerprint: str, steps: int, shift: float, solver: str, threshold: float = 0.06):
+def mag_cache(pipe, fingerprint: str, steps: int, shift: float, solver: str, threshold: float | None = None):
     """MagCache for one video. The first video of a (model, steps, shift, solver) calibrates: it
     skips nothing, so it is the uncached video, and its magnitude ratios (mean over the CFG
     branches) are saved; later videos reuse them and skip steps. Yields what was done, for the sidecar."""
+    threshold = threshold or CACHE_THRESHOLDS["magcache"]
     path = mag_ratios_path(fingerprint, steps, shift, solver)
     ratios = json.loads(path.read_text())["mag_ratios"] if path.is_file() else None
     info = {"cache": "magcache", "threshold": threshold, "ratios": str(path), "calibrating": ratios is None}

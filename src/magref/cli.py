@@ -41,7 +41,7 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
                    help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
     a.add_argument("--cache", choices=["none", "fbcache", "taylorseer", "magcache"], default="none",
                    help="step cache (changes the output slightly); magcache: the first video of a model and schedule calibrates it (no speed-up)")
-    a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06)")
+    a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a.add_argument("--fp8", action="store_true", help="transformer weights in float8 through torchao (pip install 'magref[fp8]')")
@@ -126,9 +126,9 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
     acc.set_attention_backend(pipe, args.attention, device)
     applied["attention"] = args.attention or "default"
     if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
-        applied.update(cache="magcache", cache_threshold=args.cache_threshold or 0.06)
+        applied.update(cache="magcache", cache_threshold=args.cache_threshold or acc.CACHE_THRESHOLDS["magcache"])
     else:
-        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold or 0.05))
+        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
     if world > 1:
         applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
         if not acc.PRESETS[args.preset]["offload"]:  # lowmem streams the encoders from host memory instead

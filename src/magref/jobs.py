@@ -105,7 +105,7 @@ def run_job(
     if acceleration.get("cache") == "magcache":  # its ratios depend on the steps and shift of this job
         from .acceleration import mag_cache
 
-        step_cache = mag_cache(pipe, fingerprint, settings.steps, settings.shift, settings.solver, acceleration.get("cache_threshold", 0.06))
+        step_cache = mag_cache(pipe, fingerprint, settings.steps, settings.shift, settings.solver, acceleration.get("cache_threshold"))
     else:
         step_cache = contextlib.nullcontext({})
     with step_cache as cache_info:
