@@ -85,6 +85,10 @@ def enable_lowmem(pipe, onload_device: torch.device) -> None:
     pipe.vae.enable_tiling()
 
 
+def cache_threshold(kind: str, given: float | None) -> float:
+    return CACHE_THRESHOLDS[kind] if given is None else given  # 0 is a threshold (skip nothing), not "unset"
+
+
 def enable_step_cache(pipe, kind: str, **params) -> dict:
     """Reuse transformer computations across denoising steps (diffusers cache hooks)."""
     if kind == "none":
@@ -92,7 +96,7 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
     if kind == "fbcache":
         from diffusers.hooks import FirstBlockCacheConfig
 
-        config = FirstBlockCacheConfig(threshold=params.get("threshold") or CACHE_THRESHOLDS["fbcache"])
+        config = FirstBlockCacheConfig(threshold=cache_threshold(kind, params.get("threshold")))
     elif kind == "taylorseer":
         from diffusers.hooks import TaylorSeerCacheConfig
 
@@ -106,7 +110,7 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
         from diffusers.hooks import MagCacheConfig
 
         ratios = params.get("mag_ratios")  # None: calibrate (skip nothing, measure the ratios)
-        config = MagCacheConfig(threshold=params.get("threshold") or CACHE_THRESHOLDS["magcache"], max_skip_steps=params.get("max_skip_steps", 3),
+        config = MagCacheConfig(threshold=cache_threshold(kind, params.get("threshold")), max_skip_steps=params.get("max_skip_steps", 3),
                                 retention_ratio=params.get("retention_ratio", 0.2), num_inference_steps=params["num_inference_steps"],
                                 mag_ratios=ratios, calibrate=ratios is None)
     else:
@@ -140,7 +144,7 @@ def mag_cache(pipe, fingerprint: str, steps: int, shift: float, solver: str, thr
     """MagCache for one video. The first video of a (model, steps, shift, solver) calibrates: it
     skips nothing, so it is the uncached video, and its magnitude ratios (mean over the CFG
     branches) are saved; later videos reuse them and skip steps. Yields what was done, for the sidecar."""
-    threshold = threshold or CACHE_THRESHOLDS["magcache"]
+    threshold = cache_threshold("magcache", threshold)
     path = mag_ratios_path(fingerprint, steps, shift, solver)
     ratios = json.loads(path.read_text())["mag_ratios"] if path.is_file() else None
     info = {"cache": "magcache", "threshold": threshold, "ratios": str(path), "calibrating": ratios is None}

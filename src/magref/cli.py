@@ -126,7 +126,7 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
     acc.set_attention_backend(pipe, args.attention, device)
     applied["attention"] = args.attention or "default"
     if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
-        applied.update(cache="magcache", cache_threshold=args.cache_threshold or acc.CACHE_THRESHOLDS["magcache"])
+        applied.update(cache="magcache", cache_threshold=acc.cache_threshold("magcache", args.cache_threshold))
     else:
         applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
     if world > 1:
