@@ -3,6 +3,7 @@ for the miniature world's VAE: continue the `subjects` stage (VAE_STAGES) from a
 on any device, with a larger batch, for a fixed time, measuring the ceiling as it goes.
 
     python scripts/vae_scout.py VAE_DIR STATE SECONDS [--batch 8] [--every 500] [--device cuda] [--out DIR]
+    python scripts/vae_scout.py VAE_DIR STATE 0 --steps 850 --anneal --batch 2 --workers 1 --out DIR   # CPU
 
 VAE_DIR: the stage's source folder (config and weights); STATE: its `subjects_state.pt`.
 Clips are rendered by a process pool (the world is numpy/PIL), so the GPU is not starved.
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (else after SECONDS)")
+    ap.add_argument("--anneal", action="store_true", help="cosine decay of the LR to a tenth over --steps")
     ap.add_argument("--first", action="store_true", help="also measure the ceiling before training")
     ap.add_argument("--out", default=None, help="folder for the final weights and the log")
     args = ap.parse_args()
@@ -69,9 +72,13 @@ def main() -> None:
     print(json.dumps(log[-1]), flush=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
     opt.load_state_dict(state["opt"])  # moments follow the parameters' device on the first step
+    if args.anneal and not args.steps:
+        ap.error("--anneal needs --steps")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)) if args.anneal else 1.0)
     t0, step, samples = time.time(), start, 0
     batches = pool.imap(batch_of, ((cfg["seed"] + 100, s, args.batch) for s in range(start, start + 10**7)), chunksize=2)
-    while time.time() - t0 < args.seconds:
+    while (step - start < args.steps) if args.steps else (time.time() - t0 < args.seconds):
         x, masks = (torch.from_numpy(t).to(device) for t in next(batches))
         post = vae.encode(x).latent_dist
         loss = reconstruction_loss(vae.decode(post.sample()).sample, x, 1 + (cfg["subject_weight"] - 1) * masks)
@@ -79,6 +86,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         step, samples = step + 1, samples + args.batch
         if (step - start) % args.every == 0:
