@@ -3,7 +3,7 @@ for the miniature world's VAE: continue the `subjects` stage (VAE_STAGES) from a
 on any device, with a larger batch, for a fixed time, measuring the ceiling as it goes.
 
     python scripts/vae_scout.py VAE_DIR STATE SECONDS [--batch 8] [--every 500] [--device cuda] [--out DIR]
-    python scripts/vae_scout.py VAE_DIR STATE 0 --steps 850 --anneal --batch 2 --workers 1 --out DIR   # CPU
+    python scripts/vae_scout.py VAE_DIR STATE 0 --steps 850 --anneal --batch 2 --workers 0 --out DIR   # CPU
 
 VAE_DIR: the stage's source folder (config and weights); STATE: its `subjects_state.pt`.
 Clips are rendered by a process pool (the world is numpy/PIL), so the GPU is not starved.
@@ -31,9 +31,23 @@ from magref.world.train import VAE_STAGES, load_state, reconstruction_loss, worl
 
 def batch_of(args):
     seed, step, batch = args
-    torch.set_num_threads(1)
     x, m = world_frames(np.random.default_rng([seed, step]), batch, 13, with_masks=True)
     return x.numpy(), m.numpy()  # numpy pickles plainly; torch tensors would travel as shared file descriptors
+
+
+def clip_batches(pool, seed_batch, start, ahead):
+    """Training batches in step order, rendered `ahead` steps in advance by the pool (or here,
+    without one). Bounded: Pool.imap would render the whole endless sequence into memory."""
+    seed, batch = seed_batch
+    pending, step = [], start
+    while True:
+        if pool is None:
+            yield batch_of((seed, step, batch))
+        else:
+            while len(pending) < ahead:
+                pending.append(pool.apply_async(batch_of, ((seed, step + len(pending), batch),)))
+            yield pending.pop(0).get()
+        step += 1
 
 
 def ceiling(vae) -> dict:
@@ -52,7 +66,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=12, help="clip-rendering processes (0: render between steps)")
     ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (else after SECONDS)")
     ap.add_argument("--anneal", action="store_true", help="cosine decay of the LR to a tenth over --steps")
     ap.add_argument("--first", action="store_true", help="also measure the ceiling before training")
@@ -62,7 +76,7 @@ def main() -> None:
 
     cfg = VAE_STAGES["subjects"]
     device = torch.device(args.device)
-    pool = Pool(args.workers)  # forked before CUDA starts in this process
+    pool = Pool(args.workers, initializer=torch.set_num_threads, initargs=(1,)) if args.workers else None  # forked before CUDA starts in this process
     vae = AutoencoderKLWan.from_pretrained(args.vae_dir)
     state = load_state(Path(args.state))
     vae.load_state_dict(state["vae"])
@@ -77,7 +91,7 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)) if args.anneal else 1.0)
     t0, step, samples = time.time(), start, 0
-    batches = pool.imap(batch_of, ((cfg["seed"] + 100, s, args.batch) for s in range(start, start + 10**7)), chunksize=2)
+    batches = clip_batches(pool, (cfg["seed"] + 100, args.batch), start, ahead=2 * args.workers)
     while (step - start < args.steps) if args.steps else (time.time() - t0 < args.seconds):
         x, masks = (torch.from_numpy(t).to(device) for t in next(batches))
         post = vae.encode(x).latent_dist
@@ -93,7 +107,8 @@ def main() -> None:
             log.append({"step": step, "samples": samples, "loss": loss.item(), "seconds": round(time.time() - t0),
                         "ceiling": ceiling(vae)})
             print(json.dumps(log[-1]), flush=True)
-    pool.terminate()
+    if pool:
+        pool.terminate()
     log.append({"step": step, "samples": samples, "loss": loss.item(), "seconds": round(time.time() - t0), "ceiling": ceiling(vae)})
     print(json.dumps(log[-1]), flush=True)
     if args.out:
