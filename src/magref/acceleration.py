@@ -192,7 +192,8 @@ def set_attention_backend(pipe, backend: str | None, device: torch.device | None
     previous, _ = _AttentionBackendRegistry.get_active_backend()
     try:
         pipe.transformer.set_attention_backend(backend)
-        q = torch.zeros(1, 16, 2, 64, device=device, dtype=dtype)  # (batch, tokens, heads, head dim)
+        cfg = pipe.transformer.config  # the model's own head shape: some kernels support only some
+        q = torch.zeros(1, 16, cfg.num_attention_heads, cfg.attention_head_dim, device=device, dtype=dtype)  # (B, L, heads, dim)
         dispatch_attention_fn(q, q, q, backend=backend)
     except Exception as e:
         pipe.transformer.reset_attention_backend()
