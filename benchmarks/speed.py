@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -29,21 +30,27 @@ def transformer_config(scaled: bool) -> dict:
     return dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=4, text_dim=256, image_dim=128, added_kv_proj_dim=256)
 
 
+@contextmanager
+def default_dtype(dtype):
+    """Build modules in `dtype` directly (parameters are created in the default dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build(cfg: dict, device, dtype):
     from diffusers import WanTransformer3DModel
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # the fp32-module casting advice is handled below
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in the target dtype: the 14B never exists in float32 (57 GB)
-    try:
-        with torch.device(device):
-            model = WanTransformer3DModel(
-                patch_size=(1, 2, 2), in_channels=36, out_channels=16, freq_dim=256, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **cfg,
-            )
-    finally:
-        torch.set_default_dtype(default)
+    with default_dtype(dtype), torch.device(device):  # the 14B never exists in float32 (57 GB)
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), in_channels=36, out_channels=16, freq_dim=256, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **cfg,
+        )
     for name, module in model.named_modules():  # diffusers keeps these in float32 for stability
         if any(k in name.split(".") for k in model._keep_in_fp32_modules or []):
             module.to(torch.float32)
@@ -66,6 +73,11 @@ def inputs(cfg, frames, height, width, device, dtype, batch=1):
     text = torch.randn(batch, 512, cfg["text_dim"], generator=g).to(device, dtype)
     image = torch.randn(batch, 257, cfg["image_dim"], generator=g).to(device, dtype)
     return x, text, image, t * (h // 2) * (w // 2)
+
+
+def failure(e: Exception) -> str:
+    """An exception as one table cell: its type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
 def sync(device):
@@ -139,7 +151,7 @@ def main() -> None:
         try:
             seconds = time_step(m or model, x, text, image, batched, device, args.repeats)
         except Exception as e:  # noqa: BLE001 - reported in the table, the next rows still run
-            print(f"| {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | | | | |")
+            print(f"| {label} | failed: {failure(e)} | | | | |")
             return None
         base = base or seconds
         measured[label] = seconds
@@ -157,7 +169,7 @@ def main() -> None:
             if (row("batched CFG, cuDNN attention", True) or 1e9) < measured["batched CFG"]:
                 backend = "_native_cudnn"
         except Exception as e:  # noqa: BLE001
-            print(f"| batched CFG, cuDNN attention | failed: {type(e).__name__}: {e} | | | | |")
+            print(f"| batched CFG, cuDNN attention | failed: {failure(e)} | | | | |")
         model.set_attention_backend("native")
     # lowmem: weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
     lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)
@@ -208,19 +220,14 @@ def lowmem_components(device, frames, height, width, text_len=512):
         print(f"| VAE decode {width}x{height}x{frames}, tiled | {time.perf_counter() - t0:.1f} | {peak_memory_gib(device):.2f} |")
         del vae
     except Exception as e:  # noqa: BLE001
-        print(f"| VAE decode, tiled | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | |")
+        print(f"| VAE decode, tiled | failed: {failure(e)} | |")
     try:
         from transformers import UMT5Config, UMT5EncoderModel
 
         cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                          feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device("meta"):
-                enc = UMT5EncoderModel(cfg)
-        finally:
-            torch.set_default_dtype(default)
+        with default_dtype(torch.bfloat16), torch.device("meta"):
+            enc = UMT5EncoderModel(cfg)
         enc = enc.to_empty(device="cpu").eval()
         for p_ in enc.parameters():  # zeros: the values change neither memory nor time
             p_.data.zero_()
@@ -236,7 +243,7 @@ def lowmem_components(device, frames, height, width, text_len=512):
             sync(device)
         print(f"| UMT5-XXL encode {text_len} tokens, leaf-level offload | {time.perf_counter() - t0:.1f} | {peak_memory_gib(device):.2f} |")
     except Exception as e:  # noqa: BLE001
-        print(f"| UMT5-XXL encode, leaf-level offload | failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | |")
+        print(f"| UMT5-XXL encode, leaf-level offload | failed: {failure(e)} | |")
 
 
 def video_rows(model, cfg, x, text, image, device, steps):

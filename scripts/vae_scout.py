@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vae_subject_check import identity_ceiling  # noqa: E402
 
-from magref.world.train import VAE_STAGES, load_state, reconstruction_loss, world_frames  # noqa: E402
+from magref.world.train import VAE_STAGES, cosine_to_tenth, load_state, stage_loss, world_frames  # noqa: E402
 
 
 def batch_of(args):
@@ -52,8 +52,7 @@ def clip_batches(pool, seed_batch, start, ahead):
 
 def ceiling(vae) -> dict:
     vae.eval()
-    with torch.no_grad():
-        out = identity_ceiling(vae)
+    out = identity_ceiling(vae)  # encodes and decodes without gradients itself
     vae.train()
     return {split: r["decoded top-1"] for split, r in out.items()}
 
@@ -88,15 +87,12 @@ def main() -> None:
     opt.load_state_dict(state["opt"])  # moments follow the parameters' device on the first step
     if args.anneal and not args.steps:
         ap.error("--anneal needs --steps")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)) if args.anneal else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_to_tenth(args.steps) if args.anneal else (lambda s: 1.0))
     t0, step, samples = time.time(), start, 0
     batches = clip_batches(pool, (cfg["seed"] + 100, args.batch), start, ahead=2 * args.workers)
     while (step - start < args.steps) if args.steps else (time.time() - t0 < args.seconds):
         x, masks = (torch.from_numpy(t).to(device) for t in next(batches))
-        post = vae.encode(x).latent_dist
-        loss = reconstruction_loss(vae.decode(post.sample()).sample, x, 1 + (cfg["subject_weight"] - 1) * masks)
-        loss = loss + 1e-6 * post.kl().mean()
+        loss = stage_loss(vae, cfg, x, masks)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()

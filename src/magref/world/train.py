@@ -159,6 +159,23 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     return weighted_mean((rec - x).abs(), weight) + 0.5 * weighted_mean((rec - x) ** 2, weight)
 
 
+def cosine_to_tenth(steps: int):
+    """LR factor per step: a cosine from 1 to 0.1 over `steps`, then 0.1."""
+    return lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+
+
+def stage_loss(vae, cfg: dict, x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The loss of a `VAE_STAGES` stage on clips x with subject masks: reconstruction of a
+    sampled latent (weighted inside the subjects when the stage says so), plus a small KL term
+    when the encoder trains (else the encoder runs without gradients)."""
+    with torch.no_grad() if not cfg["encoder"] else nullcontext():
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=generator)
+    weight = 1 + (cfg["subject_weight"] - 1) * masks if cfg["subject_weight"] != 1 else None
+    loss = reconstruction_loss(vae.decode(z).sample, x, weight)
+    return loss + 1e-6 * post.kl().mean() if cfg["encoder"] else loss
+
+
 def measure_latent_stats(vae) -> None:
     """Per-channel latent mean and std over world clips, stored in the VAE's config, so the
     transformer sees unit-variance latents."""
@@ -186,8 +203,7 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
         for p in params:
             p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-    cosine = lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1)  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine if cfg["cosine"] else (lambda s: 1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_to_tenth(steps) if cfg["cosine"] else (lambda s: 1.0))
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
@@ -201,15 +217,9 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
         step = int(state["step"])
         log(f"vae ({stage}): resumed at step {step}")
     t0 = time.time()
-    weighted = cfg["subject_weight"] != 1
     while step < steps:
         x, masks = world_frames(np.random.default_rng([cfg["seed"], step]), 2, FRAMES, with_masks=True)
-        with torch.no_grad() if not cfg["encoder"] else nullcontext():
-            post = vae.encode(x).latent_dist
-            z = post.sample(generator=torch.Generator().manual_seed(step))
-        loss = reconstruction_loss(vae.decode(z).sample, x, 1 + (cfg["subject_weight"] - 1) * masks if weighted else None)
-        if cfg["encoder"]:
-            loss = loss + 1e-6 * post.kl().mean()
+        loss = stage_loss(vae, cfg, x, masks, torch.Generator().manual_seed(step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
