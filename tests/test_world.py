@@ -180,6 +180,20 @@ def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
     assert load_state(tmp_path / "old.pt")["x"] == 1.5
 
 
+def test_vae_stage_lr_is_constant_then_anneals_to_a_tenth():
+    """The subjects stage keeps its LR, then anneals it by a cosine over its last steps; with no
+    annealing length the whole stage anneals (stage 1b)."""
+    from magref.world.train import cosine_to_tenth
+
+    f = cosine_to_tenth(1000, 300)
+    assert f(0) == f(699) == 1.0
+    tail = [f(s) for s in range(700, 1001)]
+    assert all(a > b for a, b in zip(tail, tail[1:])) and tail[-1] == pytest.approx(0.1) and f(2000) == pytest.approx(0.1)
+    whole = cosine_to_tenth(100)
+    assert whole(0) == 1.0 and whole(50) == pytest.approx(0.55) and whole(100) == pytest.approx(0.1)
+    assert cosine_to_tenth(100, 0)(100) == 1.0
+
+
 def test_world_ablation_runs_reuse_vae_and_data(tmp_path):
     from conftest import run_cli
 

@@ -144,9 +144,13 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
 #   0.08-0.11 per frame but 0.22 on the subjects of frame 0 and 0.45 on those of frames 9-12: the
 #   subjects faded in every decoded video, true latents included, and the background hid it.
 #   Tuning the decoder alone with that weighting left them at 0.3-0.38 (the encoder had lost them).
+#   At a constant LR the identity of its decoded subjects (scripts/vae_subject_check.py) rose to
+#   ~0.4 top-1 and stalled; annealing the LR over the last 850 steps lifted it to 0.55: the
+#   constant-LR weights were noisy, not out of capacity.
+# `anneal`: the last steps over which the LR falls by a cosine to a tenth (None: all of them).
 VAE_STAGES = {
-    "tuned": dict(src="model", seed=3, lr=3e-4, cosine=True, subject_weight=1.0, encoder=False),
-    "subjects": dict(src="tuned", seed=6, lr=5e-4, cosine=False, subject_weight=10.0, encoder=True),
+    "tuned": dict(src="model", seed=3, lr=3e-4, anneal=None, subject_weight=1.0, encoder=False),
+    "subjects": dict(src="tuned", seed=6, lr=5e-4, anneal=850, subject_weight=10.0, encoder=True),
 }
 
 
@@ -159,9 +163,12 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     return weighted_mean((rec - x).abs(), weight) + 0.5 * weighted_mean((rec - x) ** 2, weight)
 
 
-def cosine_to_tenth(steps: int):
-    """LR factor per step: a cosine from 1 to 0.1 over `steps`, then 0.1."""
-    return lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+def cosine_to_tenth(steps: int, anneal: int | None = None):
+    """LR factor per step: 1, then over the last `anneal` of `steps` (all of them if None) a
+    cosine down to 0.1, then 0.1."""
+    anneal = steps if anneal is None else min(anneal, steps)
+    start = steps - anneal
+    return lambda s: 1.0 if s < start or not anneal else float(0.5 * (1 + np.cos(np.pi * min(s - start, anneal) / anneal)) * 0.9 + 0.1)
 
 
 def stage_loss(vae, cfg: dict, x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -203,7 +210,7 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
         for p in params:
             p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_to_tenth(steps) if cfg["cosine"] else (lambda s: 1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_to_tenth(steps, cfg["anneal"]))
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
@@ -262,7 +269,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"]) -> Path:
-    """`vae_from`: a finished VAE folder (e.g. the bundled `assets/world/vae`) that replaces
+    """`vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
     stages 1 and 1b, which are the serial part of a run (~45 min here).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
