@@ -5,7 +5,7 @@ every transformer: the identity top-1 (`magref world evaluate`'s matcher, 7 dist
 frames 4-12) of fresh single-subject clips encoded and decoded, beside that of the clips as
 rendered.
 
-    python scripts/vae_subject_check.py src/magref/assets/world/vae ~/.cache/magref/w5/data [out.png]
+    python scripts/vae_subject_check.py src/magref/assets/models/miniature/vae ~/.cache/magref/w5/data [out.png]
 
 Whole-frame error alone is dominated by the background: a VAE with 0.1 whole-frame L1 lost the
 subjects of the later frames (0.45 inside their masks), and no transformer can draw what the

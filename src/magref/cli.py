@@ -77,12 +77,12 @@ def cmd_generate(args) -> int:
     prepared = settings.load()  # all input errors surface here, before the model loads
 
     from .jobs import run_job
-    from .models import load_pipeline, model_fingerprint
+    from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint
 
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)
-    sidecar = run_job(pipe, settings, out, args.model or "default", fingerprint, prepared, accel, write=rank == 0)
+    sidecar = run_job(pipe, settings, out, args.model or DEFAULT_MODEL, fingerprint, prepared, accel, write=rank == 0)
     if rank != 0:
         return 0
     o = sidecar["output"]
@@ -100,13 +100,13 @@ def cmd_batch(args) -> int:
 def _run_items(args, items) -> int:
     """Validate every item before loading the model (a bad item costs nothing), then run them."""
     from .jobs import check_items, run_batch
-    from .models import load_pipeline, model_fingerprint
+    from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint
 
     check_items(items)
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)
-    run_batch(pipe, items, args.out_dir, args.model or "default", fingerprint, acceleration=accel, write=rank == 0)
+    run_batch(pipe, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint, acceleration=accel, write=rank == 0)
     return 0
 
 
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", choices=["none", "no-mask", "tokens"], default="none",
                    help="no-mask: mask channels carry zeros; tokens: references as extra tokens (Phantom-style)")
     p.add_argument("--reuse-from", default=None, help="another run's folder: reuse its VAE and data (same budget, only the transformer differs)")
-    p.add_argument("--vae", default=None, help="a finished VAE folder (e.g. src/magref/assets/world/vae): skips the VAE stages")
+    p.add_argument("--vae", default=None, help="a finished VAE folder (e.g. src/magref/assets/models/miniature/vae): skips the VAE stages")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

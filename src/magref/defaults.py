@@ -12,7 +12,7 @@ MAGREF_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
 DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=40, guidance_scale=5.0, shift=3.0, fps=15, seed=3407)
 DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them
 
-# `magref world train`'s budget. The VAE stages at these values made the bundled
-# `assets/world/vae`; the transformer's budget is the one the miniature is planned for
-# (docs/miniature-world.md has what was measured at fewer steps).
-MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, subject_vae_steps=600, clips=4000, dit_steps=4000, batch_size=8)
+# `magref world train`'s budget: the recipe of the bundled miniature (`assets/models/miniature`).
+# Its VAE was made across sessions (stage 1c as 600 + 2150 constant-LR steps, then 850 annealed),
+# which these values redo in one go; the transformer ran to the step its export names.
+MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, subject_vae_steps=3600, clips=6000, dit_steps=8000, batch_size=8)

@@ -16,9 +16,9 @@ from .errors import CheckpointError, MagrefInputError
 
 TINY_RANDOM = "tiny-random"
 MINIATURE = "miniature"  # trained on the procedural world by `magref world train` (docs/miniature-world.md)
-DEFAULT_MODEL = TINY_RANDOM  # switched to MINIATURE in the commit that ships its weights
+DEFAULT_MODEL = MINIATURE
 MINIATURE_PATH = Path(__file__).parent / "assets" / "models" / "miniature"
-WORLD_VAE_PATH = Path(__file__).parent / "assets" / "world" / "vae"  # the miniature's trained VAE (`magref world train --vae`)
+WORLD_VAE_PATH = MINIATURE_PATH / "vae"  # the miniature's trained VAE (`magref world train --vae`)
 DEFAULTS_FILE = "generation_defaults.json"  # a model folder's own settings: size, frames, steps, ...
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
