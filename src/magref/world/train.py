@@ -403,6 +403,9 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     for name in ("transformer", "vae", "text_encoder", "image_encoder"):
         _to_storage_dtype(getattr(pipe, name), dtype)
     pipe.save_pretrained(dest)
+    index = json.loads((dest / "model_index.json").read_text())
+    index.pop("_name_or_path", None)  # the run's folder on the machine that trained it: not part of the model
+    write_json(dest / "model_index.json", index)
     write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS)
     return dest
 
