@@ -138,7 +138,7 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     with safe_open(exported / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
         dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
     assert dtypes["blocks.0.attn1.to_q.weight"] == "BF16" and dtypes["scale_shift_table"] == "F32"
-    assert "_name_or_path" not in json.loads((exported / "model_index.json").read_text())  # no path of the training machine
+    assert not [p for p in exported.rglob("*.json") if "_name_or_path" in p.read_text()]  # no path of the training machine
     rc, _, err = run_cli("generate", "--model", exported, "--prompt", "a red triangle moves", "--ref", ref, "--steps", "2", "--out", tmp_path / "d.mp4")
     assert rc == 0, err[-2000:]
     meta = json.loads((tmp_path / "d.json").read_text())

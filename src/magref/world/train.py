@@ -270,7 +270,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"]) -> Path:
     """`vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
-    stages 1 and 1b, which are the serial part of a run (~45 min here).
+    stages 1, 1b and 1c, the serial part of a run (~2.5 h here).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
     from diffusers import AutoencoderKLWan
@@ -403,9 +403,7 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     for name in ("transformer", "vae", "text_encoder", "image_encoder"):
         _to_storage_dtype(getattr(pipe, name), dtype)
     pipe.save_pretrained(dest)
-    index = json.loads((dest / "model_index.json").read_text())
-    index.pop("_name_or_path", None)  # the run's folder on the machine that trained it: not part of the model
-    write_json(dest / "model_index.json", index)
+    _drop_source_paths(dest)
     write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS)
     return dest
 
@@ -418,7 +416,19 @@ def export_vae(run: str | Path, dest: str | Path, dtype=torch.bfloat16) -> Path:
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
     _to_storage_dtype(vae, dtype).save_pretrained(dest)
+    _drop_source_paths(dest)
     return dest
+
+
+def _drop_source_paths(folder: Path) -> None:
+    """diffusers records where each config was loaded from (`_name_or_path`): on an export that is
+    a run folder of the machine that trained it, not part of the model."""
+    from ..io import write_json
+
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            write_json(path, config)
 
 
 def _to_storage_dtype(model, dtype):
