@@ -6,10 +6,12 @@ so the ratios compare like with like.
 
     python benchmarks/speed.py                      # GPU: 14B at 480x832x81; CPU: scaled model
     python benchmarks/speed.py --steps 40 --video   # also time whole denoising loops with caches
+    python benchmarks/speed.py --only fast,fp8 --whole   # GPU: eager, fast, fast + fp8 compute, one whole video
 
 Rows: one denoising step (two guidance branches) per preset: `eager two-pass` (the official
-computation), `batched CFG`, `batched CFG + regional compile` (GPU), `lowmem` (group offloading);
-then step caches over a whole loop, with their output difference against the uncached loop.
+computation), `batched CFG`, `batched CFG + regional compile` (GPU), the same with fp8 matmuls
+(GPU, torchao), `lowmem` (group offloading); then step caches over a whole loop, with their output
+difference against the uncached loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 import torch
 
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+ROWS = "batched,cudnn,lowmem,fast,fp8,components"
 
 
 def transformer_config(scaled: bool) -> dict:
@@ -85,13 +88,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def guided_pair(model, x, text, image, t=None):
+    """One batched conditional + unconditional forward (batched CFG); the negative prompt is the
+    prompt reversed. Returns both branches' outputs, stacked, in float32."""
+    ts = (torch.tensor(500, device=x.device) if t is None else t).expand(2)
+    with torch.no_grad():
+        return model(torch.cat([x, x]), ts, torch.cat([text, text.flip(1)]), torch.cat([image, image]), return_dict=False)[0].float()
+
+
 def time_step(model, x, text, image, batched: bool, device, repeats: int) -> float:
     ts = torch.tensor([500], device=device)
     neg = text.flip(1)
 
     def one():
         if batched:
-            model(torch.cat([x, x]), ts.repeat(2), torch.cat([text, neg]), torch.cat([image, image]), return_dict=False)
+            guided_pair(model, x, text, image)
         else:
             model(x, ts, text, image, return_dict=False)
             model(x, ts, neg, image, return_dict=False)
@@ -119,7 +130,10 @@ def main() -> None:
     ap.add_argument("--video", action="store_true", help="also time whole loops with step caches")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--video-steps", type=int, default=40, help="steps of the whole video that the GPU rows project to")
+    ap.add_argument("--only", default=ROWS, help=f"comma list of rows beside the eager baseline (default: all of {ROWS})")
+    ap.add_argument("--whole", action="store_true", help="GPU: also time one whole --video-steps loop of the last compiled row")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -161,37 +175,73 @@ def main() -> None:
         return seconds
 
     row("eager two-pass (official)", False)
-    row("batched CFG", True)
+    if gpu:  # the reference output for the rows that change the arithmetic (compile, fp8)
+        reference = guided_pair(model, x, text, image)
+        differences = {}
+    if "batched" in only:
+        row("batched CFG", True)
     backend = "native"
-    if gpu:  # diffusers' attention dispatcher: cuDNN's fused attention against SDPA's default choice
+    if gpu and "cudnn" in only:  # diffusers' attention dispatcher: cuDNN's fused attention against SDPA's default choice
         try:
             model.set_attention_backend("_native_cudnn")
-            if (row("batched CFG, cuDNN attention", True) or 1e9) < measured["batched CFG"]:
+            if (row("batched CFG, cuDNN attention", True) or 1e9) < measured.get("batched CFG", 0):
                 backend = "_native_cudnn"
         except Exception as e:  # noqa: BLE001
             print(f"| batched CFG, cuDNN attention | failed: {failure(e)} | | | | |")
         model.set_attention_backend("native")
-    # lowmem: weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
-    lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)
-    lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
-    row("lowmem (group offloading, block level, two-pass)", False, lowmem)
-    del lowmem
+    if "lowmem" in only:  # weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
+        lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)
+        lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
+        row("lowmem (group offloading, block level, two-pass)", False, lowmem)
+        del lowmem
     if gpu:
         del model
-        model = build(cfg, device, dtype)  # a clean one: the offloaded copy carries hooks
-        model.set_attention_backend(backend)
-        t0 = time.perf_counter()
-        model.compile_repeated_blocks(fullgraph=True)
-        row("batched CFG + regional compile", True, note=f" ({backend} attention)")
+        compiled = None
+        for label, fp8 in (("batched CFG + regional compile", False), ("batched CFG + regional compile + fp8 compute", True)):
+            if ("fp8" if fp8 else "fast") not in only:
+                continue
+            if compiled and torch.cuda.mem_get_info()[0] < 80 * 2**30:  # room for a second 14B copy? (H200: yes)
+                compiled = None
+                torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            try:
+                model = build(cfg, device, dtype)  # a fresh one: earlier rows leave hooks and backends behind
+                model.set_attention_backend(backend)
+                if fp8:
+                    from magref import acceleration as acc
+
+                    class P:  # the one attribute enable_fp8 needs
+                        transformer = model
+
+                    acc.enable_fp8(P, "compute", device)
+                model.compile_repeated_blocks(fullgraph=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"| {label} | failed: {failure(e)} | | | | |")
+                continue
+            if row(label, True, model, note=f" ({backend} attention)"):
+                compile_s = time.perf_counter() - t0 - (args.repeats + 1) * measured[label]  # the row ran a warm-up and `repeats` steps
+                out = guided_pair(model, x, text, image)
+                diff = (out - reference).abs().max().item()
+                differences[label] = (compile_s, diff, diff / reference.abs().max().item())
+                compiled = (label, model)
+            del model
         print("| 8 GPUs, Ulysses context parallel | not measured (one GPU in this run) | | | | |")
-        seconds = measured.get("batched CFG + regional compile")
-        if seconds:  # the row ran a warm-up and `repeats` steps after compiling
-            print(f"\n(regional compile: about {time.perf_counter() - t0 - (args.repeats + 1) * seconds:.0f} s of compilation, once per process)")
+        if differences:
+            print("\n| compiled row | set-up and compilation (s, once per process) | max abs diff vs eager bf16 (one step, both branches) | relative |")
+            print("|---|---|---|---|")
+            for label, (compile_s, diff, rel) in differences.items():
+                print(f"| {label} | {compile_s:.0f} | {diff:.3e} | {rel:.3e} |")
         print(f"\nwhole {args.video_steps}-step video, projected as s/step x steps (transformer only, no step cache):")
         for label, seconds in measured.items():
             print(f"- {label}: {seconds * args.video_steps:.0f} s")
-        del model
-        lowmem_components(device, frames, height, width)
+        if args.whole and compiled:
+            label, model = compiled
+            _, seconds = denoise(model, x, text, image, device, args.video_steps, batched=True)
+            print(f"\nwhole {args.video_steps}-step video timed as one loop (UniPC, transformer + scheduler), {label}: "
+                  f"{seconds:.0f} s ({seconds / args.video_steps:.3f} s/step; projected {measured[label] * args.video_steps:.0f} s)")
+        compiled = model = None
+        if "components" in only:
+            lowmem_components(device, frames, height, width)
     else:
         print("| batched CFG + regional compile | not measured (CPU) | | | | |")
     if args.video:  # uncompiled: the loop runs batch-1 passes
@@ -246,29 +296,39 @@ def lowmem_components(device, frames, height, width, text_len=512):
         print(f"| UMT5-XXL encode, leaf-level offload | failed: {failure(e)} | |")
 
 
+def denoise(model, x, text, image, device, steps, batched=False):
+    """A whole denoising loop (UniPC, official sigmas, guidance 5): the final latent and its seconds."""
+    from magref.schedulers import make_scheduler
+
+    s = make_scheduler("unipc", 3.0)
+    s.set_timesteps(steps, device=device)
+    lat = x[:, :16].float().clone()
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in s.timesteps:
+            inp = torch.cat([lat, x[:, 16:].float()], 1).to(x.dtype)
+            if batched:  # one forward for both branches, as the fast preset runs
+                c, u = guided_pair(model, inp, text, image, t).chunk(2)
+            else:
+                with model.cache_context("cond"):
+                    c = model(inp, t.expand(1), text, image, return_dict=False)[0].float()
+                with model.cache_context("uncond"):
+                    u = model(inp, t.expand(1), text.flip(1), image, return_dict=False)[0].float()
+            lat = s.step(u + 5.0 * (c - u), t, lat, return_dict=False)[0]
+    sync(device)
+    return lat, time.perf_counter() - t0
+
+
 def video_rows(model, cfg, x, text, image, device, steps):
     """Whole denoising loops (UniPC, official sigmas) with and without step caches."""
     from magref import acceleration as acc
-    from magref.schedulers import make_scheduler
 
     class P:  # the one attribute enable_step_cache needs
         transformer = model
 
     def loop():
-        s = make_scheduler("unipc", 3.0)
-        s.set_timesteps(steps, device=device)
-        lat = x[:, :16].float().clone()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for t in s.timesteps:
-                inp = torch.cat([lat, x[:, 16:].float()], 1).to(x.dtype)
-                with model.cache_context("cond"):
-                    c = model(inp, t.expand(1), text, image, return_dict=False)[0].float()
-                with model.cache_context("uncond"):
-                    u = model(inp, t.expand(1), text.flip(1), image, return_dict=False)[0].float()
-                lat = s.step(u + 5.0 * (c - u), t, lat, return_dict=False)[0]
-        sync(device)
-        return lat, time.perf_counter() - t0
+        return denoise(model, x, text, image, device, steps)
 
     ref, base = loop()
     print(f"\n| whole loop, {steps} steps | seconds | speed-up | max abs diff vs uncached | relative |")

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from magref import acceleration as acc
+from magref.errors import MagrefInputError
 from magref.tiny import tiny_random_pipeline
 
 REFS = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
@@ -107,12 +108,21 @@ def test_lowmem_preset_runs_and_matches():
 def test_fp8_weights_run_and_difference_is_reported():
     reference = _latents(tiny_random_pipeline())
     pipe = tiny_random_pipeline()
-    info = acc.enable_fp8_weights(pipe)
+    info = acc.enable_fp8(pipe)  # weights, the default mode
     assert "Float8" in type(pipe.transformer.blocks[0].ffn.net[2].weight).__name__
     out = _latents(pipe)
     rel = ((out - reference).abs().max() / reference.abs().max()).item()
     print(f"fp8 weights: relative max difference vs float32 {rel:.3e}")
-    assert info["fp8_weights"] and torch.isfinite(out).all() and rel < 0.25
+    assert info["fp8"] == "weights" and torch.isfinite(out).all() and rel < 0.25
+
+
+def test_fp8_compute_off_a_capable_gpu_names_the_fix():
+    pipe = tiny_random_pipeline()
+    with pytest.raises(MagrefInputError, match="fp8 compute needs fp8 matmuls, which cpu does not have.*--fp8 weights"):
+        acc.enable_fp8(pipe, "compute", torch.device("cpu"))
+    assert type(pipe.transformer.blocks[0].ffn.net[2].weight) is torch.nn.Parameter  # left as it was
+    with pytest.raises(MagrefInputError, match="Unknown fp8 mode"):
+        acc.enable_fp8(pipe, "int4")
 
 
 def test_fast_preset_on_cpu_is_batched_cfg():
@@ -125,6 +135,7 @@ CP_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 from PIL import Image
 from magref import acceleration as acc
+from magref.errors import MagrefInputError
 from magref.tiny import tiny_random_pipeline
 rank, world = acc.init_distributed_from_env()
 pipe = tiny_random_pipeline()

@@ -205,7 +205,14 @@ def test_generate_presets_are_recorded(tmp_path, opts):
     acc = json.loads(out.with_suffix(".json").read_text())["acceleration"]
     assert acc["preset"] == opts[1]
     assert acc.get("cache", "none") == (opts[3] if opts[2] == "--cache" else "none")
-    assert ("fp8_weights" in acc) == ("--fp8" in opts)
+    assert acc.get("fp8") == ("weights" if "--fp8" in opts else None)
+
+
+def test_generate_fp8_compute_on_cpu_is_refused_with_the_fix(tmp_path):
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--fp8", "compute", "--device", "cpu", "--out", out)
+    assert rc == 2 and "fp8 compute needs fp8 matmuls" in err and "--fp8 weights" in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_generate_magcache_calibrates_then_reuses(tmp_path, monkeypatch):

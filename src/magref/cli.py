@@ -44,7 +44,9 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    a.add_argument("--fp8", action="store_true", help="transformer weights in float8 through torchao (pip install 'magref[fp8]')")
+    a.add_argument("--fp8", nargs="?", const="weights", default=None, choices=["weights", "compute"],
+                   help="float8 transformer through torchao (pip install 'magref[fp8]'): weights (default; half the memory) "
+                        "or compute (fp8 matmuls, faster; GPU of compute capability 8.9+)")
 
 
 def _settings_dict(args) -> dict:
@@ -121,7 +123,7 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
         device = torch.device(args.device)
     else:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    fp8 = acc.enable_fp8_weights(pipe) if args.fp8 else {}
+    fp8 = acc.enable_fp8(pipe, args.fp8, device) if args.fp8 else {}
     applied = {**acc.apply_preset(pipe, args.preset, device), **fp8}
     acc.set_attention_backend(pipe, args.attention, device)
     applied["attention"] = args.attention or "default"
