@@ -33,6 +33,7 @@ VARIANTS = {  # name: extra CLI arguments
     "magcache (reusing ratios)": ["--cache", "magcache"],
     "fbcache": ["--cache", "fbcache"],
     "fp8 weights": ["--fp8"],
+    "fp8 compute (fast)": ["--preset", "fast", "--fp8", "compute"],
     "cuDNN attention": ["--attention", "_native_cudnn"],
 }
 
@@ -69,7 +70,7 @@ def run(device: str) -> None:
         frames = np.load(out)
         sidecar = json.loads(out.with_suffix(".json").read_text())
         acc = sidecar.get("acceleration", {})
-        keep = {k: acc[k] for k in ("preset", "batched_cfg", "compile", "offload", "cache", "calibrating", "fp8_weights", "attention") if k in acc}
+        keep = {k: acc[k] for k in ("preset", "batched_cfg", "compile", "offload", "cache", "calibrating", "fp8", "attention") if k in acc}
         if ref is None:
             ref = frames
         diff = np.abs(frames.astype(int) - ref.astype(int))
