@@ -166,6 +166,43 @@ def test_evaluation_recognises_ground_truth_clips():
         make_clip([identity(case.ids[0])], np.random.default_rng(0), frames=13, motions=case.motions, scene=case.scene).frames, case)["identity_margin"]
 
 
+def test_learnt_identity_test_recognises_held_out_subjects_through_the_vae():
+    """The shipped identity classifier, on fresh clips (seeds it was not trained on) of 1-3
+    held-out subjects: it names the true subject against 7 of its kind in the world's rendering
+    and in that rendering decoded by the shipped VAE, and a clip of someone else is not taken for
+    the referenced identity."""
+    from diffusers import AutoencoderKLWan
+
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.evaluate import eval_cases
+    from magref.world.identify import ceiling, identify_video, identity_hit, load_identifier
+
+    judge = load_identifier()
+    vae = AutoencoderKLWan.from_pretrained(WORLD_VAE_PATH, torch_dtype=torch.float32)
+    tops = ceiling(judge, vae, clips=24, seed=5)
+    print(f"learnt identity test on fresh clips: {tops}")
+    assert tops["rendered top-1"] >= 0.8 and tops["decoded top-1"] >= 0.7, tops
+    case = eval_cases(1, 1, seed=5)[0]
+    me = case.ids[0]
+    others = [i for i in identity_ids("heldout") if identity(i).kind == identity(me).kind and i != me][:7]
+    mine = make_clip([identity(me)], np.random.default_rng(0), frames=13, motions=case.motions, scene=case.scene).frames
+    theirs = make_clip([identity(others[0])], np.random.default_rng(0), frames=13, motions=case.motions, scene=case.scene).frames
+    assert identity_hit(identify_video(judge, mine), me, others)[0]
+    assert identity_hit(identify_video(judge, theirs), me, others)[1] < identity_hit(identify_video(judge, mine), me, others)[1]
+
+
+def test_identifier_training_writes_a_loadable_model_without_machine_paths(tmp_path):
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.identify import load_identifier, train_identifier
+
+    report = train_identifier(tmp_path / "id", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=2, log=lambda *_: None)
+    judge = load_identifier(tmp_path / "id")
+    assert judge.ids == identity_ids("heldout") and set(report["ceiling"]) == {"rendered top-1", "decoded top-1"}
+    assert "/" not in json.loads((tmp_path / "id" / "config.json").read_text())["vae"]
+    with pytest.raises(MagrefInputError, match="No identity classifier"):
+        load_identifier(tmp_path / "nothing")
+
+
 def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
     """The VAE stage reloads its own checkpoint (weights_only, numpy LR values allowed)."""
     import torch
@@ -227,8 +264,9 @@ def test_world_evaluate_scores_generated_and_true_videos_and_resumes(tmp_path):
     truth = {r["case"]: r for r in rows if r["model"] == "ground truth"}
     noise = {r["case"]: r for r in rows if r["model"] == "tiny"}
     assert truth["1s_0"]["identity_top1"] == 1.0 and truth["1s_0"]["identity_margin"] > noise["1s_0"]["identity_margin"]
+    assert truth["1s_0"]["identity_learnt_margin"] > noise["1s_0"]["identity_learnt_margin"]  # the learnt test scores every video too
     table = (tmp_path / "table.md").read_text()
-    assert "| ground truth | 1 |" in table and "| tiny | 2 |" in table
+    assert "| ground truth | 1 |" in table and "| tiny | 2 |" in table and "identity top-1 (learnt)" in table
     assert (tmp_path / "sheets" / "2s_0.png").is_file() and (tmp_path / "videos" / "tiny" / "2s_0_seed0.mp4").is_file()
     rc, _, err = run_cli(*args)
     assert rc == 0 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 4

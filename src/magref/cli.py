@@ -248,6 +248,14 @@ def cmd_world_export(args) -> int:
     return 0
 
 
+def cmd_world_identifier(args) -> int:
+    from .world.identify import train_identifier
+    from .models import WORLD_VAE_PATH
+
+    train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed)
+    return 0
+
+
 def cmd_world_evaluate(args) -> int:
     from .world.evaluate import evaluate
 
@@ -368,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="transformer checkpoint step (default: the latest)")
     p.add_argument("--vae-only", action="store_true", help="the run's finished VAE alone (for `world train --vae`)")
     p.set_defaults(func=cmd_world_export)
+    p = world.add_parser("identifier", help="train the learnt identity test of `world evaluate` (held-out identities through the VAE)")
+    p.add_argument("--out", default="~/.cache/magref/identifier", help="the shipped one: src/magref/assets/world/identifier")
+    p.add_argument("--vae", default=None, help="the VAE whose decoding it learns to see through (default: the shipped miniature's)")
+    p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_world_identifier)
     p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="SPEC: a pipeline folder, a `world train --out` run (latest checkpoint) or RUN@STEP; repeat per model")

@@ -1,9 +1,11 @@
 """Evaluation with known truth: the world knows every identity and every motion.
 
-- identity: is the referenced identity recognisable in the video? For each reference, the
-  video is matched (region colour statistics, `bench.metrics.subject_colour`) against the true
-  identity's sprite and against distractor identities of the same kind; top-1 = the true one
-  matches best. Reported as top-1 accuracy and as the margin over the best distractor.
+- identity: is the referenced identity recognisable in the video? Against 7 distractor identities
+  of the same kind, top-1 = the true one scores best; reported as top-1 accuracy and as the
+  margin over the best distractor, by two tests: the learnt identity classifier
+  (`world.identify`, trained on held-out subjects as the miniature's VAE decodes them; the
+  primary test since 2026-11-26) and the colour matcher (region hue histograms,
+  `bench.metrics.subject_colour`), which a VAE's blur defeats on the world's own clips.
 - motion (text alignment): the subject is located in every frame by back-projecting its colour
   histogram; the trajectory (centroid x, y and area) is classified into the world's motions and
   compared with the caption's.
@@ -105,16 +107,28 @@ def distractors_for(true_id: int, k: int, rng: np.random.Generator) -> list[int]
     return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
 
 
-def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7) -> dict:
+def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, identifier=None) -> dict:
+    """Every metric of one video; `identifier` (world.identify) adds the learnt identity test."""
+    from .identify import identify_video, identity_hit
+
     rng = np.random.default_rng([7, case.seed])
-    hits, margins, motion_ok = [], [], []
+    learnt = identify_video(identifier, frames) if identifier is not None else None
+    hits, margins, learnt_hits, learnt_margins, motion_ok = [], [], [], [], []
     for i, motion in zip(case.ids, case.motions):
-        hit, margin = identity_match(frames, i, distractors_for(i, num_distractors, rng))
+        others = distractors_for(i, num_distractors, rng)
+        hit, margin = identity_match(frames, i, others)
         hits.append(hit)
         margins.append(margin)
+        if learnt is not None:
+            hit, margin = identity_hit(learnt, i, others)
+            learnt_hits.append(hit)
+            learnt_margins.append(margin)
         motion_ok.append(classify_motion(trajectory(frames, i)) == motion)
-    return {"identity_top1": float(np.mean(hits)), "identity_margin": float(np.mean(margins)),
-            "motion_accuracy": float(np.mean(motion_ok)), "quality": quality(MetricInput(frames, [], ""))}
+    row = {"identity_top1": float(np.mean(hits)), "identity_margin": float(np.mean(margins)),
+           "motion_accuracy": float(np.mean(motion_ok)), "quality": quality(MetricInput(frames, [], ""))}
+    if learnt is not None:
+        row.update(identity_learnt_top1=float(np.mean(learnt_hits)), identity_learnt_margin=float(np.mean(learnt_margins)))
+    return row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,11 +171,16 @@ def load_model_spec(spec: str):
     return load_pipeline(path)
 
 
-METRICS = ("identity_top1", "identity_margin", "motion_accuracy", "quality")
+METRICS = {  # key: column
+    "identity_learnt_top1": "identity top-1 (learnt)", "identity_learnt_margin": "margin (learnt, logits)",
+    "identity_top1": "identity top-1 (colour)", "identity_margin": "margin (colour)",
+    "motion_accuracy": "motion accuracy", "quality": "quality",
+}
 
 
 def summarise(rows: list[dict]) -> dict:
-    """{model: {subjects: {metric: (mean, standard error, n)}}}."""
+    """{model: {subjects: {metric: (mean, standard error, n)}}}; a metric that some rows lack
+    (results written before it existed) is left out of that cell."""
     groups: dict = {}
     for r in rows:
         groups.setdefault(r["model"], {}).setdefault(r["subjects"], []).append(r)
@@ -170,6 +189,8 @@ def summarise(rows: list[dict]) -> dict:
         for k, rs in sorted(by_k.items()):
             stats = {}
             for m in METRICS:
+                if any(m not in r for r in rs):
+                    continue
                 v = np.array([r[m] for r in rs], float)
                 stats[m] = (float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, len(v))
             out.setdefault(model, {})[k] = stats
@@ -177,11 +198,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def table_markdown(summary: dict, chance: float) -> str:
-    lines = ["| model | subjects | identity top-1 | identity margin | motion accuracy | quality | n |", "|---|---|---|---|---|---|---|"]
+    shown = [m for m in METRICS if any(m in s for by_k in summary.values() for s in by_k.values())]
+    lines = ["| model | subjects | " + " | ".join(METRICS[m] for m in shown) + " | n |", "|---" * (len(shown) + 3) + "|"]
     for model, by_k in summary.items():
         for k, s in by_k.items():
-            cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS]
-            lines.append(f"| {model} | {k} | " + " | ".join(cells) + f" | {s[METRICS[0]][2]} |")
+            cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
+            lines.append(f"| {model} | {k} | " + " | ".join(cells) + f" | {s['quality'][2]} |")
     lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}.")
     return "\n".join(lines) + "\n"
 
@@ -204,10 +226,11 @@ def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown:
 
 
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
-             truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind") -> dict:
+             truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind", identifier=None) -> dict:
     """Generate every (model, case, seed) video, score it against the truth, and write
     results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
-    sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/."""
+    sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/.
+    `identifier`: a folder of the learnt identity test (default: the shipped one)."""
     import json
     from pathlib import Path
 
@@ -224,6 +247,9 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     all_cases = {k: eval_cases(k, cases, seed=case_seed, caption_style=caption_style) for k in subjects}
     sources = ({"ground truth": None} if truth else {}) | models
     todo = [(name, k, j, s) for name in sources for k in subjects for j in range(cases) for s in seeds if (name, f"{k}s_{j}", s) not in done]
+    from .identify import IDENTIFIER_PATH, load_identifier
+
+    judge = load_identifier(identifier or IDENTIFIER_PATH)
     pipes: dict = {}
     with open(results, "a") as f:
         for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
@@ -240,7 +266,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
             row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "subjects": k, "seed": s, "ids": case.ids, "prompt": case.prompt,
-                   "steps": steps, "guidance": guidance, **score_video(frames, case)}
+                   "steps": steps, "guidance": guidance, **score_video(frames, case, identifier=judge)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
