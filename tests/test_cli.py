@@ -255,14 +255,17 @@ def test_default_model_draws_the_bundled_example_subject(tmp_path):
     """The README's main job: with no --model, `magref generate` uses the bundled miniature MAGREF
     at the settings it was trained for, and the referenced held-out subject (the bundled
     character, world identity 0, never seen in training) is in the video: the truth-known
-    matcher picks it over 7 distractors of the same kind, and it is the reference that put it
-    there: the same command with a distractor's sprite as the reference matches it less."""
+    matcher and the learnt identity test both pick it over 7 distractors of the same kind, and it
+    is the reference that put it there: the same command with a distractor's sprite as the
+    reference matches it less on both."""
     from magref.world.evaluate import distractors_for, identity_match, sprite_on_white
+    from magref.world.identify import identify_video, identity_hit, load_identifier
 
     ident = json.loads((EXAMPLES / "examples.json").read_text())["character.png"]["world_identity"]
     others = distractors_for(ident, 7, np.random.default_rng(0))
     sprite_on_white(others[0], 96).save(tmp_path / "other.png")
-    margins = {}
+    margins, learnt = {}, {}
+    judge = load_identifier()
     for name, ref in (("character", CHAR), ("other", tmp_path / "other.png")):
         out = tmp_path / f"{name}.mp4"
         rc, _, err = run_cli("generate", "--prompt", "A person moves from left to right in a meadow.", "--ref", ref, "--out", out)
@@ -272,6 +275,9 @@ def test_default_model_draws_the_bundled_example_subject(tmp_path):
         frames = read_video(out)
         assert frames.shape == (9, 64, 64, 3)
         hit, margins[name] = identity_match(frames, ident, others)
+        learnt_hit, learnt[name] = identity_hit(identify_video(judge, frames), ident, others)
         if name == "character":
             assert hit, f"the character is not recognised (margin {margins[name]:.3f})"
+            assert learnt_hit, f"the learnt test does not recognise the character (margin {learnt[name]:.3f})"
     assert margins["character"] > margins["other"] + 0.05, margins
+    assert learnt["other"] < 0 < learnt["character"], learnt  # with the other sprite, the character is not recognised

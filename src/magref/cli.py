@@ -249,8 +249,8 @@ def cmd_world_export(args) -> int:
 
 
 def cmd_world_identifier(args) -> int:
-    from .world.identify import train_identifier
     from .models import WORLD_VAE_PATH
+    from .world.identify import train_identifier
 
     train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed)
     return 0
@@ -266,7 +266,7 @@ def cmd_world_evaluate(args) -> int:
             raise MagrefInputError(f"--model {item!r} is not NAME=SPEC.", "write e.g. --model magref=~/.cache/magref/world@1500.")
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
-             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions)
+             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier)
     return 0
 
 
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
+    p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one, assets/world/identifier)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.set_defaults(func=cmd_world_evaluate)

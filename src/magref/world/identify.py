@@ -78,14 +78,19 @@ def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int =
             ys.append(label)
         video = np.stack(group)  # (B, F, H, W, 3)
         if vae is not None:
-            x = torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-            with torch.no_grad():
-                rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-            video = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+            video = vae_round_trip(vae, video)
         xs.append(video.reshape(-1, 64, 64, 3))
         if progress:
             progress(len(group))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def vae_round_trip(vae, video: np.ndarray) -> np.ndarray:
+    """(B, F, H, W, 3) uint8 clips as `vae` encodes and decodes them (the latent's mode)."""
+    x = torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    return ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
 def to_input(frames: np.ndarray) -> torch.Tensor:
@@ -148,12 +153,7 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1)
             n = 1 + k % 3
             ids = [int(i) for i in rng.choice(identity_ids("heldout"), size=n, replace=False)]
             clip = make_clip([identity(i) for i in ids], rng, 13, 64, 64)
-            frames = clip.frames
-            if v is not None:
-                x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-                with torch.no_grad():
-                    rec = v.decode(v.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-                frames = ((rec[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+            frames = clip.frames if v is None else vae_round_trip(v, clip.frames[None])[0]
             scores = identify_video(model, frames[4:])
             for i in ids:
                 hits.append(identity_hit(scores, i, distractors_for(i, 7, np.random.default_rng([7, k])))[0])
