@@ -2,6 +2,7 @@
 how far does its video move from the `quality` preset's, and what does its sidecar record.
 
     python benchmarks/gpu_presets.py            # on a machine with CUDA
+    python benchmarks/gpu_presets.py --only "fast,taylorseer (fast)"   # some variants (quality always runs: the reference)
 
 Each variant is one `magref generate` in its own process (compilation and hooks do not leak
 between variants). The frames are compared before H.264: the writer is swapped for np.save, so
@@ -34,6 +35,7 @@ VARIANTS = {  # name: extra CLI arguments
     "fbcache": ["--cache", "fbcache"],
     "fp8 weights": ["--fp8"],
     "fp8 compute (fast)": ["--preset", "fast", "--fp8", "compute"],
+    "taylorseer (fast)": ["--preset", "fast", "--cache", "taylorseer"],
     "cuDNN attention": ["--attention", "_native_cudnn"],
 }
 
@@ -51,13 +53,15 @@ def one(argv: list[str]) -> int:
     return main(argv)
 
 
-def run(device: str) -> None:
+def run(device: str, only: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="magref-gpu-"))
     env = {**os.environ, "MAGREF_CACHE_DIR": str(work / "cache")}  # MagCache calibrates afresh
     ref = None
     print("| variant | exit | seconds (process) | max abs diff vs quality (uint8) | pixels off by > 8 | recorded |")
     print("|---|---|---|---|---|---|")
     for i, (name, extra) in enumerate(VARIANTS.items()):
+        if only and name != "quality" and name not in only:
+            continue
         out = work / f"v{i}.mp4"
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", "generate", *BASE, "--device", device, *extra, "--out", str(out)],
@@ -86,4 +90,8 @@ if __name__ == "__main__":
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_presets.py needs CUDA (the CPU paths are covered by the tests); --device cpu checks the script itself.")
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}\n")
-    run(device)
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    unknown = set(only or []) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+    run(device, only)

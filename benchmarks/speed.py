@@ -7,6 +7,7 @@ so the ratios compare like with like.
     python benchmarks/speed.py                      # GPU: 14B at 480x832x81; CPU: scaled model
     python benchmarks/speed.py --steps 40 --video   # also time whole denoising loops with caches
     python benchmarks/speed.py --only fast,fp8 --whole   # GPU: eager, fast, fast + fp8 compute, one whole video
+    python benchmarks/speed.py --only fp8 --whole-caches taylorseer:3   # GPU: ... and a whole video with a step cache
 
 Rows: one denoising step (two guidance branches) per preset: `eager two-pass` (the official
 computation), `batched CFG`, `batched CFG + regional compile` (GPU), the same with fp8 matmuls
@@ -93,7 +94,7 @@ def guided_pair(model, x, text, image, t=None):
     """One batched conditional + unconditional forward (batched CFG); the negative prompt is the
     prompt reversed. Returns both branches' outputs, stacked, in float32."""
     ts = (torch.tensor(500, device=x.device) if t is None else t).expand(2)
-    with torch.no_grad():
+    with torch.no_grad(), model.cache_context("cfg"):  # the pipeline's context name for a batched step
         return model(torch.cat([x, x]), ts, torch.cat([text, text.flip(1)]), torch.cat([image, image]), return_dict=False)[0].float()
 
 
@@ -133,6 +134,8 @@ def main() -> None:
     ap.add_argument("--video-steps", type=int, default=40, help="steps of the whole video that the GPU rows project to")
     ap.add_argument("--only", default=ROWS, help=f"comma list of rows beside the eager baseline (default: all of {ROWS})")
     ap.add_argument("--whole", action="store_true", help="GPU: also time one whole --video-steps loop of the last compiled row")
+    ap.add_argument("--whole-caches", default="", help="GPU: whole loops of the last compiled row with step caches, e.g. taylorseer:3,fbcache:0.05 "
+                    "(taylorseer:N refreshes every N steps; fbcache:T is its threshold)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     device = torch.device(args.device)
@@ -215,7 +218,9 @@ def main() -> None:
                         transformer = model
 
                     acc.enable_fp8(P, "compute", device)
-                model.compile_repeated_blocks(fullgraph=True)
+                from magref import acceleration as acc
+
+                acc.compile_blocks(model)  # the fast preset's regional compile
             except Exception as e:  # noqa: BLE001
                 print(f"| {label} | failed: {failure(e)} | | | | |")
                 continue
@@ -235,11 +240,16 @@ def main() -> None:
         print(f"\nwhole {args.video_steps}-step video, projected as s/step x steps (transformer only, no step cache):")
         for label, seconds in measured.items():
             print(f"- {label}: {seconds * args.video_steps:.0f} s")
+        uncached = None
         if args.whole and compiled:
             label, model = compiled
-            _, seconds = denoise(model, x, text, image, device, args.video_steps, batched=True)
+            uncached = denoise(model, x, text, image, device, args.video_steps, batched=True)
+            seconds = uncached[1]
             print(f"\nwhole {args.video_steps}-step video timed as one loop (UniPC, transformer + scheduler), {label}: "
                   f"{seconds:.0f} s ({seconds / args.video_steps:.3f} s/step; projected {measured[label] * args.video_steps:.0f} s)")
+        if args.whole_caches and compiled:
+            label, model = compiled
+            whole_cache_rows(model, x, text, image, device, args.video_steps, args.whole_caches, measured[label], uncached)
         compiled = model = None
         if "components" in only:
             lowmem_components(device, frames, height, width)
@@ -321,6 +331,47 @@ def denoise(model, x, text, image, device, steps, batched=False):
     return lat, time.perf_counter() - t0
 
 
+def whole_cache_rows(model, x, text, image, device, steps, spec, step_seconds, uncached=None):
+    """Whole batched-CFG loops of `model` (compiled or not) with step caches. TaylorSeer refreshes
+    on a fixed schedule, so its time here is what trained weights would take; fbcache decides from
+    the outputs, which on random weights say nothing of a trained model's. `uncached`: the timed
+    uncached loop (latent, seconds) of this run, else the ratio is to `step_seconds` x steps."""
+    from magref import acceleration as acc
+
+    class P:  # the one attribute enable_step_cache needs
+        transformer = model
+
+    passes, block = {"n": 0}, model.blocks[-1]
+    inner = block.forward
+
+    def counted(*a, **k):  # a full pass reaches the last block; a skipped step does not
+        passes["n"] += 1
+        return inner(*a, **k)
+
+    block.forward = counted
+    base, base_label = (uncached[1], "timed") if uncached else (step_seconds * steps, "projected from s/step")
+    print(f"\n| whole {steps}-step loop, step cache | seconds | full passes | vs uncached ({base_label}: {base:.0f} s) | max abs diff vs uncached | relative |")
+    print("|---|---|---|---|---|---|")
+    for item in spec.split(","):
+        kind, _, value = item.partition(":")
+        passes["n"] = 0
+        try:
+            params = {"cache_interval": int(value or acc.TAYLORSEER_INTERVAL)} if kind == "taylorseer" else {"threshold": acc.cache_threshold(kind, float(value) if value else None)}
+            acc.enable_step_cache(P, kind, **params)
+            latent, seconds = denoise(model, x, text, image, device, steps, batched=True)
+        except Exception as e:  # noqa: BLE001 - one row
+            print(f"| {item} | failed: {failure(e)} | | | | |")
+            continue
+        finally:
+            acc.disable_step_cache(P)
+        diff = rel = ""
+        if uncached:
+            d = (latent - uncached[0]).abs().max().item()
+            diff, rel = f"{d:.3e}", f"{d / uncached[0].abs().max().item():.3e}"
+        print(f"| {kind} {params} | {seconds:.1f} | {passes['n']} of {steps} | {base / seconds:.2f}x | {diff} | {rel} |", flush=True)
+    block.forward = inner
+
+
 def video_rows(model, cfg, x, text, image, device, steps):
     """Whole denoising loops (UniPC, official sigmas) with and without step caches."""
     from magref import acceleration as acc
@@ -335,7 +386,7 @@ def video_rows(model, cfg, x, text, image, device, steps):
     print(f"\n| whole loop, {steps} steps | seconds | speed-up | max abs diff vs uncached | relative |")
     print("|---|---|---|---|---|")
     print(f"| no cache | {base:.2f} | 1.00x | 0 | 0 |")
-    for kind, params in (("fbcache", {"threshold": 0.05}), ("fbcache", {"threshold": 0.2}), ("taylorseer", {})):
+    for kind, params in (("fbcache", {"threshold": 0.05}), ("fbcache", {"threshold": 0.2}), ("taylorseer", {"cache_interval": 2})):
         acc.enable_step_cache(P, kind, **params)
         out, seconds = loop()
         acc.disable_step_cache(P)

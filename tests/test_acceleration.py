@@ -52,6 +52,36 @@ def test_step_cache_runs_and_difference_is_reported(kind, params):
     assert rel < 1.0
 
 
+@pytest.mark.parametrize("kind,params", [("fbcache", {"threshold": 0.5}), ("taylorseer", {"cache_interval": 2}),
+                                         ("magcache", {"num_inference_steps": 6, "mag_ratios": [1.0, 1.0, 0.99, 0.99, 0.98, 0.98], "threshold": 0.5})])
+def test_regional_compile_keeps_step_cache_hooks_outside_the_graph(kind, params):
+    """The fast preset's regional compile with a step cache: each block's forward compiles as one
+    full graph shared by all blocks (the cache hooks, compiler-disabled in diffusers, stay outside
+    it), the cache still skips work, and the video equals the uncompiled cached one."""
+    from torch._dynamo.utils import counters
+
+    eager = tiny_random_pipeline()
+    acc.enable_step_cache(eager, kind, **params)
+    expected = _latents(eager)
+    pipe = tiny_random_pipeline()
+    torch._dynamo.reset()
+    counters.clear()
+    acc.compile_blocks(pipe.transformer, backend="eager")  # the graph capture is what is tested; Inductor is a GPU matter
+    calls, block = {"n": 0}, pipe.transformer.blocks[-1]
+    compiled_forward = block.forward
+
+    def counted(*args, **kwargs):  # calls of the compiled code; the cache hooks wrap this
+        calls["n"] += 1
+        return compiled_forward(*args, **kwargs)
+
+    block.forward = counted
+    acc.enable_step_cache(pipe, kind, **params)
+    compiled = _latents(pipe)
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    assert 0 < calls["n"] < 2 * KW["num_inference_steps"], calls  # both guidance branches per step, uncached
+    torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
+
+
 def test_magcache_calibrates_on_the_first_video_then_skips(tmp_path, monkeypatch):
     """The calibrating video skips nothing (it is the uncached video, exactly); the ratios are
     saved per model and schedule; the next video reuses them and skips blocks."""

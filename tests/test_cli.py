@@ -208,6 +208,16 @@ def test_generate_presets_are_recorded(tmp_path, opts):
     assert acc.get("fp8") == ("weights" if "--fp8" in opts else None)
 
 
+def test_generate_taylorseer_interval_is_recorded_and_a_bad_one_refused(tmp_path):
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--cache", "taylorseer", "--cache-interval", "0", "--out", out)
+    assert rc == 2 and "cache interval 0" in err and "--cache-interval 2" in err and "Traceback" not in err, err
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--cache", "taylorseer", "--cache-interval", "2", "--out", out)
+    assert rc == 0, err
+    acc = json.loads(out.with_suffix(".json").read_text())["acceleration"]
+    assert acc["cache"] == "taylorseer" and acc["cache_interval"] == 2 and acc["use_lite_mode"] is True
+
+
 def test_generate_fp8_compute_on_cpu_is_refused_with_the_fix(tmp_path):
     out = tmp_path / "v.mp4"
     rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--fp8", "compute", "--device", "cpu", "--out", out)

@@ -2,7 +2,7 @@
 
 - batched CFG: conditional and unconditional passes in one forward (pipeline flag)
 - attention backend: diffusers' attention dispatcher (native SDPA, flash, sage, flex, ...)
-- regional torch.compile of the repeated transformer block (`compile_repeated_blocks`)
+- regional torch.compile of the repeated transformer block (`compile_blocks`)
 - step caches: diffusers hooks (first-block cache, TaylorSeer, MagCache with ratios calibrated
   per model and schedule on the first video that asks for it)
 - low memory: group offloading with CUDA streams, VAE tiling
@@ -35,6 +35,7 @@ PRESETS = {
 CACHES = ("none", "fbcache", "taylorseer", "magcache")
 # Default skip thresholds: diffusers' first-block cache example value, and MagCache's for Wan.
 CACHE_THRESHOLDS = {"fbcache": 0.05, "magcache": 0.06}
+TAYLORSEER_INTERVAL = 2  # a full pass every 2 steps: diffusers says 5; 2 kept the trained miniature near its uncached videos (benchmarks/cache_quality.py)
 
 
 def apply_preset(pipe, preset: str, device: torch.device) -> dict:
@@ -51,9 +52,22 @@ def apply_preset(pipe, preset: str, device: torch.device) -> dict:
         pipe.to(device)
     # Inductor on CPU compiles for minutes and gains little; compile where it pays.
     if opts["compile"] and device.type == "cuda":
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        compile_blocks(pipe.transformer)
         applied["compile"] = "regional (WanTransformerBlock)"
     return applied
+
+
+def compile_blocks(transformer, **compile_kwargs) -> None:
+    """Regional compile: each repeated block's `forward` through torch.compile (full graph), one
+    compiled graph shared by all 40 blocks since they differ only in their weights.
+
+    Not diffusers' `compile_repeated_blocks`: it compiles each block's whole `__call__`, which
+    then also traces the step-cache hooks that diffusers puts around `forward`; those are marked
+    compiler-disabled, so a full graph fails and a partial one runs the blocks eagerly. Compiling
+    `forward` itself leaves the hooks outside, around the compiled code."""
+    for block in transformer.modules():
+        if type(block).__name__ in (transformer._repeated_blocks or ()):
+            block.forward = torch.compile(block.forward, fullgraph=True, **compile_kwargs)
 
 
 FP8_MODES = ("weights", "compute")
@@ -126,11 +140,15 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
     elif kind == "taylorseer":
         from diffusers.hooks import TaylorSeerCacheConfig
 
+        # Lite mode: the whole transformer's output is extrapolated (one Taylor series at
+        # `proj_out`) and the blocks are skipped on predicted steps. The per-module mode keeps a
+        # float32 series for every attention and FFN output: 120 x 2 x 1.3 GB at 14B and 480p.
+        interval = TAYLORSEER_INTERVAL if params.get("cache_interval") is None else params["cache_interval"]
+        if not isinstance(interval, int) or interval < 1:
+            raise MagrefInputError(f"TaylorSeer cache interval {interval!r} is not a whole number of steps >= 1.", "use e.g. --cache-interval 2.")
         config = TaylorSeerCacheConfig(
-            cache_interval=params.get("cache_interval", 5), disable_cache_before_step=params.get("disable_cache_before_step", 3),
-            max_order=params.get("max_order", 1), taylor_factors_dtype=torch.float32,
-            # diffusers' default patterns ("^blocks.*attn", full match) miss Wan's attn1/attn2/ffn
-            cache_identifiers=params.get("cache_identifiers", [r"blocks\.\d+\.(attn1|attn2|ffn)"]),
+            cache_interval=interval, disable_cache_before_step=params.get("disable_cache_before_step", 3),
+            max_order=params.get("max_order", 1), taylor_factors_dtype=torch.float32, use_lite_mode=True,
         )
     elif kind == "magcache":
         from diffusers.hooks import MagCacheConfig

@@ -42,6 +42,8 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     a.add_argument("--cache", choices=["none", "fbcache", "taylorseer", "magcache"], default="none",
                    help="step cache (changes the output slightly); magcache: the first video of a model and schedule calibrates it (no speed-up)")
     a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
+    a.add_argument("--cache-interval", type=int, default=None, help="TaylorSeer: a full transformer pass every N steps, extrapolated between "
+                   "(default acceleration.TAYLORSEER_INTERVAL)")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a.add_argument("--fp8", nargs="?", const="weights", default=None, choices=["weights", "compute"],
@@ -130,7 +132,7 @@ def _accelerate(pipe, args) -> tuple[int, dict]:
     if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
         applied.update(cache="magcache", cache_threshold=acc.cache_threshold("magcache", args.cache_threshold))
     else:
-        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold))
+        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold, cache_interval=args.cache_interval))
     if world > 1:
         applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
         if not acc.PRESETS[args.preset]["offload"]:  # lowmem streams the encoders from host memory instead
