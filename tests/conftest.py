@@ -41,7 +41,8 @@ def run_cli(*args, cwd=None, timeout=300, isolated=False):
     calls: a fresh interpreter spends ~8 s importing torch, diffusers and transformers, ~50
     times over the suite. An exception that escapes `main` gives what the interpreter would:
     exit 1 and the traceback on stderr. `isolated=True` runs the real entry point in a
-    subprocess, for tests of the entry point itself or of process-wide state."""
+    subprocess, for tests of the entry point itself or of process-wide state; `timeout`
+    applies to that subprocess only."""
     if isolated:
         proc = subprocess.run(
             [sys.executable, "-m", "magref.cli", *map(str, args)],
