@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--video-steps", type=int, default=40, help="steps of the whole video that the GPU rows project to")
     ap.add_argument("--only", default=ROWS, help=f"comma list of rows beside the eager baseline (default: all of {ROWS})")
     ap.add_argument("--whole", action="store_true", help="GPU: also time one whole --video-steps loop of the last compiled row")
-    ap.add_argument("--whole-caches", default="", help="GPU: whole loops of the last compiled row with step caches, e.g. taylorseer:3,fbcache:0.05 "
+    ap.add_argument("--whole-caches", default="", help="GPU: whole loops of the last compiled row with step caches, e.g. taylorseer:3,fbcache:0.05 (not magcache) "
                     "(taylorseer:N refreshes every N steps; fbcache:T is its threshold)")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -355,6 +355,9 @@ def whole_cache_rows(model, x, text, image, device, steps, spec, step_seconds, u
     for item in spec.split(","):
         kind, _, value = item.partition(":")
         passes["n"] = 0
+        if kind == "magcache":  # its calibration is an uncached loop, and random weights' ratios say nothing
+            print(f"| {item} | not run: MagCache's ratios come from a calibrating loop of the trained model (`--video` times it on CPU) | | | | |")
+            continue
         try:
             params = {"cache_interval": int(value or acc.TAYLORSEER_INTERVAL)} if kind == "taylorseer" else {"threshold": acc.cache_threshold(kind, float(value) if value else None)}
             acc.enable_step_cache(P, kind, **params)
