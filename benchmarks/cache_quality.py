@@ -52,8 +52,8 @@ def main() -> None:
     from magref import acceleration as acc
     from magref.models import load_pipeline
     from magref.schedulers import solver_name
-    from magref.world.evaluate import distractors_for, eval_cases, generate_case
-    from magref.world.identify import IDENTIFIER_PATH, identify_video, identity_hit, load_identifier
+    from magref.world.evaluate import eval_cases, generate_case, score_video
+    from magref.world.identify import IDENTIFIER_PATH, load_identifier
 
     torch.manual_seed(0)
     pipe = load_pipeline()
@@ -89,7 +89,6 @@ def main() -> None:
                     generate_case(pipe, cases[0], 99, args.steps, 5.0)
             hits, margins, mses, n_passes, seconds = [], [], [], [], []
             for case in cases:
-                rng = np.random.default_rng([7, case.seed])
                 for seed in args.seeds:
                     passes["n"] = 0
                     t0 = time.perf_counter()
@@ -98,11 +97,9 @@ def main() -> None:
                     acc.disable_step_cache(pipe)
                     seconds.append(time.perf_counter() - t0)
                     n_passes.append(passes["n"])
-                    learnt = identify_video(judge, frames)
-                    for i in case.ids:
-                        hit, margin = identity_hit(learnt, i, distractors_for(i, 7, rng))
-                        hits.append(hit)
-                        margins.append(margin)
+                    scores = score_video(frames, case, identifier=judge)  # as `world evaluate` scores it
+                    hits.append(scores["identity_learnt_top1"])
+                    margins.append(scores["identity_learnt_margin"])
                     key = (case.seed, tuple(case.ids), seed)
                     if kind == "none":
                         reference[key] = frames

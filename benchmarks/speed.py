@@ -199,6 +199,8 @@ def main() -> None:
         row("lowmem (group offloading, block level, two-pass)", False, lowmem)
         del lowmem
     if gpu:
+        from magref import acceleration as acc
+
         del model
         compiled = None
         for label, fp8 in (("batched CFG + regional compile", False), ("batched CFG + regional compile + fp8 compute", True)):
@@ -212,14 +214,10 @@ def main() -> None:
                 model = build(cfg, device, dtype)  # a fresh one: earlier rows leave hooks and backends behind
                 model.set_attention_backend(backend)
                 if fp8:
-                    from magref import acceleration as acc
-
                     class P:  # the one attribute enable_fp8 needs
                         transformer = model
 
                     acc.enable_fp8(P, "compute", device)
-                from magref import acceleration as acc
-
                 acc.compile_blocks(model)  # the fast preset's regional compile
             except Exception as e:  # noqa: BLE001
                 print(f"| {label} | failed: {failure(e)} | | | | |")
