@@ -229,7 +229,7 @@ def main() -> None:
                 differences[label] = (compile_s, diff, diff / reference.abs().max().item())
                 compiled = (label, model)
             del model
-        print("| 8 GPUs, Ulysses context parallel | not measured (one GPU in this run) | | | | |")
+        print("| 8 GPUs, Ulysses context parallel | not measured here: torchrun --nproc_per_node 8 benchmarks/context_parallel.py | | | | |")
         if differences:
             print("\n| compiled row | set-up and compilation (s, once per process) | max abs diff vs eager bf16 (one step, both branches) | relative |")
             print("|---|---|---|---|")
