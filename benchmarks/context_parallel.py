@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import GPU_PEAK_BF16_TFLOPS, build, failure, guided_pair, inputs, step_flops, sync, transformer_config  # noqa: E402
+from speed import build, failure, guided_pair, inputs, setting, step_flops, sync  # noqa: E402
 
 
 def timed(model, x, text, image, device, repeats: int) -> tuple[float, torch.Tensor]:
@@ -50,11 +50,7 @@ def main() -> None:
         sys.exit("context_parallel.py compares N processes with one: launch it with torchrun --nproc_per_node N (N >= 2).")
     gpu = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    dtype = torch.bfloat16 if gpu else torch.float32
-    cfg = transformer_config(scaled=not gpu)
-    frames, height, width = (81, 480, 832) if gpu else (17, 128, 224)
-    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads per process)"
-    peak = next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None) if gpu else None
+    dtype, cfg, (frames, height, width), name, peak = setting(device)
 
     model = build(cfg, device, dtype)
     if args.compile and gpu:
@@ -64,7 +60,7 @@ def main() -> None:
     say = print if rank == 0 else (lambda *a, **k: None)
     import diffusers
 
-    say(f"\ndevice: {world} x {name}; torch {torch.__version__}, diffusers {diffusers.__version__}; transformer "
+    say(f"\ndevice: {world} x {name} (per process); torch {torch.__version__}, diffusers {diffusers.__version__}; transformer "
         f"{'real 14B' if gpu else 'scaled'} config, {dtype}; video {width}x{height}x{frames} -> {tokens} tokens; "
         f"{flops / 1e12:.2f} TFLOP per step; {'regional compile' if args.compile and gpu else 'eager'}, both guidance branches batched\n")
     single = None

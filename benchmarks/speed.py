@@ -34,6 +34,17 @@ def transformer_config(scaled: bool) -> dict:
     return dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=4, text_dim=256, image_dim=128, added_kv_proj_dim=256)
 
 
+def setting(device):
+    """What runs where: the real 14B at 480x832x81 in bf16 on a GPU, a scaled model on a small
+    video in float32 on a CPU. (dtype, config, (frames, height, width), device name, its bf16 peak
+    TFLOP/s or None)."""
+    gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    peak = next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None) if gpu else None
+    size = (81, 480, 832) if gpu else (17, 128, 224)
+    return (torch.bfloat16 if gpu else torch.float32), transformer_config(scaled=not gpu), size, name, peak
+
+
 @contextmanager
 def default_dtype(dtype):
     """Build modules in `dtype` directly (parameters are created in the default dtype)."""
@@ -140,11 +151,7 @@ def main() -> None:
     only = set(args.only.split(","))
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if gpu else torch.float32
-    cfg = transformer_config(scaled=not gpu)
-    frames, height, width = (81, 480, 832) if gpu else (17, 128, 224)
-    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    peak = next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None) if gpu else None
+    dtype, cfg, (frames, height, width), name, peak = setting(device)
 
     model = build(cfg, device, dtype)
     x, text, image, tokens = inputs(cfg, frames, height, width, device, dtype)
