@@ -153,7 +153,7 @@ def test_batch_killed_after_two_then_resumed(tmp_path):
     assert f"{5 - len(finished)} generated, {len(finished)} already complete" in rc.stdout
 
 
-def test_batch_official_format_and_rerun_skips_all(tmp_path):
+def test_batch_official_format_and_rerun_skips_all(tmp_path, monkeypatch):
     (tmp_path / "refs").mkdir()
     Image.open(CHAR).save(tmp_path / "refs" / "a.png")
     batch = tmp_path / "prompts.txt"
@@ -163,8 +163,14 @@ def test_batch_official_format_and_rerun_skips_all(tmp_path):
     assert rc == 0, err
     assert is_complete(out / "one.mp4") and is_complete(out / "two.mp4")
     assert json.loads((out / "two.json").read_text())["settings"]["prompt"] == "a mug on a table"
+    import magref.models
+
+    def no_model(*a, **k):
+        raise AssertionError("a finished batch loaded the model")
+
+    monkeypatch.setattr(magref.models, "load_pipeline", no_model)  # a rerun with nothing to do starts at once
     rc, stdout, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
-    assert rc == 0 and "0 generated, 2 already complete" in stdout
+    assert rc == 0 and "0 generated, 2 already complete" in stdout, err
 
 
 def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):

@@ -103,10 +103,14 @@ def cmd_batch(args) -> int:
 
 def _run_items(args, items) -> int:
     """Validate every item before loading the model (a bad item costs nothing), then run them."""
-    from .jobs import check_items, run_batch
+    from .io import is_complete
+    from .jobs import batch_video, check_items, run_batch
     from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint
 
     check_items(items)
+    if all(is_complete(batch_video(args.out_dir, it)) for it in items):  # a finished batch rerun: no model to load
+        run_batch(None, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint="")
+        return 0
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
     rank, accel = _accelerate(pipe, args)

@@ -247,18 +247,23 @@ def check_items(items: list[BatchItem]) -> None:
             raise MagrefInputError(f"Batch item {it.id!r} (line {it.line}): {e.problem}", e.fix) from None
 
 
+def batch_video(out_dir: str | Path, item: BatchItem) -> Path:
+    return Path(out_dir) / f"{item.id}.mp4"
+
+
 def run_batch(
     pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print, acceleration: dict | None = None, write: bool = True
 ) -> dict:
     """Generate every item not yet complete; returns counts. Check the items with `check_items`
-    first (before loading the model), so that a bad item stops the batch before any work."""
+    first (before loading the model), so that a bad item stops the batch before any work. `pipe`
+    may be None when every item is complete."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
     for it in tqdm(items, desc="batch", unit="video", file=sys.stderr):
-        video = out_dir / f"{it.id}.mp4"
+        video = batch_video(out_dir, it)
         if is_complete(video):
             skipped += 1
             continue
