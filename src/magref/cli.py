@@ -109,7 +109,7 @@ def _run_items(args, items) -> int:
 
     check_items(items)
     if all(is_complete(batch_video(args.out_dir, it)) for it in items):  # a finished batch rerun: no model to load
-        run_batch(None, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint="")
+        run_batch(None, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint="", write=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
         return 0
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)  # of the weights as loaded, before fp8/offload
