@@ -3,6 +3,7 @@ LoRA loads into the pipeline, 2-process FSDP on gloo runs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from magref.data.masking import LayoutSampler
 from magref.data.shards import ClipDataset
+from magref.io import read_video, sha256_file
 from videos import moving_subject_video
 
 
@@ -149,6 +151,55 @@ def test_trained_lora_loads_and_changes_output(tmp_path, dataset):
     pipe.load_lora_weights(lora.parent)
     tuned = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     assert not torch.allclose(base, tuned, atol=1e-4)
+
+    # `--lora` fuses it into the weights (no adapter layers left): the same output as the adapter
+    from magref.models import apply_lora
+
+    fused = tiny_random_pipeline()
+    record = apply_lora(fused, lora.parent)
+    assert not hasattr(fused.transformer, "peft_config") and record["scale"] == 1.0 and record["file"] == str(lora)
+    torch.testing.assert_close(fused(**kw, generator=torch.Generator().manual_seed(0)).frames, tuned, atol=1e-4, rtol=0)
+
+    # through the CLI: recorded in the sidecar (and in the fingerprint MagCache keys on); scale 0 is the base model
+    args = ["generate", "--model", "tiny-random", "--prompt", "a ball rolls", "--ref", _a_ref(tmp_path), "--height", "64", "--width", "64",
+            "--frames", "9", "--steps", "2"]
+    videos = {}
+    for name, extra in (("base", []), ("lora", ["--lora", lora.parent]), ("zero", ["--lora", lora, "--lora-scale", "0"])):
+        rc, _, err = run_cli(*args, *extra, "--out", tmp_path / f"{name}.mp4")
+        assert rc == 0, err
+        videos[name] = (read_video(tmp_path / f"{name}.mp4"), json.loads((tmp_path / f"{name}.json").read_text())["model"])
+    assert "lora" not in videos["base"][1]
+    assert videos["lora"][1]["lora"] == {"file": str(lora), "sha256": sha256_file(lora), "scale": 1.0}
+    assert len({m["fingerprint"] for _, m in videos.values()}) == 3
+    assert not np.array_equal(videos["lora"][0], videos["base"][0]) and np.array_equal(videos["zero"][0], videos["base"][0])
+
+
+def test_lora_option_refuses_what_is_not_a_lora(tmp_path):
+    from safetensors.torch import save_file
+
+    args = ["generate", "--model", "tiny-random", "--prompt", "a ball", "--ref", _a_ref(tmp_path), "--height", "64", "--width", "64",
+            "--frames", "9", "--steps", "2", "--out", tmp_path / "v.mp4"]
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from magref import MagrefPipeline
+    from magref.tiny import tiny_random_pipeline
+
+    save_file({"blocks.0.attn1.to_q.weight": torch.zeros(32, 32)}, tmp_path / "weights.safetensors")
+    (tmp_path / "notes.txt").write_text("x")
+    tiny = tiny_random_pipeline().transformer  # a LoRA for another base model: the tiny transformer is narrower than the miniature's
+    tiny.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]))
+    MagrefPipeline.save_lora_weights(tmp_path / "tiny-lora", transformer_lora_layers=get_peft_model_state_dict(tiny))
+    for extra, needle in (
+        (["--lora", tmp_path / "missing"], "LoRA .*missing does not exist. Fix: pass the final/ folder"),
+        (["--lora", tmp_path / "notes.txt"], "is not a .safetensors file"),
+        (["--lora", tmp_path / "weights.safetensors"], "is not a LoRA of this model's transformer"),
+        (["--lora-scale", "0.5"], "--lora-scale was given without --lora"),
+        (["--model", "miniature", "--lora", tmp_path / "tiny-lora"], "tiny-lora/pytorch_lora_weights.safetensors is not a LoRA of this model's transformer "
+                                                                     "\\(RuntimeError: Error\\(s\\) in loading state_dict"),
+    ):
+        rc, _, err = run_cli(*args, *extra)
+        assert rc == 2 and re.search(needle, err) and "size mismatch" not in err, (extra, err)  # one line, not diffusers' full log
+        assert not (tmp_path / "v.mp4").exists()
 
 
 def test_full_finetune_exports_a_loadable_pipeline(tmp_path, dataset):

@@ -9,6 +9,7 @@ named it. Anything else gets a clear error naming what was expected.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 
@@ -84,6 +85,51 @@ def _load_path_or_hub(model: str, torch_dtype):
         f"Unknown model {model!r}: no such path, and not a hub id.",
         f"pass --model {MINIATURE}, {TINY_RANDOM}, a local MagrefPipeline folder, or org/name.",
     )
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `magref train` (mode: lora) writes to final/
+
+
+def lora_file(path: str | Path) -> Path:
+    """The LoRA file a `--lora` argument names: a .safetensors file, or a folder holding
+    pytorch_lora_weights.safetensors (a `magref train` final/ folder) or a single .safetensors."""
+    p = Path(path).expanduser()
+    fix = "pass the final/ folder of a `magref train` LoRA run (mode: lora), or the LoRA's .safetensors file."
+    if not p.exists():
+        raise MagrefInputError(f"LoRA {p} does not exist.", fix)
+    if p.is_dir():
+        files = [p / LORA_WEIGHTS] if (p / LORA_WEIGHTS).is_file() else sorted(p.glob("*.safetensors"))
+        if len(files) != 1:
+            raise MagrefInputError(f"LoRA folder {p} holds {len(files)} .safetensors files and no {LORA_WEIGHTS}.", "pass the LoRA file itself.")
+        return files[0]
+    if p.suffix != ".safetensors":
+        raise MagrefInputError(f"LoRA {p} is not a .safetensors file.", fix)
+    return p
+
+
+def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> dict:
+    """Fuse a LoRA into the transformer's weights (diffusers: load, fuse, unload the adapter
+    layers): the model then runs at the base model's speed and combines with fp8, compile,
+    offloading and context parallelism like any other weights. Returns what the sidecar records."""
+    from .io import sha256_file
+
+    f = lora_file(path)
+    fix = "pass a LoRA trained for this base model (`magref train` with mode: lora)."
+    peft_log = logging.getLogger("diffusers.loaders.peft")  # logs a failed load in full before raising; we report it in one line
+    level = peft_log.level
+    peft_log.setLevel(logging.CRITICAL)
+    try:
+        pipe.load_lora_weights(str(f.parent), weight_name=f.name)
+    except (ValueError, KeyError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
+    finally:
+        peft_log.setLevel(level)
+    if not getattr(pipe.transformer, "peft_config", None):
+        raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+    return {"file": str(f), "sha256": sha256_file(f), "scale": scale}
 
 
 def generation_defaults(model: str | None) -> dict:
