@@ -194,6 +194,7 @@ def test_lora_option_refuses_what_is_not_a_lora(tmp_path):
         (["--lora", tmp_path / "notes.txt"], "is not a .safetensors file"),
         (["--lora", tmp_path / "weights.safetensors"], "is not a LoRA of this model's transformer"),
         (["--lora-scale", "0.5"], "--lora-scale was given without --lora"),
+        (["--lora", "someone/a-lora"], "Could not fetch LoRA someone/a-lora from the hub"),  # the tests run with HF_HUB_OFFLINE=1
         (["--model", "miniature", "--lora", tmp_path / "tiny-lora"], "tiny-lora/pytorch_lora_weights.safetensors is not a LoRA of this model's transformer "
                                                                      "\\(RuntimeError: Error\\(s\\) in loading state_dict"),
     ):

@@ -22,7 +22,7 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     g = p.add_argument_group("generation" + (" (defaults for every item; items may override)" if batch else ""))
     g.add_argument("--model", default=None,
                    help="miniature (the bundled trained model, default), tiny-random, a MagrefPipeline folder, or a hub id")
-    g.add_argument("--lora", default=None, help="a LoRA fused into the transformer: the final/ folder of a `magref train` LoRA run, or a .safetensors file")
+    g.add_argument("--lora", default=None, help="a LoRA fused into the transformer: the final/ folder of a `magref train` LoRA run, a .safetensors file, or a hub id")
     g.add_argument("--lora-scale", type=float, default=None, help="the LoRA's strength (default 1.0; 0 gives the base model)")
     d = "the model's own (generation_defaults.json), else the official 480p value: "
     g.add_argument("--height", type=int, default=None, help=d + str(DEFAULTS["height"]))
@@ -121,7 +121,8 @@ def _run_items(args, items) -> int:
 
 
 def _check_lora(args) -> None:
-    """Before the model loads: the LoRA file is there, and a scale comes with a LoRA."""
+    """Before the model loads: the LoRA file is there (fetched if a hub id), and a scale comes
+    with a LoRA."""
     from .models import lora_file
 
     if args.lora is not None:

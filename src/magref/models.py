@@ -91,16 +91,25 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `magref train` (mode: 
 
 
 def lora_file(path: str | Path) -> Path:
-    """The LoRA file a `--lora` argument names: a .safetensors file, or a folder holding
-    pytorch_lora_weights.safetensors (a `magref train` final/ folder) or a single .safetensors."""
+    """The LoRA file a `--lora` argument names: a .safetensors file, a folder holding
+    pytorch_lora_weights.safetensors (a `magref train` final/ folder) or a single .safetensors, or
+    a hub id (`org/name`), whose .safetensors files are fetched (once; the hub's cache after)."""
     p = Path(path).expanduser()
-    fix = "pass the final/ folder of a `magref train` LoRA run (mode: lora), or the LoRA's .safetensors file."
+    fix = "pass the final/ folder of a `magref train` LoRA run (mode: lora), the LoRA's .safetensors file, or a hub id."
+    if not p.exists() and _HUB_ID.match(str(path)):
+        from huggingface_hub import snapshot_download
+
+        try:
+            p = Path(snapshot_download(str(path), allow_patterns=["*.safetensors"]))
+        except Exception as e:  # offline, unknown id, no access
+            raise MagrefInputError(f"Could not fetch LoRA {path} from the hub ({type(e).__name__}).",
+                                   "check the id and your network, or download it and pass the local file.") from None
     if not p.exists():
         raise MagrefInputError(f"LoRA {p} does not exist.", fix)
     if p.is_dir():
         files = [p / LORA_WEIGHTS] if (p / LORA_WEIGHTS).is_file() else sorted(p.glob("*.safetensors"))
         if len(files) != 1:
-            raise MagrefInputError(f"LoRA folder {p} holds {len(files)} .safetensors files and no {LORA_WEIGHTS}.", "pass the LoRA file itself.")
+            raise MagrefInputError(f"LoRA folder {path} holds {len(files)} .safetensors files and no {LORA_WEIGHTS}.", "pass the LoRA file itself.")
         return files[0]
     if p.suffix != ".safetensors":
         raise MagrefInputError(f"LoRA {p} is not a .safetensors file.", fix)
@@ -129,7 +138,8 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> dict:
         raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
-    return {"file": str(f), "sha256": sha256_file(f), "scale": scale}
+    hub = {"hub_id": str(path)} if not Path(path).expanduser().exists() else {}
+    return {**hub, "file": str(f), "sha256": sha256_file(f), "scale": scale}
 
 
 def generation_defaults(model: str | None) -> dict:
