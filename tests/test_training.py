@@ -152,26 +152,50 @@ def test_trained_lora_loads_and_changes_output(tmp_path, dataset):
     tuned = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     assert not torch.allclose(base, tuned, atol=1e-4)
 
-    # `--lora` fuses it into the weights (no adapter layers left): the same output as the adapter
-    from magref.models import apply_lora
+    # `--lora` fuses LoRAs into the weights (no adapter layers left), each at its scale: the same
+    # output as the unfused adapters weighted the same way
+    from magref.models import apply_loras
 
+    other = _random_lora(tmp_path / "other")
+    pipe.load_lora_weights(other, adapter_name="other")
+    pipe.set_adapters(["default_0", "other"], adapter_weights=[1.0, 0.5])
+    both = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     fused = tiny_random_pipeline()
-    record = apply_lora(fused, lora.parent)
-    assert not hasattr(fused.transformer, "peft_config") and record["scale"] == 1.0 and record["file"] == str(lora)
-    torch.testing.assert_close(fused(**kw, generator=torch.Generator().manual_seed(0)).frames, tuned, atol=1e-4, rtol=0)
+    records = apply_loras(fused, [(lora.parent, 1.0), (other, 0.5)])
+    assert not hasattr(fused.transformer, "peft_config") and [(r["file"], r["scale"]) for r in records] == [(str(lora), 1.0), (str(other / "pytorch_lora_weights.safetensors"), 0.5)]
+    torch.testing.assert_close(fused(**kw, generator=torch.Generator().manual_seed(0)).frames, both, atol=1e-4, rtol=0)
 
     # through the CLI: recorded in the sidecar (and in the fingerprint MagCache keys on); scale 0 is the base model
     args = ["generate", "--model", "tiny-random", "--prompt", "a ball rolls", "--ref", _a_ref(tmp_path), "--height", "64", "--width", "64",
             "--frames", "9", "--steps", "2"]
     videos = {}
-    for name, extra in (("base", []), ("lora", ["--lora", lora.parent]), ("zero", ["--lora", lora, "--lora-scale", "0"])):
+    for name, extra in (("base", []), ("lora", ["--lora", lora.parent]), ("zero", ["--lora", lora, "--lora-scale", "0"]),
+                        ("two", ["--lora", lora, "--lora", other, "--lora-scale", "1", "--lora-scale", "0.5"])):
         rc, _, err = run_cli(*args, *extra, "--out", tmp_path / f"{name}.mp4")
         assert rc == 0, err
         videos[name] = (read_video(tmp_path / f"{name}.mp4"), json.loads((tmp_path / f"{name}.json").read_text())["model"])
-    assert "lora" not in videos["base"][1]
-    assert videos["lora"][1]["lora"] == {"file": str(lora), "sha256": sha256_file(lora), "scale": 1.0}
-    assert len({m["fingerprint"] for _, m in videos.values()}) == 3
+    assert "loras" not in videos["base"][1]
+    assert videos["lora"][1]["loras"] == [{"file": str(lora), "sha256": sha256_file(lora), "scale": 1.0}]
+    assert [r["scale"] for r in videos["two"][1]["loras"]] == [1.0, 0.5]
+    assert len({m["fingerprint"] for _, m in videos.values()}) == 4
     assert not np.array_equal(videos["lora"][0], videos["base"][0]) and np.array_equal(videos["zero"][0], videos["base"][0])
+
+
+def _random_lora(folder):
+    """A LoRA of the tiny-random transformer with non-zero weights, saved as `magref train` saves one."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from magref import MagrefPipeline
+    from magref.tiny import tiny_random_pipeline
+
+    transformer = tiny_random_pipeline().transformer
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights="gaussian"))
+    torch.manual_seed(1)
+    for name, param in transformer.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (no change); give it one
+            torch.nn.init.normal_(param, std=0.2)
+    MagrefPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    return folder
 
 
 def test_lora_option_refuses_what_is_not_a_lora(tmp_path):
@@ -179,21 +203,15 @@ def test_lora_option_refuses_what_is_not_a_lora(tmp_path):
 
     args = ["generate", "--model", "tiny-random", "--prompt", "a ball", "--ref", _a_ref(tmp_path), "--height", "64", "--width", "64",
             "--frames", "9", "--steps", "2", "--out", tmp_path / "v.mp4"]
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    from magref import MagrefPipeline
-    from magref.tiny import tiny_random_pipeline
-
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(32, 32)}, tmp_path / "weights.safetensors")
     (tmp_path / "notes.txt").write_text("x")
-    tiny = tiny_random_pipeline().transformer  # a LoRA for another base model: the tiny transformer is narrower than the miniature's
-    tiny.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]))
-    MagrefPipeline.save_lora_weights(tmp_path / "tiny-lora", transformer_lora_layers=get_peft_model_state_dict(tiny))
+    _random_lora(tmp_path / "tiny-lora")  # a LoRA for another base model: the tiny transformer is narrower than the miniature's
     for extra, needle in (
         (["--lora", tmp_path / "missing"], "LoRA .*missing does not exist. Fix: pass the final/ folder"),
         (["--lora", tmp_path / "notes.txt"], "is not a .safetensors file"),
         (["--lora", tmp_path / "weights.safetensors"], "is not a LoRA of this model's transformer"),
-        (["--lora-scale", "0.5"], "--lora-scale was given without --lora"),
+        (["--lora-scale", "0.5"], "1 --lora-scale for 0 --lora. Fix: give one --lora-scale per --lora"),
+        (["--lora", tmp_path / "tiny-lora", "--lora-scale", "1", "--lora-scale", "2"], "2 --lora-scale for 1 --lora"),
         (["--lora", "someone/a-lora"], "Could not fetch LoRA someone/a-lora from the hub"),  # the tests run with HF_HUB_OFFLINE=1
         (["--model", "miniature", "--lora", tmp_path / "tiny-lora"], "tiny-lora/pytorch_lora_weights.safetensors is not a LoRA of this model's transformer "
                                                                      "\\(RuntimeError: Error\\(s\\) in loading state_dict"),

@@ -22,8 +22,10 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     g = p.add_argument_group("generation" + (" (defaults for every item; items may override)" if batch else ""))
     g.add_argument("--model", default=None,
                    help="miniature (the bundled trained model, default), tiny-random, a MagrefPipeline folder, or a hub id")
-    g.add_argument("--lora", default=None, help="a LoRA fused into the transformer: the final/ folder of a `magref train` LoRA run, a .safetensors file, or a hub id")
-    g.add_argument("--lora-scale", type=float, default=None, help="the LoRA's strength (default 1.0; 0 gives the base model)")
+    g.add_argument("--lora", action="append", default=None, help="a LoRA fused into the transformer: the final/ folder of a `magref train` "
+                   "LoRA run, a .safetensors file, or a hub id (repeat for several)")
+    g.add_argument("--lora-scale", action="append", type=float, default=None,
+                   help="each LoRA's strength, one per --lora in order (default 1.0; 0 leaves the base model)")
     d = "the model's own (generation_defaults.json), else the official 480p value: "
     g.add_argument("--height", type=int, default=None, help=d + str(DEFAULTS["height"]))
     g.add_argument("--width", type=int, default=None, help=d + str(DEFAULTS["width"]))
@@ -81,14 +83,14 @@ def cmd_generate(args) -> int:
     _check_out(out, ".mp4")
     settings = GenerationSettings(prompt=args.prompt, refs=args.ref, **_settings_dict(args))
     prepared = settings.load()  # all input errors surface here, before the model loads
-    _check_lora(args)
+    loras = _loras(args)
 
     from .jobs import run_job
     from .models import DEFAULT_MODEL
 
-    pipe, fingerprint, lora = _load_model(args)
+    pipe, fingerprint, records = _load_model(args, loras)
     rank, accel = _accelerate(pipe, args)
-    sidecar = run_job(pipe, settings, out, args.model or DEFAULT_MODEL, fingerprint, prepared, accel, write=rank == 0, lora=lora)
+    sidecar = run_job(pipe, settings, out, args.model or DEFAULT_MODEL, fingerprint, prepared, accel, write=rank == 0, loras=records)
     if rank != 0:
         return 0
     o = sidecar["output"]
@@ -110,41 +112,42 @@ def _run_items(args, items) -> int:
     from .models import DEFAULT_MODEL
 
     check_items(items)
-    _check_lora(args)
+    loras = _loras(args)
     if all(is_complete(batch_video(args.out_dir, it)) for it in items):  # a finished batch rerun: no model to load
         run_batch(None, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint="", write=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
         return 0
-    pipe, fingerprint, lora = _load_model(args)
+    pipe, fingerprint, records = _load_model(args, loras)
     rank, accel = _accelerate(pipe, args)
-    run_batch(pipe, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint, acceleration=accel, write=rank == 0, lora=lora)
+    run_batch(pipe, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint, acceleration=accel, write=rank == 0, loras=records)
     return 0
 
 
-def _check_lora(args) -> None:
-    """Before the model loads: the LoRA file is there (fetched if a hub id), and a scale comes
-    with a LoRA."""
+def _loras(args) -> list[tuple[str, float]]:
+    """(LoRA, scale) pairs from --lora/--lora-scale, each LoRA checked (and fetched if a hub id):
+    called before the model loads, so a bad one costs nothing."""
     from .models import lora_file
 
-    if args.lora is not None:
-        lora_file(args.lora)
-    elif args.lora_scale is not None:
-        raise MagrefInputError("--lora-scale was given without --lora.", "add --lora PATH, or drop --lora-scale.")
+    loras, scales = args.lora or [], args.lora_scale or []
+    if scales and len(scales) != len(loras):
+        raise MagrefInputError(f"{len(scales)} --lora-scale for {len(loras)} --lora.", "give one --lora-scale per --lora, in the same order, or none (1.0 each).")
+    for path in loras:
+        lora_file(path)
+    return list(zip(loras, scales or [1.0] * len(loras)))
 
 
-def _load_model(args):
-    """(pipeline, fingerprint, LoRA record or None). The fingerprint is of the weights as loaded,
-    LoRA included (MagCache's ratios are kept per fingerprint), before fp8 or offloading."""
+def _load_model(args, loras: list[tuple[str, float]]):
+    """(pipeline, fingerprint, LoRA records). The fingerprint is of the weights as loaded, LoRAs
+    included (MagCache's ratios are kept per fingerprint), before fp8 or offloading."""
     import hashlib
 
-    from .models import apply_lora, load_pipeline, model_fingerprint
+    from .models import apply_loras, load_pipeline, model_fingerprint
 
     pipe = load_pipeline(args.model)
     fingerprint = model_fingerprint(args.model, pipe)
-    if args.lora is None:
-        return pipe, fingerprint, None
-    lora = apply_lora(pipe, args.lora, 1.0 if args.lora_scale is None else args.lora_scale)
-    fingerprint = "sha256:" + hashlib.sha256(f"{fingerprint} {lora['sha256']} {lora['scale']}".encode()).hexdigest()[:16]
-    return pipe, fingerprint, lora
+    records = apply_loras(pipe, loras)
+    if records:
+        fingerprint = "sha256:" + hashlib.sha256(" ".join([fingerprint] + [f"{r['sha256']}@{r['scale']}" for r in records]).encode()).hexdigest()[:16]
+    return pipe, fingerprint, records
 
 
 def _accelerate(pipe, args) -> tuple[int, dict]:

@@ -89,11 +89,11 @@ class GenerationSettings:
 
 def run_job(
     pipe, settings: GenerationSettings, out_path: str | Path, model: str, fingerprint: str, prepared=None, acceleration: dict | None = None,
-    write: bool = True, lora: dict | None = None,
+    write: bool = True, loras: list[dict] | None = None,
 ) -> dict:
     """Generate one video to `out_path` (mp4) with its sidecar; returns the sidecar dict.
     `write=False` (the non-zero ranks of a context-parallel run) computes without writing;
-    `lora`: the fused LoRA's record (models.apply_lora), kept under the sidecar's model."""
+    `loras`: the fused LoRAs' records (models.apply_loras), kept under the sidecar's model."""
     import torch
 
     from .pipeline import to_uint8_frames
@@ -138,7 +138,7 @@ def run_job(
         "magref_version": __version__,
         "settings": dataclasses.asdict(settings),
         "negative_prompt_used": settings.negative_prompt if settings.negative_prompt is not None else "magref default (Wan + camera shake)",
-        "model": {"id": model, "fingerprint": fingerprint, **({"lora": lora} if lora else {})},
+        "model": {"id": model, "fingerprint": fingerprint, **({"loras": loras} if loras else {})},
         "acceleration": acceleration | cache_info,
         "layout": composition.layout.to_dict(),
         "output": {
@@ -255,7 +255,7 @@ def batch_video(out_dir: str | Path, item: BatchItem) -> Path:
 
 def run_batch(
     pipe, items: list[BatchItem], out_dir: str | Path, model: str, fingerprint: str, log=print, acceleration: dict | None = None, write: bool = True,
-    lora: dict | None = None,
+    loras: list[dict] | None = None,
 ) -> dict:
     """Generate every item not yet complete; returns counts. Check the items with `check_items`
     first (before loading the model), so that a bad item stops the batch before any work. `pipe`
@@ -270,7 +270,7 @@ def run_batch(
         if is_complete(video):
             skipped += 1
             continue
-        run_job(pipe, it.settings, video, model, fingerprint, acceleration=acceleration, write=write, lora=lora)
+        run_job(pipe, it.settings, video, model, fingerprint, acceleration=acceleration, write=write, loras=loras)
         done += 1
     if write:
         log(f"batch: {done} generated, {skipped} already complete, {len(items)} total in {out_dir}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from .errors import CheckpointError, MagrefInputError
@@ -116,30 +117,39 @@ def lora_file(path: str | Path) -> Path:
     return p
 
 
-def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> dict:
-    """Fuse a LoRA into the transformer's weights (diffusers: load, fuse, unload the adapter
-    layers): the model then runs at the base model's speed and combines with fp8, compile,
-    offloading and context parallelism like any other weights. Returns what the sidecar records."""
+def apply_loras(pipe, loras: list[tuple[str | Path, float]]) -> list[dict]:
+    """Fuse LoRAs, each at its scale, into the transformer's weights (diffusers: load each as an
+    adapter, weight them, fuse, unload the adapter layers): the model then runs at the base
+    model's speed and combines with fp8, compile, offloading and context parallelism like any
+    other weights. Returns what the sidecar records, one entry per LoRA."""
     from .io import sha256_file
 
-    f = lora_file(path)
     fix = "pass a LoRA trained for this base model (`magref train` with mode: lora)."
     peft_log = logging.getLogger("diffusers.loaders.peft")  # logs a failed load in full before raising; we report it in one line
     level = peft_log.level
-    peft_log.setLevel(logging.CRITICAL)
-    try:
-        pipe.load_lora_weights(str(f.parent), weight_name=f.name)
-    except (ValueError, KeyError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
-    finally:
-        peft_log.setLevel(level)
-    if not getattr(pipe.transformer, "peft_config", None):
-        raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
-    pipe.fuse_lora(lora_scale=scale)
-    pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
-    hub = {"hub_id": str(path)} if not Path(path).expanduser().exists() else {}
-    return {**hub, "file": str(f), "sha256": sha256_file(f), "scale": scale}
+    records, names = [], []
+    for i, (path, scale) in enumerate(loras):
+        f = lora_file(path)
+        peft_log.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)  # several adapters are what we ask for
+                pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=f"lora{i}")
+        except (ValueError, KeyError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
+        finally:
+            peft_log.setLevel(level)
+        if f"lora{i}" not in (getattr(pipe.transformer, "peft_config", None) or {}):
+            raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
+        names.append(f"lora{i}")
+        hub = {"hub_id": str(path)} if not Path(path).expanduser().exists() else {}
+        records.append({**hub, "file": str(f), "sha256": sha256_file(f), "scale": scale})
+    if names:
+        pipe.set_adapters(names, adapter_weights=[r["scale"] for r in records])
+        pipe.fuse_lora(adapter_names=names)
+        pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+    return records
 
 
 def generation_defaults(model: str | None) -> dict:
