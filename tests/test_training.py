@@ -154,14 +154,14 @@ def test_trained_lora_loads_and_changes_output(tmp_path, dataset):
 
     # `--lora` fuses LoRAs into the weights (no adapter layers left), each at its scale: the same
     # output as the unfused adapters weighted the same way
-    from magref.models import apply_loras
+    from magref.models import apply_loras, resolve_lora
 
     other = _random_lora(tmp_path / "other")
     pipe.load_lora_weights(other, adapter_name="other")
     pipe.set_adapters(["default_0", "other"], adapter_weights=[1.0, 0.5])
     both = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     fused = tiny_random_pipeline()
-    records = apply_loras(fused, [(lora.parent, 1.0), (other, 0.5)])
+    records = apply_loras(fused, [resolve_lora(lora.parent), resolve_lora(other, 0.5)])
     assert not hasattr(fused.transformer, "peft_config") and [(r["file"], r["scale"]) for r in records] == [(str(lora), 1.0), (str(other / "pytorch_lora_weights.safetensors"), 0.5)]
     torch.testing.assert_close(fused(**kw, generator=torch.Generator().manual_seed(0)).frames, both, atol=1e-4, rtol=0)
 

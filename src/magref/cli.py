@@ -122,20 +122,18 @@ def _run_items(args, items) -> int:
     return 0
 
 
-def _loras(args) -> list[tuple[str, float]]:
-    """(LoRA, scale) pairs from --lora/--lora-scale, each LoRA checked (and fetched if a hub id):
-    called before the model loads, so a bad one costs nothing."""
-    from .models import lora_file
+def _loras(args) -> list[dict]:
+    """The LoRAs of --lora/--lora-scale, each found (and fetched if a hub id) before the model
+    loads, so a bad one costs nothing (models.resolve_lora)."""
+    from .models import resolve_lora
 
     loras, scales = args.lora or [], args.lora_scale or []
     if scales and len(scales) != len(loras):
         raise MagrefInputError(f"{len(scales)} --lora-scale for {len(loras)} --lora.", "give one --lora-scale per --lora, in the same order, or none (1.0 each).")
-    for path in loras:
-        lora_file(path)
-    return list(zip(loras, scales or [1.0] * len(loras)))
+    return [resolve_lora(path, scale) for path, scale in zip(loras, scales or [1.0] * len(loras))]
 
 
-def _load_model(args, loras: list[tuple[str, float]]):
+def _load_model(args, loras: list[dict]):
     """(pipeline, fingerprint, LoRA records). The fingerprint is of the weights as loaded, LoRAs
     included (MagCache's ratios are kept per fingerprint), before fp8 or offloading."""
     import hashlib

@@ -91,12 +91,14 @@ def _load_path_or_hub(model: str, torch_dtype):
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `magref train` (mode: lora) writes to final/
 
 
-def lora_file(path: str | Path) -> Path:
-    """The LoRA file a `--lora` argument names: a .safetensors file, a folder holding
-    pytorch_lora_weights.safetensors (a `magref train` final/ folder) or a single .safetensors, or
-    a hub id (`org/name`), whose .safetensors files are fetched (once; the hub's cache after)."""
+def resolve_lora(path: str | Path, scale: float = 1.0) -> dict:
+    """What a `--lora` argument names, found (and fetched, if a hub id) once, before the model
+    loads: {"hub_id" (for a hub id), "file", "scale"}. Accepted: a .safetensors file, a folder
+    holding pytorch_lora_weights.safetensors (a `magref train` final/ folder) or a single
+    .safetensors, or a hub id (`org/name`), whose .safetensors files are fetched."""
     p = Path(path).expanduser()
     fix = "pass the final/ folder of a `magref train` LoRA run (mode: lora), the LoRA's .safetensors file, or a hub id."
+    hub = {}
     if not p.exists() and _HUB_ID.match(str(path)):
         from huggingface_hub import snapshot_download
 
@@ -105,51 +107,49 @@ def lora_file(path: str | Path) -> Path:
         except Exception as e:  # offline, unknown id, no access
             raise MagrefInputError(f"Could not fetch LoRA {path} from the hub ({type(e).__name__}).",
                                    "check the id and your network, or download it and pass the local file.") from None
+        hub = {"hub_id": str(path)}
     if not p.exists():
         raise MagrefInputError(f"LoRA {p} does not exist.", fix)
     if p.is_dir():
         files = [p / LORA_WEIGHTS] if (p / LORA_WEIGHTS).is_file() else sorted(p.glob("*.safetensors"))
         if len(files) != 1:
             raise MagrefInputError(f"LoRA folder {path} holds {len(files)} .safetensors files and no {LORA_WEIGHTS}.", "pass the LoRA file itself.")
-        return files[0]
-    if p.suffix != ".safetensors":
+        p = files[0]
+    elif p.suffix != ".safetensors":
         raise MagrefInputError(f"LoRA {p} is not a .safetensors file.", fix)
-    return p
+    return {**hub, "file": str(p), "scale": scale}
 
 
-def apply_loras(pipe, loras: list[tuple[str | Path, float]]) -> list[dict]:
-    """Fuse LoRAs, each at its scale, into the transformer's weights (diffusers: load each as an
-    adapter, weight them, fuse, unload the adapter layers): the model then runs at the base
-    model's speed and combines with fp8, compile, offloading and context parallelism like any
-    other weights. Returns what the sidecar records, one entry per LoRA."""
+def apply_loras(pipe, loras: list[dict]) -> list[dict]:
+    """Fuse LoRAs (resolve_lora's), each at its scale, into the transformer's weights (diffusers:
+    load each as an adapter, weight them, fuse, unload the adapter layers): the model then runs at
+    the base model's speed and combines with fp8, compile, offloading and context parallelism like
+    any other weights. Returns what the sidecar records: each LoRA with its file's sha256."""
     from .io import sha256_file
 
     fix = "pass a LoRA trained for this base model (`magref train` with mode: lora)."
     peft_log = logging.getLogger("diffusers.loaders.peft")  # logs a failed load in full before raising; we report it in one line
     level = peft_log.level
-    records, names = [], []
-    for i, (path, scale) in enumerate(loras):
-        f = lora_file(path)
+    names = [f"lora{i}" for i in range(len(loras))]
+    for name, lora in zip(names, loras):
+        f = Path(lora["file"])
         peft_log.setLevel(logging.CRITICAL)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)  # several adapters are what we ask for
-                pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=f"lora{i}")
+                pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
         finally:
             peft_log.setLevel(level)
-        if f"lora{i}" not in (getattr(pipe.transformer, "peft_config", None) or {}):
+        if name not in (getattr(pipe.transformer, "peft_config", None) or {}):
             raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
-        names.append(f"lora{i}")
-        hub = {"hub_id": str(path)} if not Path(path).expanduser().exists() else {}
-        records.append({**hub, "file": str(f), "sha256": sha256_file(f), "scale": scale})
     if names:
-        pipe.set_adapters(names, adapter_weights=[r["scale"] for r in records])
+        pipe.set_adapters(names, adapter_weights=[lora["scale"] for lora in loras])
         pipe.fuse_lora(adapter_names=names)
         pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
-    return records
+    return [{**lora, "sha256": sha256_file(lora["file"])} for lora in loras]
 
 
 def generation_defaults(model: str | None) -> dict:
