@@ -148,3 +148,32 @@ def test_bad_composition_input(kwargs, needle):
     args.update(kwargs)
     with pytest.raises(MagrefInputError, match=needle):
         compose_references(args.pop("images"), **args)
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_latent_cells_follow_the_model_stride(stride, n):
+    """A VAE with another spatial stride (the miniature's 4x) gets latent masks and blocks in its
+    own cells, and canvases that are multiples of its stride x patch; 8 stays the default."""
+    h, w = 64, 96
+    images = [Image.new("RGB", (30 + 7 * i, 50), (40 * i, 90, 200)) for i in range(n)]
+    comp = compose_references(images, h, w, spatial_stride=stride)
+    assert comp.latent_mask.shape == (h // stride, w // stride) and comp.spatial_stride == stride
+    assert np.array_equal(comp.latent_mask, latent_mask_from_pixels(comp.pixel_mask, stride))
+    assert np.array_equal(comp.latent_blocks, comp.layout.latent_blocks(stride))
+    for x0, x1, y0, y1 in comp.latent_blocks:  # every block inside the latent canvas, and its cell
+        assert 0 <= x0 < x1 <= w // stride and 0 <= y0 < y1 <= h // stride
+    if stride == 8:
+        default = compose_references(images, h, w)
+        assert np.array_equal(default.latent_mask, comp.latent_mask) and np.array_equal(default.latent_blocks, comp.latent_blocks)
+    else:  # finer cells: the 4x mask, pooled 2x2, is the 8x one
+        coarse = compose_references(images, h, w)
+        pooled = comp.latent_mask.reshape(h // 8, 2, w // 8, 2).max(axis=(1, 3))
+        assert np.array_equal(pooled, coarse.latent_mask)
+
+
+def test_canvas_size_multiple_follows_the_model_stride():
+    img = [Image.new("RGB", (20, 20), (255, 0, 0))]
+    assert compose_references(img, 40, 56, spatial_stride=4).latent_mask.shape == (10, 14)  # multiples of 4 x 2
+    with pytest.raises(MagrefInputError, match="multiple of 16"):
+        compose_references(img, 40, 56)

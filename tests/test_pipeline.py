@@ -139,3 +139,30 @@ def test_ablation_conditioning_modes():
     with tempfile.TemporaryDirectory() as d:
         pipe.save_pretrained(d)
         assert MagrefPipeline.from_pretrained(d).config.conditioning == "tokens"
+
+
+def test_a_vae_with_spatial_stride_4_sizes_latents_masks_and_canvas_from_the_model():
+    """The miniature's 4x VAE: latents, the reference mask and the allowed canvas sizes come from
+    the VAE's stride (its config's scale_factor_spatial), not from the official 8."""
+    from diffusers import AutoencoderKLWan
+
+    from magref.tiny import tiny_components
+
+    comps = tiny_components()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        comps["vae"] = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, attn_scales=[],
+                                        temperal_downsample=[True, True], scale_factor_spatial=4).eval()
+    pipe = MagrefPipeline(**comps)
+    assert pipe.spatial_geometry() == (4, 2)
+    out = _run(pipe, height=40, width=56, num_frames=9, output_type="latent")  # 40x56: a multiple of 8, not of 16
+    assert out.frames.shape == (1, 16, 3, 10, 14)
+    assert out.composition.latent_mask.shape == (10, 14)
+    canvas = canvas_to_tensor(out.composition.canvas)
+    cond = pipe.prepare_condition(canvas, torch.from_numpy(out.composition.latent_mask), 9)
+    assert torch.equal(cond[0, :4, 0].amax(0), torch.from_numpy(out.composition.latent_mask).float())
+    with pytest.raises(MagrefInputError, match="multiple of 8"):
+        _run(pipe, height=44, width=56)
+    with pytest.raises(MagrefInputError, match="multiple of 16"):  # the 8x tiny model keeps the official multiple
+        _run(tiny_pipe_8x := MagrefPipeline(**tiny_components()), height=40, width=56)
+    assert tiny_pipe_8x.spatial_geometry() == (8, 2)

@@ -146,6 +146,49 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     assert meta["settings"]["negative_prompt"] == "" and meta["settings"]["steps"] == 2 and meta["settings"]["fps"] == 8.0
 
 
+def test_world_train_with_a_4x_vae_gives_16x16_latents_end_to_end(tmp_path, monkeypatch):
+    """`--vae-stride 4`: one VAE stage (subject-weighted, annealed, probing its identity ceiling)
+    and no 8x repair stages; the transformer takes 36 channels over 16x16 latents, and the model
+    generates at 64x64 with masks in 4-pixel cells."""
+    import json
+
+    from conftest import run_cli
+
+    import magref.world.train as wt
+
+    monkeypatch.setattr(wt, "CEILING_CLIPS", 3)
+    out = tmp_path / "w4"
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-stride", "4", "--vae-steps", "2", "--clips", "8", "--dit-steps", "2", "--batch-size", "2")
+    assert rc == 0, err[-2000:]
+    vae_cfg = json.loads((out / "vae" / "model" / "config.json").read_text())
+    assert vae_cfg["scale_factor_spatial"] == 4 and vae_cfg["dim_mult"] == [1, 2, 4]
+    assert not (out / "vae" / "tuned").exists() and not (out / "vae" / "subjects").exists()
+    metrics = [json.loads(line) for line in (out / "vae" / "metrics.jsonl").read_text().splitlines()]
+    assert set(metrics[-1]["ceiling"]) == {"top-1", "top-1, 1 subjects", "top-1, 2 subjects", "top-1, 3 subjects"}
+    tcfg = json.loads((out / "base" / "transformer" / "config.json").read_text())
+    assert tcfg["in_channels"] == 36 and tcfg["out_channels"] == 16
+    from magref.world.train import pipeline_from_run
+
+    pipe = pipeline_from_run(out)
+    res = pipe(prompt="a ball moves", references=[render_subject(identity(5), 48)], height=64, width=64, num_frames=13,
+               num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert res.frames.shape == (1, 16, 4, 16, 16) and res.composition.latent_mask.shape == (16, 16)
+
+
+def test_vae_clips_can_open_with_their_reference_canvas():
+    """A quarter of the 4x VAE's clips start with the subjects' canvas (sprites on white), the
+    condition MAGREF encodes; its mask marks the sprites' boxes."""
+    from magref.world.train import world_frames
+
+    x, m = world_frames(np.random.default_rng(3), 3, 13, with_masks=True, p_canvas=1.0)
+    first = (x[:, :, 0] + 1) * 127.5  # (B, 3, H, W)
+    outside = m[:, 0, 0] == 0
+    assert torch.all(first.permute(0, 2, 3, 1)[outside] > 254)  # white around the references
+    assert (m[:, 0, 0].flatten(1).sum(1) > 100).all() and not torch.equal(x[:, :, 0], x[:, :, 1])
+    y, _ = world_frames(np.random.default_rng(3), 3, 13, with_masks=True, p_canvas=0.0)
+    assert not torch.equal(x[0, :, 0], y[0, :, 0]) and torch.equal(x[0, :, 1:], y[0, :, 1:])  # the rest of the clip unchanged
+
+
 def test_evaluation_recognises_ground_truth_clips():
     """Truth-known: rendered clips of held-out identities are identified and their motion read."""
     from magref.world.evaluate import eval_cases, score_video

@@ -273,7 +273,7 @@ def cmd_world_train(args) -> int:
 
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
-        subject_vae_steps=args.subject_vae_steps)
+        subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only)
     return 0
 
 
@@ -405,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no-mask: mask channels carry zeros; tokens: references as extra tokens (Phantom-style)")
     p.add_argument("--reuse-from", default=None, help="another run's folder: reuse its VAE and data (same budget, only the transformer differs)")
     p.add_argument("--vae", default=None, help="a finished VAE folder (e.g. src/magref/assets/models/miniature/vae): skips the VAE stages")
+    p.add_argument("--vae-stride", type=int, choices=[4, 8], default=8,
+                   help="the VAE's spatial stride: 8 (the shipped miniature) or 4 (16x16 latents at 64x64, room for several subjects)")
+    p.add_argument("--vae-only", action="store_true", help="stop once the VAE stages are done")
+    p.add_argument("--device", default=None, help="where the VAE stages run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

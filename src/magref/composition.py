@@ -4,7 +4,9 @@ This module imports no model code; training, inference and the CLI all compose t
 `compose_references`, so a layout means the same thing everywhere.
 
 Conventions: boxes are pixel rectangles (x0, y0, x1, y1), end-exclusive; latent blocks follow
-the official (x0, x1, y0, y1) order in latent (1/8) units.
+the official (x0, x1, y0, y1) order in latent units. A latent cell covers `spatial_stride` pixels
+a side: the VAE's spatial stride, 8 for the official Wan VAE (the default everywhere); a model
+with another VAE (the miniature's 4x one) passes its own.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ Box = tuple[int, int, int, int]
 
 MAX_GRID_REFERENCES = 8
 GRID_SIZES = (1, 2, 3, 4, 6, 8)
-SPATIAL_STRIDE = 8  # VAE spatial stride: one latent cell covers 8x8 pixels
-SIZE_MULTIPLE = 16  # VAE stride 8 x transformer patch 2
+SPATIAL_STRIDE = 8  # the official VAE's spatial stride: one latent cell covers 8x8 pixels
+PATCH_SIZE = 2  # the transformer's spatial patch
+SIZE_MULTIPLE = SPATIAL_STRIDE * PATCH_SIZE
 
 
 def grid_cells(num_cells: int, height: int, width: int) -> list[Box]:
@@ -140,14 +143,14 @@ class RegionLayout:
         out: dict[int, Box] = {ref: self.cells[k] for ref, k in self.placement}
         return [out[i] for i in sorted(out)]
 
-    def latent_blocks(self) -> np.ndarray:
+    def latent_blocks(self, stride: int = SPATIAL_STRIDE) -> np.ndarray:
         """Cells in latent units (x0, x1, y0, y1): start rounded up, end rounded down, as the
         official `get_latent_regions_safe`; degenerate cells are dropped."""
         blocks = []
         for x0, y0, x1, y1 in self.cells:
-            lx0 = math.ceil(x0 / SPATIAL_STRIDE) if x0 > 0 else 0
-            ly0 = math.ceil(y0 / SPATIAL_STRIDE) if y0 > 0 else 0
-            lx1, ly1 = x1 // SPATIAL_STRIDE, y1 // SPATIAL_STRIDE
+            lx0 = math.ceil(x0 / stride) if x0 > 0 else 0
+            ly0 = math.ceil(y0 / stride) if y0 > 0 else 0
+            lx1, ly1 = x1 // stride, y1 // stride
             if lx0 < lx1 and ly0 < ly1:
                 blocks.append((lx0, lx1, ly0, ly1))
         return np.asarray(blocks, dtype=np.int64).reshape(-1, 4)
@@ -168,7 +171,7 @@ class RegionLayout:
                     f"use boxes with 0 <= x0 < x1 <= {self.width} and 0 <= y0 < y1 <= {self.height}.",
                 )
 
-    def to_dict(self) -> dict:
+    def to_dict(self, stride: int = SPATIAL_STRIDE) -> dict:
         return {
             "height": self.height,
             "width": self.width,
@@ -177,7 +180,7 @@ class RegionLayout:
             "cells": [list(c) for c in self.cells],
             "placement": [{"ref": r, "box": list(self.cells[k])} for r, k in self.placement],
             "boxes": [list(b) for b in self.boxes()],
-            "latent_blocks_x0x1y0y1": self.latent_blocks().tolist(),
+            "latent_blocks_x0x1y0y1": self.latent_blocks(stride).tolist(),
         }
 
 
@@ -187,18 +190,20 @@ class Composition:
 
     canvas: Image.Image  # RGB, height x width, white where no reference
     pixel_mask: np.ndarray  # (H, W) uint8, 1 on reference pixels
-    latent_mask: np.ndarray  # (H/8, W/8) uint8, 1 where any pixel of the 8x8 patch is 1
+    latent_mask: np.ndarray  # (H/s, W/s) uint8, 1 where any pixel of the s x s patch is 1
     latent_blocks: np.ndarray  # (cells, 4) int64, (x0, x1, y0, y1) in latent units
     layout: RegionLayout
     reference_sizes: list[tuple[int, int]] = field(default_factory=list)  # scaled (w, h) per ref
+    spatial_stride: int = SPATIAL_STRIDE  # s: pixels per latent cell
 
 
-def check_canvas_size(height: int, width: int) -> None:
+def check_canvas_size(height: int, width: int, spatial_stride: int = SPATIAL_STRIDE, patch_size: int = PATCH_SIZE) -> None:
+    multiple = spatial_stride * patch_size
     for name, v in (("height", height), ("width", width)):
-        if not isinstance(v, int) or v <= 0 or v % SIZE_MULTIPLE:
+        if not isinstance(v, int) or v <= 0 or v % multiple:
             raise MagrefInputError(
-                f"Canvas {name} {v} is not a positive multiple of {SIZE_MULTIPLE} (VAE stride 8 x patch 2).",
-                f"use e.g. {name}={max(SIZE_MULTIPLE, round((v if isinstance(v, int) else 0) / SIZE_MULTIPLE) * SIZE_MULTIPLE)}.",
+                f"Canvas {name} {v} is not a positive multiple of {multiple} (VAE stride {spatial_stride} x patch {patch_size}).",
+                f"use e.g. {name}={max(multiple, round((v if isinstance(v, int) else 0) / multiple) * multiple)}.",
             )
 
 
@@ -245,14 +250,17 @@ def compose_references(
     width: int,
     layout: RegionLayout | dict | str | Path | None = None,
     layout_seed: int | None = None,
+    spatial_stride: int = SPATIAL_STRIDE,
+    patch_size: int = PATCH_SIZE,
 ) -> Composition:
     """Letter-box every reference into its region of one white canvas and build the masks.
 
     Layout: an explicit `layout` (RegionLayout, dict or JSON path) wins; else `layout_seed`
     gives the official random placement for `random.seed(layout_seed)`; else the official grid
-    in reading order (reference 0 top-left).
+    in reading order (reference 0 top-left). `spatial_stride` and `patch_size` are the model's
+    (VAE stride, transformer patch): they set the latent mask's cells and the size multiple.
     """
-    check_canvas_size(height, width)
+    check_canvas_size(height, width, spatial_stride, patch_size)
     images = list(images)
     if layout is None:
         grid_size_for(len(images))  # 0 or > 8 references: clear error
@@ -287,10 +295,11 @@ def compose_references(
     return Composition(
         canvas=canvas,
         pixel_mask=pixel_mask,
-        latent_mask=latent_mask_from_pixels(pixel_mask),
-        latent_blocks=region_layout.latent_blocks(),
+        latent_mask=latent_mask_from_pixels(pixel_mask, spatial_stride),
+        latent_blocks=region_layout.latent_blocks(spatial_stride),
         layout=region_layout,
         reference_sizes=sizes,
+        spatial_stride=spatial_stride,
     )
 
 

@@ -140,7 +140,7 @@ def run_job(
         "negative_prompt_used": settings.negative_prompt if settings.negative_prompt is not None else "magref default (Wan + camera shake)",
         "model": {"id": model, "fingerprint": fingerprint, **({"loras": loras} if loras else {})},
         "acceleration": acceleration | cache_info,
-        "layout": composition.layout.to_dict(),
+        "layout": composition.layout.to_dict(composition.spatial_stride),
         "output": {
             "file": out_path.name,
             "frames": int(frames.shape[0]),

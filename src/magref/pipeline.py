@@ -103,7 +103,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
             raise MagrefInputError("No prompt was given.", "pass a text prompt.")
         if prompt is not None and not isinstance(prompt, str):
             raise MagrefInputError("The prompt must be one string.", "generate one video per call (or use `magref batch`).")
-        check_canvas_size(height, width)
+        check_canvas_size(height, width, *self.spatial_geometry())
         check_num_frames(num_frames)
         if not references:
             raise MagrefInputError("No reference image was given.", "pass 1 to 8 reference images.")
@@ -117,6 +117,12 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 f"Dropping the first {drop_first_frames} decoded frames of a {num_frames}-frame video leaves no frame.",
                 "generate at least 5 frames, or keep the first frames (drop_first_frames=0, CLI --keep-first-frames).",
             )
+
+    def spatial_geometry(self) -> tuple[int, int]:
+        """(VAE spatial stride, transformer patch): pixels per latent cell and latent cells per
+        token side; the canvas size must be a multiple of their product."""
+        patch = self.transformer.config.patch_size[1] if self.transformer is not None else 2
+        return int(self.vae_scale_factor_spatial), int(patch)
 
     # ------------------------------------------------------------------------------------------
     # Conditioning
@@ -316,7 +322,8 @@ class MagrefPipeline(WanImageToVideoPipeline):
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
 
         # 3. Compose the references into one canvas with its region mask
-        composition = compose_references(references, height, width, layout=layout, layout_seed=layout_seed)
+        stride, patch = self.spatial_geometry()
+        composition = compose_references(references, height, width, layout=layout, layout_seed=layout_seed, spatial_stride=stride, patch_size=patch)
         canvas = canvas_to_tensor(composition.canvas).to(device)  # (1, 3, H, W) in [-1, 1]
 
         # 4. Encode the condition: CLIP features and y = [mask; VAE latent] (20 channels)

@@ -186,7 +186,8 @@ class Trainer:
     def example(self, index: int, rng: random.Random) -> dict:
         sample = self.dataset[index]
         keep, layout = self.layouts(len(sample.subjects), self.height, self.width, rng, [s.box for s in sample.subjects])
-        comp = compose_references([sample.subjects[i].image for i in keep], self.height, self.width, layout=layout)
+        stride, patch = self.pipe.spatial_geometry()
+        comp = compose_references([sample.subjects[i].image for i in keep], self.height, self.width, layout=layout, spatial_stride=stride, patch_size=patch)
         canvas = canvas_to_tensor(comp.canvas)[0]  # (3, H, W) in [-1, 1]
         video = torch.from_numpy(sample.frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # (3, F, H, W)
         if self.cfg.first_frame == "canvas":

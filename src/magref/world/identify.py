@@ -138,16 +138,17 @@ def load_identifier(folder=IDENTIFIER_PATH) -> IdentityClassifier:
     return model.eval()
 
 
-def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1) -> dict:
+def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1, by_count: bool = False) -> dict:
     """Identity top-1 (7 distractors, frames 4-12 as a video keeps them) on fresh clips of 1-3
-    held-out subjects: the world's rendering, and with `vae` that rendering decoded."""
+    held-out subjects: the world's rendering, and with `vae` that rendering decoded. `by_count`
+    adds the top-1 for clips of 1, 2 and 3 subjects apart (a third of the clips each)."""
     from .evaluate import distractors_for
 
     out = {}
     for name, v in (("rendered", None), ("decoded", vae)):
         if name == "decoded" and vae is None:
             continue
-        hits = []
+        hits: dict[int, list[bool]] = {1: [], 2: [], 3: []}
         for k in range(clips):
             rng = np.random.default_rng([29, seed, k])
             n = 1 + k % 3
@@ -156,8 +157,10 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1)
             frames = clip.frames if v is None else vae_round_trip(v, clip.frames[None])[0]
             scores = identify_video(model, frames[4:])
             for i in ids:
-                hits.append(identity_hit(scores, i, distractors_for(i, 7, np.random.default_rng([7, k])))[0])
-        out[f"{name} top-1"] = float(np.mean(hits))
+                hits[n].append(identity_hit(scores, i, distractors_for(i, 7, np.random.default_rng([7, k])))[0])
+        out[f"{name} top-1"] = float(np.mean(sum(hits.values(), [])))
+        if by_count:
+            out.update({f"{name} top-1, {n} subjects": float(np.mean(h)) for n, h in hits.items() if h})
     return out
 
 

@@ -42,9 +42,27 @@ ABLATIONS = {
 }
 
 
-def miniature_components(seed: int = 0, ablation: str = "none") -> dict:
-    """Same family as the real model, sized for a 2-core CPU."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+# The miniature's VAE by spatial stride (temporal stride 4 in both). At 64x64 the official 8x
+# stride leaves 8x8 latents, 4x4 = 16 tokens per latent frame after the transformer's 2x2 patch:
+# one or two tokens per subject, too few to keep two identities apart. The 4x VAE (one spatial
+# level fewer) gives 16x16 latents, 8x8 tokens per frame. diffusers sizes latents from
+# `scale_factor_spatial` in the config, not from `dim_mult`, so the 4x VAE says so explicitly.
+VAE_GEOMETRIES = {
+    8: dict(dim_mult=[1, 2, 4, 4], temperal_downsample=[False, True, True]),
+    4: dict(dim_mult=[1, 2, 4], temperal_downsample=[True, True], scale_factor_spatial=4),
+}
+
+
+def miniature_vae(vae_stride: int = 8, z_dim: int = 16):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=16, z_dim=z_dim, num_res_blocks=1, attn_scales=[], **VAE_GEOMETRIES[vae_stride])
+
+
+def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int = 8, z_dim: int = 16) -> dict:
+    """Same family as the real model, sized for a 2-core CPU. The transformer's input is
+    [noisy latent z; 4 mask channels; canvas latent z] (2z + 4 = 36 for the real model's z = 16)."""
+    from diffusers import WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     from ..schedulers import make_scheduler
@@ -58,9 +76,9 @@ def miniature_components(seed: int = 0, ablation: str = "none") -> dict:
                                                    relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0))
         image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                                                          image_size=56, patch_size=14, projection_dim=32, hidden_act="gelu"))
-        vae = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True])
-        in_channels = 16 if ABLATIONS[ablation]["conditioning"] == "tokens" else 36
-        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=in_channels, out_channels=16,
+        vae = miniature_vae(vae_stride, z_dim)
+        in_channels = z_dim if ABLATIONS[ablation]["conditioning"] == "tokens" else 2 * z_dim + 4
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=in_channels, out_channels=z_dim,
                                             text_dim=64, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
                                             qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=256, rope_max_seq_len=256)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, scheduler=make_scheduler("unipc", 3.0),
@@ -68,9 +86,11 @@ def miniature_components(seed: int = 0, ablation: str = "none") -> dict:
                 text_len=226, **ABLATIONS[ablation])  # captions are < 226 bytes; shorter padding, cheaper cross-attention
 
 
-def world_frames(rng: np.random.Generator, batch: int, frames: int, with_masks: bool = False):
+def world_frames(rng: np.random.Generator, batch: int, frames: int, with_masks: bool = False, p_canvas: float = 0.0):
     """(B, 3, F, H, W) in [-1, 1]: random training-identity clips (1-3 subjects); with_masks also
-    returns where any subject is, (B, 1, F, H, W) float {0, 1}."""
+    returns where any subject is, (B, 1, F, H, W) float {0, 1}. With probability `p_canvas` a
+    clip's frame 0 is its subjects' reference canvas instead (sprites on white, an official grid):
+    what MAGREF encodes as the condition, and the cut that its canvas-first target makes."""
     pool = identity_ids("train")
     clips, masks = [], []
     for _ in range(batch):
@@ -78,10 +98,24 @@ def world_frames(rng: np.random.Generator, batch: int, frames: int, with_masks: 
         ids = rng.choice(pool, size=n, replace=False)
         clip = make_clip([identity(int(i)) for i in ids], rng, frames=max(frames, 2), height=SIZE, width=SIZE)
         start = int(rng.integers(0, clip.frames.shape[0] - frames + 1))
-        clips.append(clip.frames[start : start + frames])
-        masks.append(clip.masks[:, start : start + frames].any(0))
+        video, mask = clip.frames[start : start + frames].copy(), clip.masks[:, start : start + frames].any(0)
+        if p_canvas and rng.random() < p_canvas:
+            video[0], mask[0] = reference_canvas([int(i) for i in ids], int(rng.integers(2**31)))
+        clips.append(video)
+        masks.append(mask)
     x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return (x, torch.from_numpy(np.stack(masks)).float()[:, None]) if with_masks else x
+
+
+def reference_canvas(ids: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The identities' sprites composed on a white SIZE x SIZE canvas (official random placement
+    for `seed`): (H, W, 3) uint8 and its (H, W) bool pixel mask."""
+    from ..composition import RegionLayout, compose_references
+    from .render import render_subject
+
+    layout = RegionLayout.official_random(len(ids), SIZE, SIZE, seed)
+    comp = compose_references([render_subject(identity(i), 96) for i in ids], SIZE, SIZE, layout=layout, spatial_stride=4)
+    return np.asarray(comp.canvas), comp.pixel_mask.astype(bool)
 
 
 def load_state(path: Path) -> dict:
@@ -92,13 +126,32 @@ def load_state(path: Path) -> dict:
         return torch.load(path, weights_only=True)
 
 
-def train_vae(out: Path, steps: int, log=print) -> Path:
+# Stage 1 by VAE stride. 8: the recipe of the shipped miniature (single frames, then 9-frame
+# clips, unweighted; stages 1b and 1c below mend what it loses). 4: what those stages taught, from
+# the start: whole 13-frame clips (the fourth latent frame included), the loss weighted where the
+# subjects are, the LR annealed at the end, and a quarter of the clips opening with their
+# reference canvas (the condition MAGREF encodes, and the cut of a canvas-first target).
+VAE_RECIPES = {
+    8: dict(lr=1e-3, image_share=0.7, image_batch=16, clip_batch=4, clip_frames=9, subject_weight=1.0, p_canvas=0.0, anneal=None),
+    4: dict(lr=1e-3, image_share=0.0, clip_batch=2, clip_frames=FRAMES, subject_weight=5.0, p_canvas=0.25, anneal=0.4),
+}
+CEILING_EVERY, CEILING_CLIPS = 250, 48  # stride-4 stage 1 measures its identity ceiling this often (steps), on this many clips
 
+
+def _vae_lr_factor(recipe: dict, steps: int):
+    if recipe["anneal"] is None:  # the shipped recipe: a cosine to 5 % over all steps
+        return lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+    return cosine_to_tenth(steps, int(recipe["anneal"] * steps))
+
+
+def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str | torch.device = "cpu") -> Path:
+    recipe = VAE_RECIPES[vae_stride]
     vae_dir = out / "vae"
     state_file = vae_dir / "state.pt"
-    vae = miniature_components()["vae"]
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) * 0.95 + 0.05))
+    device = torch.device(device)
+    vae = miniature_vae(vae_stride).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _vae_lr_factor(recipe, steps))
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
@@ -108,14 +161,24 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
         step = int(state["step"])
         log(f"vae: resumed at step {step}")
     vae_dir.mkdir(parents=True, exist_ok=True)
+    identifier = None
+    if recipe["subject_weight"] != 1:
+        from .identify import load_identifier
+
+        identifier = load_identifier()  # a proxy until an identifier is trained through this VAE
     t0 = time.time()
     while step < steps:
         rng = np.random.default_rng([1, step])
-        image_phase = step < int(0.7 * steps)
-        x = world_frames(rng, 16 if image_phase else 4, 1 if image_phase else 9)
+        image_phase = step < int(recipe["image_share"] * steps)
+        if image_phase:
+            x, masks = world_frames(rng, recipe["image_batch"], 1), None
+        else:
+            x, masks = world_frames(rng, recipe["clip_batch"], recipe["clip_frames"], with_masks=True, p_canvas=recipe["p_canvas"])
+        x = x.to(device)
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample
-        loss = (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        rec = vae.decode(post.sample(generator=torch.Generator(device).manual_seed(step))).sample
+        weight = None if recipe["subject_weight"] == 1 or masks is None else 1 + (recipe["subject_weight"] - 1) * masks.to(device)
+        loss = reconstruction_loss(rec, x, weight) + 1e-6 * post.kl().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
@@ -123,17 +186,34 @@ def train_vae(out: Path, steps: int, log=print) -> Path:
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % 50 == 0 or step == steps:
+            row = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
+            if identifier is not None and (step % CEILING_EVERY == 0 or step == steps):
+                row["ceiling"] = _probe_ceiling(vae, identifier)
             with open(vae_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0}) + "\n")
-            log(f"vae step {step}/{steps} loss {loss.item():.4f}")
-        if step % 200 == 0 or step == steps:
+                f.write(json.dumps(row) + "\n")
+            log(f"vae step {step}/{steps} loss {loss.item():.4f}" + (f" ceiling {row['ceiling']}" if "ceiling" in row else ""))
+        if step % 100 == 0 or step == steps:
             tmp = state_file.with_suffix(".part")
             torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
             tmp.replace(state_file)
+    vae.cpu()
     measure_latent_stats(vae)
     vae.save_pretrained(vae_dir / "model")
     log(f"vae: saved {vae_dir / 'model'} (latent std {np.mean(vae.config.latents_std):.3f})")
     return vae_dir / "model"
+
+
+def _probe_ceiling(vae, identifier, clips: int | None = None) -> dict:
+    """Identity top-1 of held-out clips decoded by `vae`, by subject count (a training-time probe)."""
+    from .identify import ceiling
+
+    was_training, device = vae.training, next(vae.parameters()).device
+    vae.eval().cpu()
+    try:
+        return {k.replace("decoded top-1", "top-1"): round(v, 3) for k, v in ceiling(identifier, vae, clips or CEILING_CLIPS, by_count=True).items()
+                if k.startswith("decoded")}
+    finally:
+        vae.to(device).train(was_training)
 
 
 # The VAE stages after stage 1, in order; each starts from the previous folder.
@@ -268,8 +348,13 @@ def run_vae(out: Path) -> Path:
 def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: int = MINIATURE_BUDGET["clips"],
         dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
-        vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"]) -> Path:
-    """`vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
+        vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
+        vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False) -> Path:
+    """`vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
+    is the whole recipe, the later VAE stages are the 8x recipe's repairs and are skipped).
+    `device`: where the VAE stages run (default: CUDA when there is one); the transformer stage
+    picks CUDA by itself. `stop_after_vae`: return the VAE folder once the VAE stages are done.
+    `vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
     stages 1, 1b and 1c, the serial part of a run (~2.5 h here).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
@@ -294,10 +379,13 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         for stage in ("model", *VAE_STAGES):  # a finished VAE: the tuning stages have nothing to do
             vae.save_pretrained(out / "vae" / stage)
         log(f"vae: from {vae_from}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
-        train_vae(out, vae_steps, log)
+        train_vae(out, vae_steps, log, vae_stride, device)
         timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
+    if vae_stride != 8:
+        decoder_steps = subject_vae_steps = 0
     for stage, budget in zip(VAE_STAGES, (decoder_steps, subject_vae_steps)):
         if budget and reuse_from is None and not (out / "vae" / stage / "config.json").is_file():  # reused: the source run tunes it
             if VAE_STAGES[stage]["src"] != "model" and not (out / "vae" / VAE_STAGES[stage]["src"] / "config.json").is_file():
@@ -305,9 +393,13 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             t = time.time()
             tune_vae(out, budget, log, stage)
             timings[f"vae_{stage}_s"] = timings.get(f"vae_{stage}_s", 0) + time.time() - t
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    if stop_after_vae:
+        return run_vae(out)
     if not (out / "base" / "model_index.json").is_file():
-        comps = miniature_components(ablation=ablation)
-        comps["vae"] = AutoencoderKLWan.from_pretrained(run_vae(out))
+        vae = AutoencoderKLWan.from_pretrained(run_vae(out))
+        comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim)
+        comps["vae"] = vae
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
