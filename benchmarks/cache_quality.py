@@ -69,7 +69,8 @@ def main() -> None:
 
     block.forward = counted
     shift, solver = pipe.scheduler.config.flow_shift, solver_name(pipe.scheduler)
-    print(f"miniature MAGREF, {args.subjects} held-out subject(s), {args.cases} cases x {len(args.seeds)} seeds, {args.steps} steps, {solver} shift {shift:g}\n")
+    print(f"miniature MAGREF, {args.subjects} held-out subject(s), {args.cases} cases x {len(args.seeds)} seeds, "
+          f"{args.steps} steps, {solver} shift {shift:g}\n")
     print("| cache | learnt identity top-1 | learnt margin (logits) | PSNR vs no cache (dB) | full passes / video | seconds / video |")
     print("|---|---|---|---|---|---|")
     reference: dict = {}
@@ -107,7 +108,8 @@ def main() -> None:
                         mses.append(np.mean((frames.astype(np.float64) - reference[key]) ** 2))
             se = np.std(margins, ddof=1) / np.sqrt(len(margins)) if len(margins) > 1 else 0.0
             p = f"{psnr(np.mean(mses)):.1f}" if mses else "n/a"  # of the mean squared error over all videos
-            print(f"| {label} | {np.mean(hits):.3f} | {np.mean(margins):+.2f} ± {se:.2f} | {p} | {np.mean(n_passes):.1f} | {np.mean(seconds):.1f} |", flush=True)
+            print(f"| {label} | {np.mean(hits):.3f} | {np.mean(margins):+.2f} ± {se:.2f} | {p} | {np.mean(n_passes):.1f} | "
+                  f"{np.mean(seconds):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -73,14 +73,19 @@ def main() -> None:
     base, _ = peak_rss_gib([py, "-c", "import torch, diffusers, magref.checkpoints"])
     rows.append(("imports only (baseline)", base, None))
     for label, cmd in (
-        ("magref convert --component transformer --dtype bf16", [py, "-m", "magref.cli", "convert", str(src), str(dst), "--component", "transformer", "--dtype", "bf16", "--max-shard-size", args.max_shard_size]),
-        ("load official layout (magref.checkpoints.load_transformer, bf16), every weight read", [py, "-c", f"import torch; from magref.checkpoints import load_transformer; m = load_transformer({str(src)!r}, torch.bfloat16); {TOUCH}"]),
-        ("load converted (diffusers WanTransformer3DModel.from_pretrained, bf16), every weight read", [py, "-c", f"import torch; from diffusers import WanTransformer3DModel; m = WanTransformer3DModel.from_pretrained({str(dst)!r}, torch_dtype=torch.bfloat16); {TOUCH}"]),
+        ("magref convert --component transformer --dtype bf16",
+         [py, "-m", "magref.cli", "convert", str(src), str(dst), "--component", "transformer", "--dtype", "bf16", "--max-shard-size", args.max_shard_size]),
+        ("load official layout (magref.checkpoints.load_transformer, bf16), every weight read",
+         [py, "-c", f"import torch; from magref.checkpoints import load_transformer; m = load_transformer({str(src)!r}, torch.bfloat16); {TOUCH}"]),
+        ("load converted (diffusers WanTransformer3DModel.from_pretrained, bf16), every weight read",
+         [py, "-c", "import torch; from diffusers import WanTransformer3DModel; "
+                    f"m = WanTransformer3DModel.from_pretrained({str(dst)!r}, torch_dtype=torch.bfloat16); {TOUCH}"]),
     ):
         rss, seconds = peak_rss_gib(cmd)
         rows.append((label, rss, seconds))
 
-    print(f"\nSynthetic official MAGREF transformer: {args.layers} of 40 layers, real 14B widths, bf16 weights {weights_gib:.2f} GiB (written in {write_s:.0f} s)\n")
+    print(f"\nSynthetic official MAGREF transformer: {args.layers} of 40 layers, real 14B widths, "
+          f"bf16 weights {weights_gib:.2f} GiB (written in {write_s:.0f} s)\n")
     print("| step | peak RSS (GiB) | (peak - baseline) / weights | time (s) |")
     print("|---|---|---|---|")
     for label, rss, seconds in rows:

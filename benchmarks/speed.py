@@ -145,7 +145,8 @@ def main() -> None:
     ap.add_argument("--video-steps", type=int, default=40, help="steps of the whole video that the GPU rows project to")
     ap.add_argument("--only", default=ROWS, help=f"comma list of rows beside the eager baseline (default: all of {ROWS})")
     ap.add_argument("--whole", action="store_true", help="GPU: also time one whole --video-steps loop of the last compiled row")
-    ap.add_argument("--whole-caches", default="", help="GPU: whole loops of the last compiled row with step caches, e.g. taylorseer:3,fbcache:0.05 (not magcache) "
+    ap.add_argument("--whole-caches", default="",
+                    help="GPU: whole loops of the last compiled row with step caches, e.g. taylorseer:3,fbcache:0.05 (not magcache) "
                     "(taylorseer:N refreshes every N steps; fbcache:T is its threshold)")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -202,7 +203,8 @@ def main() -> None:
         model.set_attention_backend("native")
     if "lowmem" in only:  # weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
         lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)
-        lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, use_stream=gpu)
+        lowmem.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                                    num_blocks_per_group=1, use_stream=gpu)
         row("lowmem (group offloading, block level, two-pass)", False, lowmem)
         del lowmem
     if gpu:
@@ -364,7 +366,10 @@ def whole_cache_rows(model, x, text, image, device, steps, spec, step_seconds, u
             print(f"| {item} | not run: MagCache's ratios come from a calibrating loop of the trained model (`--video` times it on CPU) | | | | |")
             continue
         try:
-            params = {"cache_interval": int(value or acc.TAYLORSEER_INTERVAL)} if kind == "taylorseer" else {"threshold": acc.cache_threshold(kind, float(value) if value else None)}
+            if kind == "taylorseer":
+                params = {"cache_interval": int(value or acc.TAYLORSEER_INTERVAL)}
+            else:
+                params = {"threshold": acc.cache_threshold(kind, float(value) if value else None)}
             acc.enable_step_cache(P, kind, **params)
             latent, seconds = denoise(model, x, text, image, device, steps, batched=True)
         except Exception as e:  # noqa: BLE001 - one row

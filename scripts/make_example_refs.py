@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from magref.world.build import identity_ids
+from magref.world.identities import identity_ids
 from magref.world.render import identity, render_subject
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "src/magref/assets/examples")

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from magref.composition import RegionLayout
-from magref.world.evaluate import distractors_for, eval_cases, generate_case, identity_match
+from magref.world.evaluate import eval_cases, generate_case, identity_match
+from magref.world.identities import distractors_for
 from magref.world.train import pipeline_from_run
 
 IN_PLACE = RegionLayout.from_boxes([(18, 22, 46, 54)], 64, 64)  # about where a training subject starts

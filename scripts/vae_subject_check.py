@@ -21,9 +21,10 @@ from diffusers import AutoencoderKLWan
 from PIL import Image
 
 from magref.data.shards import ClipDataset
-from magref.world.build import identity_ids
+from magref.world.identities import identity_ids
 from magref.world.clips import make_clip
-from magref.world.evaluate import distractors_for, identity_match
+from magref.world.evaluate import identity_match
+from magref.world.identities import distractors_for
 from magref.world.render import identity
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import EXAMPLES, run_cli
@@ -47,7 +48,8 @@ def test_generate_with_layout_file_and_keep_first_frames(tmp_path):
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps({"boxes": [[0, 0, 48, 64], [48, 16, 96, 64]]}))
     out = tmp_path / "v.mp4"
-    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", CHAR, "--ref", MUG, *SMALL, "--layout", layout, "--keep-first-frames", "--solver", "dpm++", "--out", out)
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", CHAR, "--ref", MUG, *SMALL, "--layout", layout, "--keep-first-frames",
+                         "--solver", "dpm++", "--out", out)
     assert rc == 0, err
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["layout"]["boxes"] == [[0, 0, 48, 64], [48, 16, 96, 64]] and meta["output"]["frames"] == 9
@@ -73,7 +75,93 @@ BAD = {
     "unknown model path": (lambda d: ["--ref", CHAR, "--model", d / "no-such-model"], "Unknown model"),
     "model folder of the wrong kind": (lambda d: ["--ref", CHAR, "--model", d], "not a MagrefPipeline folder"),
     "too few frames": (lambda d: ["--ref", CHAR, "--frames", "1"], "leaves no frame"),
+    # numbers: non-finite, negative, out of range, beyond what a machine holds
+    "guidance nan": (lambda d: ["--ref", CHAR, "--guidance", "nan"], "not a finite number"),
+    "guidance inf": (lambda d: ["--ref", CHAR, "--guidance", "inf"], "not a finite number"),
+    "guidance negative": (lambda d: ["--ref", CHAR, "--guidance", "-1"], "negative"),
+    "shift nan": (lambda d: ["--ref", CHAR, "--shift", "nan"], "not a finite number"),
+    "shift zero": (lambda d: ["--ref", CHAR, "--shift", "0"], "must be positive"),
+    "shift negative": (lambda d: ["--ref", CHAR, "--shift", "-3"], "must be positive"),
+    "fps nan": (lambda d: ["--ref", CHAR, "--fps", "nan"], "not a finite number"),
+    "fps inf": (lambda d: ["--ref", CHAR, "--fps", "inf"], "not a finite number"),
+    "fps zero": (lambda d: ["--ref", CHAR, "--fps", "0"], "not between"),
+    "fps absurd": (lambda d: ["--ref", CHAR, "--fps", "100000"], "not between"),
+    "seed negative": (lambda d: ["--ref", CHAR, "--seed", "-1"], "outside 0..2^63-1"),
+    "seed too large": (lambda d: ["--ref", CHAR, "--seed", str(2**63)], "outside 0..2^63-1"),
+    "layout seed negative": (lambda d: ["--ref", CHAR, "--layout-seed", "-5"], "outside 0..2^63-1"),
+    "height absurd": (lambda d: ["--ref", CHAR, "--height", "100000"], "over the limit"),
+    "width absurd": (lambda d: ["--ref", CHAR, "--width", "99984"], "over the limit"),
+    "frames absurd": (lambda d: ["--ref", CHAR, "--frames", "100001"], "over the limit"),
+    "video too large": (lambda d: ["--ref", CHAR, "--height", "2048", "--width", "2048", "--frames", "161"], "pixels x frames"),
+    "height zero": (lambda d: ["--ref", CHAR, "--height", "0"], "positive multiple"),
+    "width negative": (lambda d: ["--ref", CHAR, "--width", "-16"], "positive multiple"),
+    "steps zero": (lambda d: ["--ref", CHAR, "--steps", "0"], "between 1 and"),
+    "steps absurd": (lambda d: ["--ref", CHAR, "--steps", "100000"], "between 1 and"),
+    "frames negative": (lambda d: ["--ref", CHAR, "--frames", "-3"], "4n+1"),
+    # layouts
+    "layout with 3 numbers": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32]]})], "four whole pixel numbers"),
+    "layout with 5 numbers": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32, 1]]})], "four whole pixel numbers"),
+    "layout with Infinity": (lambda d: ["--ref", CHAR, "--layout", _text(d / "l.json", '{"boxes": [[0, 0, Infinity, 64]]}')], "four whole pixel numbers"),
+    "layout with fractions": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 10.5, 64]]})], "four whole pixel numbers"),
+    "layout with strings": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [["0", "0", "32", "32"]]})], "four whole pixel numbers"),
+    "layout boxes a string": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": "0 0 32 32"})], "four whole pixel numbers"),
+    "layout integer placements": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"placement": [0, 1]})], "'placement' list"),
+    "layout a list": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", [[0, 0, 32, 32]])], "'boxes' list"),
+    "layout without boxes": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"cells": []})], "'boxes' list"),
+    "layout for another canvas": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32]], "height": 128, "width": 128})],
+                                  "canvas is 96x64"),
+    "layout box count": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32], [32, 0, 64, 32]]})], "places 2 reference"),
+    "layout box empty": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[10, 0, 10, 32]]})], "empty or outside"),
+    "layout missing file": (lambda d: ["--ref", CHAR, "--layout", d / "none.json"], "does not exist"),
+    "layout seed with nine refs": (lambda d: [*sum((["--ref", CHAR] for _ in range(9)), []), "--layout-seed", "1"], "at most 8"),
+    # references
+    "reference is a folder": (lambda d: ["--ref", d], "not a file"),
+    "empty image file": (lambda d: ["--ref", _text(d / "empty.png", "")], "not a readable image"),
+    "text file named png": (lambda d: ["--ref", _text(d / "fake.png", "hello")], "not a readable image"),
+    # model, LoRAs, device, output
+    "model defaults not json": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "{height: 64")], "not valid JSON"),
+    "model defaults not an object": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "[64, 64]")], "not a JSON object"),
+    "hub id offline": (lambda d: ["--ref", CHAR, "--model", "no-such-org/no-such-model"], "Could not load model"),
+    "lora missing": (lambda d: ["--ref", CHAR, "--lora", d / "nope.safetensors"], "does not exist"),
+    "lora not safetensors": (lambda d: ["--ref", CHAR, "--lora", __file__], "not a .safetensors file"),
+    "lora random bytes": (lambda d: ["--ref", CHAR, "--lora", _text(d / "l.safetensors", "garbage" * 10)], "not a readable safetensors file"),
+    "lora scale nan": (lambda d: ["--ref", CHAR, "--lora", _lora(d), "--lora-scale", "nan"], "not a finite number"),
+    "lora scales without loras": (lambda d: ["--ref", CHAR, "--lora-scale", "0.5"], "--lora-scale for 0 --lora"),
+    "device unknown": (lambda d: ["--ref", CHAR, "--device", "tpu"], "Unknown device"),
+    "output not mp4": (lambda d: ["--ref", CHAR, "--out", d / "out" / "v.avi"], "does not end in .mp4"),
+    "output is a folder": (lambda d: ["--ref", CHAR, "--out", _mkdir(d / "v.mp4")], "is a folder"),
+    "output under a file": (lambda d: ["--ref", CHAR, "--out", _text(d / "afile", "x") / "v.mp4"], "is a file"),
+    "output sidecar not ours": (lambda d: ["--ref", CHAR, "--out", _text(d / "mine.json", '{"my": "notes"}').with_suffix(".mp4")], "not a magref sidecar"),
+    "cache interval zero": (lambda d: ["--ref", CHAR, "--cache", "taylorseer", "--cache-interval", "0"], "cache interval"),
 }
+
+if not torch.cuda.is_available():  # on a GPU machine --device cuda is valid
+    BAD["device cuda without gpu"] = (lambda d: ["--ref", CHAR, "--device", "cuda"], "no CUDA GPU")
+
+
+def _lora(d):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, d / "lora.safetensors")
+    return d / "lora.safetensors"
+
+
+def _mkdir(p):
+    p.mkdir()
+    return p
+
+
+def _text(p, text):
+    p.write_text(text)
+    return p
+
+
+def _model_with_defaults(d, text):
+    m = d / "model"
+    m.mkdir()
+    (m / "model_index.json").write_text("{}")
+    (m / "generation_defaults.json").write_text(text)
+    return m
 
 
 def _write(p, obj):
@@ -85,7 +173,8 @@ def _write(p, obj):
 def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
     make_args, needle = BAD[case]
     out = tmp_path / "out" / "v.mp4"
-    args = ["generate", "--prompt", "x", *[str(a) for a in make_args(tmp_path)], "--height", "64", "--width", "96", "--frames", "9", "--steps", "1", "--out", out]
+    args = ["generate", "--prompt", "x", *[str(a) for a in make_args(tmp_path)], "--height", "64", "--width", "96", "--frames", "9", "--steps", "1",
+            "--out", out]
     if "--model" not in args:
         args += ["--model", "tiny-random"]
     # later options win in argparse, so the case's own --frames/--width override the small defaults
@@ -173,6 +262,70 @@ def test_batch_official_format_and_rerun_skips_all(tmp_path, monkeypatch):
     assert rc == 0 and "0 generated, 2 already complete" in stdout, err
 
 
+def test_batch_rerun_regenerates_items_whose_request_changed(tmp_path):
+    """A finished video counts as done only for the request it was made for: change an item's
+    prompt, a reference's pixels, a setting, or the command line's options, and it is made again."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.open(CHAR).save(refs / "a.png")
+    batch = tmp_path / "b.jsonl"
+
+    def write(items):
+        batch.write_text("".join(json.dumps(it) + "\n" for it in items))
+
+    items = [{"id": "one", "prompt": "x", "refs": [str(refs / "a.png")]}, {"id": "two", "prompt": "y", "refs": [str(MUG)], "seed": 1}]
+    write(items)
+    out = tmp_path / "out"
+
+    def rerun(*extra):
+        rc, stdout, err = run_cli("batch", batch, "--out-dir", out, *SMALL, *extra)
+        assert rc == 0, err
+        return stdout.strip().splitlines()[-1]
+
+    assert "2 generated" in rerun()
+    assert "0 generated, 2 already complete" in rerun()
+    items[0]["prompt"] = "x, changed"
+    write(items)
+    assert "1 generated, 1 already complete" in rerun()
+    Image.open(MUG).save(refs / "a.png")  # same path, other pixels
+    assert "1 generated, 1 already complete" in rerun()
+    items[1]["seed"] = 2
+    write(items)
+    assert "1 generated, 1 already complete" in rerun()
+    assert "2 generated" in rerun("--guidance", "4.0")  # an option for every item
+    assert json.loads((out / "two.json").read_text())["settings"]["guidance"] == 4.0
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("seed", "abc", "'seed' is 'abc', not a whole number"),
+    ("refs", 5, "'refs' is 5, not a list"),
+    ("refs", "a.png", "'refs' is 'a.png', not a list"),
+    ("frames", "13", "'frames' is '13', not a whole number"),
+    ("fps", "8", "'fps' is '8', not a number"),
+    ("keep_first_frames", "no", "'keep_first_frames' is 'no', not true or false"),
+    ("guidance", None, "not a number"),
+    ("layout", {"boxes": [[0, 0, 10]]}, "four whole pixel numbers"),
+    ("layout_seed", 1.5, "not a whole number"),
+    ("steps", True, "not a whole number"),
+])
+def test_batch_refuses_a_bad_field_in_any_item_before_generating(tmp_path, monkeypatch, field, value, needle):
+    """Every field of every item is checked, type and range, before the model loads: a bad
+    second item costs nothing, and the error names the item and the field."""
+    import magref.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before every item was checked")
+
+    monkeypatch.setattr(magref.models, "load_pipeline", no_model)
+    bad = {"id": "second", "prompt": "y", "refs": [str(CHAR)], field: value}
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(json.dumps({"id": "first", "prompt": "x", "refs": [str(CHAR)]}) + "\n" + json.dumps(bad) + "\n")
+    rc, _, err = run_cli("batch", batch, "--out-dir", tmp_path / "out", *SMALL)
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "'second' (line 2)" in err and needle in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):
     batch = tmp_path / "b.txt"
     batch.write_text(f"one@@x@@{CHAR}\n")
@@ -182,6 +335,39 @@ def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):
     assert not is_complete(out / "one.mp4")
     rc, stdout, _ = run_cli("batch", batch, "--out-dir", out, *SMALL)
     assert rc == 0 and "1 generated" in stdout and is_complete(out / "one.mp4")
+
+
+def test_a_request_is_validated_read_and_composed_once(tmp_path, monkeypatch):
+    """One path per request: `generate` validates its settings, reads each reference and composes
+    the canvas once (the pipeline takes the composition as it is); a batch does so once per item,
+    all before the model loads."""
+    import magref.composition
+    import magref.pipeline
+    import magref.request
+    from magref.request import GenerationSettings
+
+    counts = {"validate": 0, "read": 0, "compose": 0}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(GenerationSettings, "validate", counting("validate", GenerationSettings.validate))
+    monkeypatch.setattr(magref.request, "load_reference", counting("read", magref.request.load_reference))
+    compose = counting("compose", magref.composition.compose_references)
+    for module in (magref.composition, magref.request, magref.pipeline):
+        monkeypatch.setattr(module, "compose_references", compose)
+    rc, _, err = run_cli("generate", "--prompt", "two subjects", "--ref", CHAR, "--ref", MUG, "--out", tmp_path / "a.mp4", *SMALL)
+    assert rc == 0, err
+    assert counts == {"validate": 1, "read": 2, "compose": 1}
+    counts.update(validate=0, read=0, compose=0)
+    batch = tmp_path / "b.txt"
+    batch.write_text(f"one@@x@@{CHAR}\ntwo@@y@@{CHAR}@@{MUG}\nthree@@z@@{MUG}\n")
+    rc, _, err = run_cli("batch", batch, "--out-dir", tmp_path / "out", *SMALL)
+    assert rc == 0, err
+    assert counts == {"validate": 3, "read": 4, "compose": 3}
 
 
 @pytest.mark.parametrize(
@@ -274,7 +460,8 @@ def test_default_model_draws_the_bundled_example_subject(tmp_path):
     matcher and the learnt identity test both pick it over 7 distractors of the same kind, and it
     is the reference that put it there: the same command with a distractor's sprite as the
     reference matches it less on both."""
-    from magref.world.evaluate import distractors_for, identity_match, sprite_on_white
+    from magref.world.evaluate import identity_match, sprite_on_white
+    from magref.world.identities import distractors_for
     from magref.world.identify import identify_video, identity_hit, load_identifier
 
     ident = json.loads((EXAMPLES / "examples.json").read_text())["character.png"]["world_identity"]

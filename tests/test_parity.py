@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import golden, run_cli
 from magref import checkpoints as ck
-from magref.conditioning import clip_pixel_values
+from magref.conditioning import CLIP_MEAN, CLIP_STD, clip_image_processor, clip_pixel_values
 from magref.schedulers import make_scheduler
 
 TOL = 1e-4
@@ -140,7 +140,7 @@ def test_parity_clip():
     io = load_file(golden("encoders", "clip_io.safetensors"))
     model = ck.load_image_encoder(golden("encoders", "clip_visual_official.pth"), num_heads=cfg["num_heads"])
     size = (cfg["image_size"], cfg["image_size"])
-    pixel_values = clip_pixel_values(io["canvas"][None], size, ck.CLIP_MEAN, ck.CLIP_STD)
+    pixel_values = clip_pixel_values(io["canvas"][None], size, CLIP_MEAN, CLIP_STD)
     assert max_err(pixel_values, io["pixel_values"]) <= TOL
     with torch.no_grad():
         features = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
@@ -155,5 +155,5 @@ def test_parity_clip_through_pipeline_encode_image():
     cfg = json.loads(golden("encoders", "encoders.json").read_text())["clip_visual_config_official"]
     io = load_file(golden("encoders", "clip_io.safetensors"))
     encoder = ck.load_image_encoder(golden("encoders", "clip_visual_official.pth"), num_heads=cfg["num_heads"])
-    pipe = MagrefPipeline(**{**tiny_components(), "image_encoder": encoder, "image_processor": ck.clip_image_processor(cfg["image_size"])})
+    pipe = MagrefPipeline(**{**tiny_components(), "image_encoder": encoder, "image_processor": clip_image_processor(cfg["image_size"])})
     assert max_err(pipe.encode_image(io["canvas"][None], torch.device("cpu")), io["features"]) <= TOL

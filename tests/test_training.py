@@ -162,7 +162,8 @@ def test_trained_lora_loads_and_changes_output(tmp_path, dataset):
     both = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     fused = tiny_random_pipeline()
     records = apply_loras(fused, [resolve_lora(lora.parent), resolve_lora(other, 0.5)])
-    assert not hasattr(fused.transformer, "peft_config") and [(r["file"], r["scale"]) for r in records] == [(str(lora), 1.0), (str(other / "pytorch_lora_weights.safetensors"), 0.5)]
+    assert not hasattr(fused.transformer, "peft_config")
+    assert [(r["file"], r["scale"]) for r in records] == [(str(lora), 1.0), (str(other / "pytorch_lora_weights.safetensors"), 0.5)]
     torch.testing.assert_close(fused(**kw, generator=torch.Generator().manual_seed(0)).frames, both, atol=1e-4, rtol=0)
 
     # through the CLI: recorded in the sidecar (and in the fingerprint MagCache keys on); scale 0 is the base model

@@ -11,7 +11,8 @@ from magref.errors import MagrefInputError
 
 from magref.data.shards import ClipDataset
 from magref.world import identity, make_clip, render_subject
-from magref.world.build import build_world_dataset, identity_ids
+from magref.world.build import build_world_dataset
+from magref.world.identities import identity_ids
 from magref.world.clips import caption
 from magref.world.render import PALETTE, is_held_out
 
@@ -69,6 +70,28 @@ def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
             clip = make_clip([identity(j) for j in ids], rng, 9, 64, 64)
             assert ids == s.meta["identities"] and np.array_equal(clip.frames, s.frames)
             assert s.masks.dtype == np.uint8 and np.array_equal(s.masks, clip.masks.any(0)) and s.masks.sum() > 0
+
+
+def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_path):
+    """Recipe 2 (beyond the paper): clips of 1-3 training identities, a cut-out of each visible
+    subject, the counts recorded in the manifest; a run refuses data of the other recipe."""
+    manifest = build_world_dataset(tmp_path / "multi", 12, "train", frames=9, subjects=(1, 2, 3), cutout_frame=0)
+    assert manifest["world"]["subjects"] == [1, 2, 3]
+    ds = ClipDataset(tmp_path / "multi")
+    counts = [len(ds[i].meta["identities"]) for i in range(len(ds))]
+    assert set(counts) == {1, 2, 3}
+    for i in range(len(ds)):
+        s = ds[i]
+        assert 1 <= len(s.subjects) <= len(s.meta["identities"]) and not any(is_held_out(j) for j in s.meta["identities"])
+    import shutil
+
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.train import run
+
+    shutil.copytree(tmp_path / "multi", tmp_path / "run" / "data")
+
+    with pytest.raises(MagrefInputError, match="not those of recipe 'single'"):
+        run(tmp_path / "run", vae_from=WORLD_VAE_PATH, clips=12, dit_steps=1, batch_size=1, recipe="single", log=lambda *a: None)
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):
@@ -240,7 +263,9 @@ def test_identifier_training_writes_a_loadable_model_without_machine_paths(tmp_p
 
     report = train_identifier(tmp_path / "id", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=2, log=lambda *_: None)
     judge = load_identifier(tmp_path / "id")
-    assert judge.ids == identity_ids("heldout") and set(report["ceiling"]) == {"rendered top-1", "decoded top-1"}
+    assert judge.ids == identity_ids("heldout")
+    # overall and by subject count (2 clips: one of 1 subject, one of 2)
+    assert set(report["ceiling"]) == {f"{w} top-1{n}" for w in ("rendered", "decoded") for n in ("", ", 1 subjects", ", 2 subjects")}
     assert "/" not in json.loads((tmp_path / "id" / "config.json").read_text())["vae"]
     with pytest.raises(MagrefInputError, match="No identity classifier"):
         load_identifier(tmp_path / "nothing")
@@ -358,3 +383,17 @@ def test_world_train_starts_from_the_bundled_vae(tmp_path):
     assert again.manifest["world"]["captions"] == "kind"
     assert [again[i].caption for i in range(len(again))] == [
         caption([identity(j) for j in s.meta["identities"]], s.meta["motions"], s.meta["scene"], "kind") for s in samples]
+
+
+def test_world_evaluate_case_seed_draws_fresh_cases_and_keeps_them_apart(tmp_path):
+    """--case-seed N scores cases no table was made from; results record it, and a folder of one
+    case seed refuses another (the same case names would be other cases)."""
+    from magref.world.evaluate import eval_cases, evaluate
+
+    assert [c.ids for c in eval_cases(2, 4, seed=5)] != [c.ids for c in eval_cases(2, 4, seed=2)]
+    evaluate({}, tmp_path / "e5", subjects=(1,), cases=2, seeds=(0,), case_seed=5, log=lambda *a: None)
+    rows = [json.loads(line) for line in (tmp_path / "e5" / "results.jsonl").read_text().splitlines()]
+    assert {r["case_seed"] for r in rows} == {5} and [r["ids"] for r in rows] == [c.ids for c in eval_cases(1, 2, seed=5)]
+    assert json.loads((tmp_path / "e5" / "summary.json").read_text())["settings"]["case_seed"] == 5
+    with pytest.raises(MagrefInputError, match="case seed 5"):
+        evaluate({}, tmp_path / "e5", subjects=(1,), cases=2, seeds=(0,), case_seed=2, log=lambda *a: None)

@@ -15,6 +15,7 @@ batched CFG and regional compile, `lowmem` streams weights from host memory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -27,12 +28,10 @@ import torch
 
 from .errors import MagrefInputError
 
-PRESETS = {
-    "quality": dict(batched_cfg=False, compile=False, offload=False),
-    "fast": dict(batched_cfg=True, compile=True, offload=False),
-    "lowmem": dict(batched_cfg=False, compile=False, offload=True),
-}
-CACHES = ("none", "fbcache", "taylorseer", "magcache")
+from .defaults import CACHES, PRESETS  # noqa: F401 (re-exported: acceleration.PRESETS)
+from .distributed import default_device
+from .distributed import init_from_env as init_distributed_from_env
+
 # Default skip thresholds: diffusers' first-block cache example value, and MagCache's for Wan.
 CACHE_THRESHOLDS = {"fbcache": 0.05, "magcache": 0.06}
 TAYLORSEER_INTERVAL = 2  # a full pass every 2 steps: diffusers says 5; 2 kept the trained miniature near its uncached videos (benchmarks/cache_quality.py)
@@ -93,7 +92,7 @@ def enable_fp8(pipe, mode: str = "weights", device: torch.device | None = None) 
 
         quantize_(pipe.transformer, Float8WeightOnlyConfig())
         return {"fp8": "weights", "fp8_weights": "torchao Float8WeightOnly (transformer linears)", "transformer_weight_bytes_before": before}
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         raise MagrefInputError(f"fp8 compute needs fp8 matmuls, which {where} does not have.",
@@ -307,16 +306,56 @@ def shard_encoders(pipe) -> dict:
     return done
 
 
-def init_distributed_from_env() -> tuple[int, int]:
-    """(rank, world size); initialises the default group when torchrun started us."""
-    import os
+# ----------------------------------------------------------------------------------------------
+# One model's whole set-up, as `generate`, `batch` and the app ask for it
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AccelerationOptions:
+    preset: str = "quality"
+    cache: str = "none"
+    cache_threshold: float | None = None  # default: CACHE_THRESHOLDS
+    cache_interval: int | None = None  # TaylorSeer; default: TAYLORSEER_INTERVAL
+    attention: str | None = None  # diffusers' dispatcher backend; None: its default
+    device: str | None = None  # default: cuda when available
+    fp8: str | None = None  # "weights" or "compute"
 
-    import torch.distributed as dist
+    def resolve_device(self) -> torch.device:
+        if self.device:
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise MagrefInputError(f"Unknown device {self.device!r}.", "use --device cpu or --device cuda (cuda:N for one GPU of several).") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise MagrefInputError(f"--device {self.device} was asked for, but this machine has no CUDA GPU that torch can use.",
+                                       "leave --device out (cuda when available, else cpu) or pass --device cpu.")
+            return device
+        return default_device()
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+
+def accelerate(pipe, options: AccelerationOptions) -> tuple[int, dict]:
+    """Apply a preset, fp8, the attention backend and a step cache, and context parallelism under
+    torchrun; returns (rank, what was applied, for the sidecar). MagCache is set up per job
+    (`job_step_cache`): its ratios depend on the job's steps and shift."""
+    rank, world = init_distributed_from_env()
+    device = options.resolve_device()
+    fp8 = enable_fp8(pipe, options.fp8, device) if options.fp8 else {}
+    applied = {**apply_preset(pipe, options.preset, device), **fp8}
+    set_attention_backend(pipe, options.attention, device)
+    applied["attention"] = options.attention or "default"
+    if options.cache == "magcache":
+        applied.update(cache="magcache", cache_threshold=cache_threshold("magcache", options.cache_threshold))
+    else:
+        applied.update(enable_step_cache(pipe, options.cache, threshold=options.cache_threshold, cache_interval=options.cache_interval))
+    if world > 1:
+        applied["context_parallel"] = {"ulysses_degree": enable_context_parallel(pipe), "world_size": world}
+        if not PRESETS[options.preset]["offload"]:  # lowmem streams the encoders from host memory instead
+            applied["sharded_encoders"] = shard_encoders(pipe)
+    return rank, applied
+
+
+def job_step_cache(pipe, applied: dict, fingerprint: str, steps: int, shift: float, solver: str):
+    """The step cache of one job: MagCache's, calibrated or loaded for this model and schedule,
+    when `accelerate` deferred it; else nothing (the other caches live on the transformer)."""
+    if applied.get("cache") == "magcache":
+        return mag_cache(pipe, fingerprint, steps, shift, solver, applied.get("cache_threshold"))
+    return contextlib.nullcontext({})

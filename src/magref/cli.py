@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .defaults import DEFAULTS, MINIATURE_BUDGET
+from .defaults import CACHES, DEFAULTS, MINIATURE_BUDGET, OFFICIAL_SETTINGS, PRESETS, SOLVER_CHOICES
 from .errors import MagrefInputError
 
 EXIT_USAGE = 2
@@ -27,25 +27,26 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     g.add_argument("--lora-scale", action="append", type=float, default=None,
                    help="each LoRA's strength, one per --lora in order (default 1.0; 0 leaves the base model)")
     d = "the model's own (generation_defaults.json), else the official 480p value: "
-    g.add_argument("--height", type=int, default=None, help=d + str(DEFAULTS["height"]))
-    g.add_argument("--width", type=int, default=None, help=d + str(DEFAULTS["width"]))
-    g.add_argument("--frames", type=int, default=None, help="4n+1 frames; " + d + str(DEFAULTS["num_frames"]))
-    g.add_argument("--steps", type=int, default=None, help=d + str(DEFAULTS["num_inference_steps"]))
-    g.add_argument("--guidance", type=float, default=None, help=d + str(DEFAULTS["guidance_scale"]))
-    g.add_argument("--shift", type=float, default=None, help="flow shift (3.0 at 480p, 5.0 at 720p); " + d + str(DEFAULTS["shift"]))
-    g.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    g.add_argument("--solver", choices=["unipc", "dpm++"], default="unipc")
+    g.add_argument("--height", type=int, default=None, help=d + str(OFFICIAL_SETTINGS["height"]))
+    g.add_argument("--width", type=int, default=None, help=d + str(OFFICIAL_SETTINGS["width"]))
+    g.add_argument("--frames", type=int, default=None, help="4n+1 frames; " + d + str(OFFICIAL_SETTINGS["frames"]))
+    g.add_argument("--steps", type=int, default=None, help=d + str(OFFICIAL_SETTINGS["steps"]))
+    g.add_argument("--guidance", type=float, default=None, help=d + str(OFFICIAL_SETTINGS["guidance"]))
+    g.add_argument("--shift", type=float, default=None, help="flow shift (3.0 at 480p, 5.0 at 720p); " + d + str(OFFICIAL_SETTINGS["shift"]))
+    g.add_argument("--seed", type=int, default=None, help=d + str(OFFICIAL_SETTINGS["seed"]))
+    g.add_argument("--solver", choices=SOLVER_CHOICES, default=None, help=d + OFFICIAL_SETTINGS["solver"])
     g.add_argument("--layout", default=None, help="layout JSON: one box [x0, y0, x1, y1] per reference")
     g.add_argument("--layout-seed", type=int, default=None, help="official random placement for random.seed(N)")
     g.add_argument("--negative-prompt", default=None, help="default: the model's own, else Wan's negative prompt plus 'camera shake'")
-    g.add_argument("--fps", type=float, default=None, help=d + str(DEFAULTS["fps"]))
+    g.add_argument("--fps", type=float, default=None, help=d + str(OFFICIAL_SETTINGS["fps"]))
     g.add_argument("--keep-first-frames", action="store_true", help="keep the first 4 decoded frames (the official output drops them)")
     a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
-    a.add_argument("--preset", choices=["quality", "fast", "lowmem"], default="quality",
+    a.add_argument("--preset", choices=list(PRESETS), default="quality",
                    help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
-    a.add_argument("--cache", choices=["none", "fbcache", "taylorseer", "magcache"], default="none",
+    a.add_argument("--cache", choices=CACHES, default="none",
                    help="step cache (changes the output slightly); magcache: the first video of a model and schedule calibrates it (no speed-up)")
-    a.add_argument("--cache-threshold", type=float, default=None, help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
+    a.add_argument("--cache-threshold", type=float, default=None,
+                   help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
     a.add_argument("--cache-interval", type=int, default=None, help="TaylorSeer: a full transformer pass every N steps, extrapolated between "
                    "(default acceleration.TAYLORSEER_INTERVAL)")
     a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
@@ -55,43 +56,40 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
                         "or compute (fp8 matmuls, faster; GPU of compute capability 8.9+)")
 
 
-def _settings_dict(args) -> dict:
-    """The command line's settings; what it leaves out comes from the model's own defaults."""
-    from .models import generation_defaults
-
-    given = {k: getattr(args, k) for k in ("negative_prompt", "height", "width", "frames", "steps", "guidance", "shift", "fps")}
-    defaults = generation_defaults(args.model)
-    return dict(
-        **{k: defaults[k] if v is None else v for k, v in given.items()},
-        seed=args.seed,
-        solver=args.solver,
-        layout=args.layout,
-        layout_seed=args.layout_seed,
-        keep_first_frames=args.keep_first_frames,
-    )
+SETTING_OPTIONS = ("negative_prompt", "height", "width", "frames", "steps", "guidance", "shift", "seed", "solver", "layout", "layout_seed", "fps")
+ACCELERATION_OPTIONS = ("preset", "cache", "cache_threshold", "cache_interval", "attention", "device", "fp8")
 
 
-def _check_out(path: Path, suffix: str) -> None:
-    if path.suffix.lower() != suffix:
-        raise MagrefInputError(f"Output {path} does not end in {suffix}.", f"name the output like out{suffix}.")
+def _options(args) -> dict:
+    """The generate options as given (None: not given, the model's own default applies)."""
+    return {**{k: getattr(args, k) for k in SETTING_OPTIONS}, "keep_first_frames": args.keep_first_frames or None}
+
+
+def _model(args):
+    from .request import ModelSpec
+
+    return ModelSpec.resolve(args.model, args.lora, args.lora_scale)
+
+
+def _load(spec, args):
+    from .acceleration import AccelerationOptions
+    from .jobs import LoadedModel
+
+    return LoadedModel.load(spec, AccelerationOptions(**{k: getattr(args, k) for k in ACCELERATION_OPTIONS}))
 
 
 def cmd_generate(args) -> int:
-    from .jobs import GenerationSettings
-
-    out = Path(args.out)
-    _check_out(out, ".mp4")
-    settings = GenerationSettings(prompt=args.prompt, refs=args.ref, **_settings_dict(args))
-    prepared = settings.load()  # all input errors surface here, before the model loads
-    loras = _loras(args)
-
     from .jobs import run_job
-    from .models import DEFAULT_MODEL
+    from .request import GenerationRequest
 
-    pipe, fingerprint, records = _load_model(args, loras)
-    rank, accel = _accelerate(pipe, args)
-    sidecar = run_job(pipe, settings, out, args.model or DEFAULT_MODEL, fingerprint, prepared, accel, write=rank == 0, loras=records)
-    if rank != 0:
+    from .io import check_output_video
+
+    out = check_output_video(args.out)
+    spec = _model(args)
+    request = GenerationRequest.prepare(spec.settings(_options(args), prompt=args.prompt, refs=args.ref), spec)  # all input errors, before the model loads
+    model = _load(spec, args)
+    sidecar = run_job(model, request, out)
+    if not model.writes:
         return 0
     o = sidecar["output"]
     print(f"wrote {out} ({o['frames']} frames, {o['width']}x{o['height']}, {sidecar['timings_s']['generate']:.1f}s) and {out.with_suffix('.json')}")
@@ -101,77 +99,21 @@ def cmd_generate(args) -> int:
 def cmd_batch(args) -> int:
     from .jobs import parse_batch
 
-    items = parse_batch(args.file, _settings_dict(args))
-    return _run_items(args, items)
+    spec = _model(args)
+    return _run_items(args, spec, parse_batch(args.file, spec, _options(args)))
 
 
-def _run_items(args, items) -> int:
-    """Validate every item before loading the model (a bad item costs nothing), then run them."""
-    from .io import is_complete
-    from .jobs import batch_video, check_items, run_batch
-    from .models import DEFAULT_MODEL
+def _run_items(args, spec, items) -> int:
+    """Every item prepared (validated, composed) before the model loads, so a bad item costs
+    nothing; a finished batch rerun loads no model at all."""
+    from .io import check_output_dir
+    from .jobs import pending, prepare_items, run_batch
 
-    check_items(items)
-    loras = _loras(args)
-    if all(is_complete(batch_video(args.out_dir, it)) for it in items):  # a finished batch rerun: no model to load
-        run_batch(None, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint="", write=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
-        return 0
-    pipe, fingerprint, records = _load_model(args, loras)
-    rank, accel = _accelerate(pipe, args)
-    run_batch(pipe, items, args.out_dir, args.model or DEFAULT_MODEL, fingerprint, acceleration=accel, write=rank == 0, loras=records)
+    check_output_dir(args.out_dir)
+    prepare_items(items, spec)
+    model = _load(spec, args) if pending(items, args.out_dir) else None
+    run_batch(model, items, args.out_dir, writes=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
     return 0
-
-
-def _loras(args) -> list[dict]:
-    """The LoRAs of --lora/--lora-scale, each found (and fetched if a hub id) before the model
-    loads, so a bad one costs nothing (models.resolve_lora)."""
-    from .models import resolve_lora
-
-    loras, scales = args.lora or [], args.lora_scale or []
-    if scales and len(scales) != len(loras):
-        raise MagrefInputError(f"{len(scales)} --lora-scale for {len(loras)} --lora.", "give one --lora-scale per --lora, in the same order, or none (1.0 each).")
-    return [resolve_lora(path, scale) for path, scale in zip(loras, scales or [1.0] * len(loras))]
-
-
-def _load_model(args, loras: list[dict]):
-    """(pipeline, fingerprint, LoRA records). The fingerprint is of the weights as loaded, LoRAs
-    included (MagCache's ratios are kept per fingerprint), before fp8 or offloading."""
-    import hashlib
-
-    from .models import apply_loras, load_pipeline, model_fingerprint
-
-    pipe = load_pipeline(args.model)
-    fingerprint = model_fingerprint(args.model, pipe)
-    records = apply_loras(pipe, loras)
-    if records:
-        fingerprint = "sha256:" + hashlib.sha256(" ".join([fingerprint] + [f"{r['sha256']}@{r['scale']}" for r in records]).encode()).hexdigest()[:16]
-    return pipe, fingerprint, records
-
-
-def _accelerate(pipe, args) -> tuple[int, dict]:
-    """Apply --preset/--cache/--attention, and context parallelism under torchrun."""
-    import torch
-
-    from . import acceleration as acc
-
-    rank, world = acc.init_distributed_from_env()
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    fp8 = acc.enable_fp8(pipe, args.fp8, device) if args.fp8 else {}
-    applied = {**acc.apply_preset(pipe, args.preset, device), **fp8}
-    acc.set_attention_backend(pipe, args.attention, device)
-    applied["attention"] = args.attention or "default"
-    if args.cache == "magcache":  # set up per job: its ratios depend on the job's steps and shift (jobs.run_job)
-        applied.update(cache="magcache", cache_threshold=acc.cache_threshold("magcache", args.cache_threshold))
-    else:
-        applied.update(acc.enable_step_cache(pipe, args.cache, threshold=args.cache_threshold, cache_interval=args.cache_interval))
-    if world > 1:
-        applied["context_parallel"] = {"ulysses_degree": acc.enable_context_parallel(pipe), "world_size": world}
-        if not acc.PRESETS[args.preset]["offload"]:  # lowmem streams the encoders from host memory instead
-            applied["sharded_encoders"] = acc.shard_encoders(pipe)
-    return rank, applied
 
 
 def cmd_compose(args) -> int:
@@ -232,11 +174,11 @@ def cmd_train(args) -> int:
 
 def cmd_bench_generate(args) -> int:
     from .bench.cases import load_cases
-    from .jobs import BatchItem, GenerationSettings
+    from .jobs import BatchItem
 
-    cases = load_cases(args.cases)
-    items = [BatchItem(c.id, GenerationSettings(prompt=c.prompt, refs=[r.path for r in c.refs], **_settings_dict(args))) for c in cases]
-    return _run_items(args, items)
+    spec = _model(args)
+    items = [BatchItem(c.id, spec.settings(_options(args), prompt=c.prompt, refs=[r.path for r in c.refs])) for c in load_cases(args.cases)]
+    return _run_items(args, spec, items)
 
 
 def cmd_bench_score(args) -> int:
@@ -273,7 +215,7 @@ def cmd_world_train(args) -> int:
 
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
-        subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only)
+        subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe)
     return 0
 
 
@@ -302,7 +244,7 @@ def cmd_world_evaluate(args) -> int:
             raise MagrefInputError(f"--model {item!r} is not NAME=SPEC.", "write e.g. --model magref=~/.cache/magref/world@1500.")
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
-             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier)
+             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier, case_seed=args.case_seed)
     return 0
 
 
@@ -408,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-stride", type=int, choices=[4, 8], default=8,
                    help="the VAE's spatial stride: 8 (the shipped miniature) or 4 (16x16 latents at 64x64, room for several subjects)")
     p.add_argument("--vae-only", action="store_true", help="stop once the VAE stages are done")
+    p.add_argument("--recipe", choices=["single", "multi"], default="single",
+                   help="training clips: single subject (the paper's setting) or 1-3 subjects each (beyond the paper)")
     p.add_argument("--device", default=None, help="where the VAE stages run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
@@ -433,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
+    p.add_argument("--case-seed", type=int, default=2,
+                   help="which cases (identities, motions, scenes) are drawn; 2 made the docs' tables, another gives fresh cases (recorded in the results)")
     p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one, assets/world/identifier)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")

@@ -45,6 +45,19 @@ def grid_cells(num_cells: int, height: int, width: int) -> list[Box]:
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
 
 
+def _box(values) -> Box:
+    """Four whole pixel numbers; anything else (3 or 5 numbers, 1.5, Infinity, a string) is a
+    ValueError/TypeError that `RegionLayout.from_json` reports as one line."""
+    if isinstance(values, (str, bytes, dict)) or len(values) != 4:
+        raise ValueError("a box is [x0, y0, x1, y1]")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer():
+            raise ValueError("box coordinates are whole pixels")
+        out.append(int(v))
+    return tuple(out)
+
+
 def grid_size_for(num_references: int) -> int:
     """Smallest official grid that holds `num_references`."""
     if num_references < 1:
@@ -99,7 +112,7 @@ class RegionLayout:
     @classmethod
     def from_boxes(cls, boxes: Sequence[Sequence[int]], height: int, width: int) -> "RegionLayout":
         """An explicit user layout: `boxes[i]` is the region of reference i."""
-        cells = tuple(tuple(int(v) for v in b) for b in boxes)
+        cells = tuple(_box(b) for b in boxes)
         return cls(height, width, cells, tuple((i, i) for i in range(len(cells))), "user")
 
     @classmethod
@@ -115,26 +128,34 @@ class RegionLayout:
             try:
                 data = json.loads(source.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise MagrefInputError(f"Layout file {source} is not valid JSON ({e}).", "fix the file; see docs/layouts.md.") from None
+                raise MagrefInputError(f"Layout file {source} is not valid JSON ({e}).",
+                                       'fix the file; write it as {"boxes": [[x0, y0, x1, y1], ...]}.') from None
         where = f"layout file {source}" if source else "layout"
-        h = int(data.get("height", height or 0)) if height is None else height
-        w = int(data.get("width", width or 0)) if width is None else width
         try:
+            if not isinstance(data, dict):
+                raise TypeError("a layout is a JSON object")
+            h = int(data.get("height", height or 0)) if height is None else height
+            w = int(data.get("width", width or 0)) if width is None else width
+            stated = (data.get("height", h), data.get("width", w))
             if "placement" in data:
-                cells = [tuple(int(v) for v in (p.get("box") or p["cell_x0y0x1y1"])) for p in data["placement"]]
+                cells = [_box(p.get("box") or p["cell_x0y0x1y1"]) for p in data["placement"]]
                 refs = [int(p["ref"]) for p in data["placement"]]
-                extra = [tuple(int(v) for v in c) for c in data.get("cells", []) if tuple(c) not in cells]
+                extra = [_box(c) for c in data.get("cells", []) if tuple(c) not in cells]
                 layout = cls(h, w, tuple(cells + extra), tuple((r, k) for k, r in enumerate(refs)), "user")
             elif "boxes" in data:
                 layout = cls.from_boxes(data["boxes"], h, w)
             else:
                 raise KeyError("boxes")
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             raise MagrefInputError(
-                f"The {where} needs a 'boxes' list ([[x0, y0, x1, y1], ...], one per reference) "
+                f"The {where} needs a 'boxes' list ([[x0, y0, x1, y1], ...], four whole pixel numbers per reference) "
                 "or a 'placement' list.",
                 'write it as {"boxes": [[0, 0, 416, 480], [416, 0, 832, 480]]}.',
             ) from None
+        if stated != (h, w):  # a layout made for another canvas would put every box elsewhere
+            raise MagrefInputError(
+                f"The {where} is for a {stated[1]}x{stated[0]} canvas but the canvas is {w}x{h}.",
+                f"generate at --width {stated[1]} --height {stated[0]}, or remove 'height' and 'width' from the layout to use its boxes as they are.")
         return layout
 
     # -- views --------------------------------------------------------------------------------

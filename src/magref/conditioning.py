@@ -92,6 +92,17 @@ def model_output(prediction: torch.Tensor, mode: str = "channel") -> torch.Tenso
     return prediction[:, :, :-1] if mode == "tokens" else prediction
 
 
+def clip_image_processor(image_size: int):
+    """A CLIP image processor with the official mean/std at `image_size`: models store it as
+    their `image_processor` component; `encode_image` reads its size, mean and std."""
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - transformers 4.x
+        from transformers import CLIPImageProcessor
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+
 def clip_pixel_values(
     canvas: torch.Tensor, size: tuple[int, int], mean: list[float], std: list[float]
 ) -> torch.Tensor:

@@ -10,6 +10,20 @@ MAGREF_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
 
 # Official defaults (480p checkpoint).
 DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=40, guidance_scale=5.0, shift=3.0, fps=15, seed=3407)
+# The same values under the names of GenerationSettings and the CLI (`--frames`, `--steps`,
+# `--guidance`); the pipeline keeps diffusers' names above. Every default reads one of these two.
+OFFICIAL_SETTINGS = dict(height=DEFAULTS["height"], width=DEFAULTS["width"], frames=DEFAULTS["num_frames"], steps=DEFAULTS["num_inference_steps"],
+                         guidance=DEFAULTS["guidance_scale"], shift=DEFAULTS["shift"], fps=DEFAULTS["fps"], seed=DEFAULTS["seed"], solver="unipc")
+SOLVER_CHOICES = ("unipc", "dpm++")  # the official flow UniPC and DPM++ (schedulers.py)
+
+# Speed presets and step caches (acceleration.py applies them); here so the CLI lists them
+# without importing torch.
+PRESETS = {
+    "quality": dict(batched_cfg=False, compile=False, offload=False),
+    "fast": dict(batched_cfg=True, compile=True, offload=False),
+    "lowmem": dict(batched_cfg=False, compile=False, offload=True),
+}
+CACHES = ("none", "fbcache", "taylorseer", "magcache")
 DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them
 
 # `magref world train`'s budget: the recipe of the bundled miniature (`assets/models/miniature`).

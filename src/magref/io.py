@@ -126,6 +126,44 @@ def sidecar_path(video_path: str | os.PathLike) -> Path:
     return Path(video_path).with_suffix(".json")
 
 
+def check_output_video(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output that could not be written or would overwrite what is
+    not ours: not .mp4, a folder of that name, a parent that is a file or not writable, or a
+    sidecar name taken by a JSON file that magref did not write."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise MagrefInputError(f"Output {path} does not end in .mp4.", "name the output like out.mp4.")
+    if path.is_dir():
+        raise MagrefInputError(f"Output {path} is a folder.", "name a file inside it, e.g. --out " + str(path / "video.mp4") + ".")
+    check_output_dir(path.parent, what="Output folder")
+    side = sidecar_path(path)
+    if side.exists() and not _is_magref_sidecar(side):
+        raise MagrefInputError(f"{side} exists and is not a magref sidecar; writing {path.name} would overwrite it.",
+                               "choose another --out name, or move that file.")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "Output folder") -> Path:
+    """The folder, or its nearest existing parent, must be a writable folder."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MagrefInputError(f"{what} {path} cannot be made: {probe} is a file.", "choose another output place.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MagrefInputError(f"{what} {path} is not writable ({probe} does not allow it).", "choose a place you can write to.")
+    return path
+
+
+def _is_magref_sidecar(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(meta, dict) and "magref_version" in meta
+
+
 def is_complete(video_path: str | os.PathLike) -> bool:
     """A video is complete when its sidecar says so and the mp4 has the recorded size and hash."""
     video_path = Path(video_path)
@@ -142,3 +180,12 @@ def is_complete(video_path: str | os.PathLike) -> bool:
         and out.get("bytes") == video_path.stat().st_size
         and out.get("sha256") == sha256_file(video_path)
     )
+
+
+def parse_official_line(line: str, where: str) -> tuple[str, str, list[str]]:
+    """One line of the official prompt file, `name@@prompt@@image[@@image...]`: (name, prompt,
+    image paths as written). Read by `magref batch` and the benchmark's case files alike."""
+    parts = [p.strip() for p in line.split("@@")]
+    if len(parts) < 3 or not any(parts[2:]):
+        raise MagrefInputError(f"{where} is not 'name@@prompt@@image[@@image...]'.", "give a name, a prompt and at least one image.")
+    return parts[0], parts[1], [p for p in parts[2:] if p]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import warnings
 from pathlib import Path
@@ -117,6 +118,15 @@ def resolve_lora(path: str | Path, scale: float = 1.0) -> dict:
         p = files[0]
     elif p.suffix != ".safetensors":
         raise MagrefInputError(f"LoRA {p} is not a .safetensors file.", fix)
+    try:  # the header only: a truncated or foreign file is refused before the model loads
+        from safetensors import safe_open
+
+        with safe_open(str(p), "pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise MagrefInputError(f"LoRA {p} is not a readable safetensors file ({type(e).__name__}).", fix) from None
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise MagrefInputError(f"LoRA scale {scale} is not a finite number.", "use e.g. --lora-scale 1.0.")
     return {**hub, "file": str(p), "scale": scale}
 
 
@@ -154,18 +164,53 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
 
 def generation_defaults(model: str | None) -> dict:
     """Settings a model was made for (`generation_defaults.json` in its folder: height, width,
-    frames, steps, guidance, shift, fps, negative_prompt), over the official 480p defaults. Read
-    without loading weights, so input checks still come before the model loads."""
+    frames, steps, guidance, shift, fps, negative_prompt, ...), over the official 480p defaults
+    (`defaults.OFFICIAL_SETTINGS`), keyed as GenerationSettings. Read without loading weights,
+    so input checks still come before the model loads."""
     import json
 
-    from .defaults import DEFAULTS
+    from .defaults import OFFICIAL_SETTINGS
 
-    out = dict(height=DEFAULTS["height"], width=DEFAULTS["width"], frames=DEFAULTS["num_frames"], steps=DEFAULTS["num_inference_steps"],
-               guidance=DEFAULTS["guidance_scale"], shift=DEFAULTS["shift"], fps=DEFAULTS["fps"], negative_prompt=None)
+    out = dict(OFFICIAL_SETTINGS, negative_prompt=None)
     path = _local_path(model or DEFAULT_MODEL) / DEFAULTS_FILE
     if path.is_file():
-        out.update({k: v for k, v in json.loads(path.read_text()).items() if k in out})
+        try:
+            given = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}).", f"fix or delete {path.name}; the official defaults apply without it.") from None
+        if not isinstance(given, dict):
+            raise CheckpointError(f"{path} is not a JSON object of settings.", 'write e.g. {"height": 64, "width": 64, "frames": 13}.')
+        out.update({k: v for k, v in given.items() if k in out})
     return out
+
+
+def spatial_geometry(model: str | None) -> tuple[int, int]:
+    """(VAE spatial stride, transformer patch) of a model, from its configs without loading weights:
+    references are composed in these latent cells. The official (8, 2) where a model has no local
+    folder (tiny-random, a hub id not yet fetched); the pipeline checks the composition it gets."""
+    import json
+
+    root = _local_path(model or DEFAULT_MODEL)
+    stride, patch = 8, 2
+    try:
+        vae = json.loads((root / "vae" / "config.json").read_text())
+        stride = int(vae.get("scale_factor_spatial") or 8)
+        patch = int(json.loads((root / "transformer" / "config.json").read_text()).get("patch_size", [1, 2, 2])[1])
+    except (OSError, ValueError, TypeError, IndexError):
+        pass  # not a local folder, or not one of ours: `load_pipeline` will say what is wrong with it
+    return stride, patch
+
+
+def load_model(spec) -> tuple:
+    """A request's model (request.ModelSpec): the pipeline with its LoRAs fused, its fingerprint
+    and the LoRA records. The fingerprint is of the weights as loaded, LoRAs included (MagCache's
+    ratios are kept per fingerprint), before fp8 or offloading."""
+    pipe = load_pipeline(spec.id)
+    fingerprint = model_fingerprint(spec.id, pipe)
+    records = apply_loras(pipe, list(spec.loras))
+    if records:
+        fingerprint = "sha256:" + hashlib.sha256(" ".join([fingerprint] + [f"{r['sha256']}@{r['scale']}" for r in records]).encode()).hexdigest()[:16]
+    return pipe, fingerprint, records
 
 
 def _local_path(model: str) -> Path:

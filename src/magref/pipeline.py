@@ -98,16 +98,25 @@ class MagrefPipeline(WanImageToVideoPipeline):
     # ------------------------------------------------------------------------------------------
     # Inputs
     # ------------------------------------------------------------------------------------------
-    def check_inputs(self, prompt, references, height, width, num_frames, layout, prompt_embeds=None, drop_first_frames=0):
+    def check_inputs(self, prompt, references, height, width, num_frames, layout, prompt_embeds=None, drop_first_frames=0, composition=None):
         if prompt is None and prompt_embeds is None:
             raise MagrefInputError("No prompt was given.", "pass a text prompt.")
         if prompt is not None and not isinstance(prompt, str):
             raise MagrefInputError("The prompt must be one string.", "generate one video per call (or use `magref batch`).")
         check_canvas_size(height, width, *self.spatial_geometry())
         check_num_frames(num_frames)
-        if not references:
+        if composition is not None:  # composed by the caller (a request): only what ties it to this call and model
+            if references is not None or layout is not None:
+                raise MagrefInputError("Both a composition and references (or a layout) were given.", "pass one: the composition, or the references.")
+            if composition.canvas.size != (width, height) or composition.spatial_stride != self.spatial_geometry()[0]:
+                raise MagrefInputError(
+                    f"The composition is a {composition.canvas.width}x{composition.canvas.height} canvas in {composition.spatial_stride}-pixel "
+                    f"latent cells; this call is {width}x{height} for a model with {self.spatial_geometry()[0]}-pixel cells.",
+                    "compose with this call's height and width and the model's spatial_geometry().",
+                )
+        elif not references:
             raise MagrefInputError("No reference image was given.", "pass 1 to 8 reference images.")
-        if layout is None and len(references) > 8:
+        elif layout is None and len(references) > 8:
             raise MagrefInputError(
                 f"{len(references)} references were given; the official grid layouts hold at most 8.",
                 "pass 8 or fewer references, or give an explicit layout with one box per reference.",
@@ -292,9 +301,10 @@ class MagrefPipeline(WanImageToVideoPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         max_sequence_length: int | None = None,  # default: the model's text_len
         batched_cfg: bool | None = None,
+        composition: Composition | None = None,
     ):
         # 1. Check inputs
-        self.check_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames)
+        self.check_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames, composition)
         max_sequence_length = max_sequence_length or self.config.text_len
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
@@ -321,9 +331,10 @@ class MagrefPipeline(WanImageToVideoPipeline):
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
 
-        # 3. Compose the references into one canvas with its region mask
-        stride, patch = self.spatial_geometry()
-        composition = compose_references(references, height, width, layout=layout, layout_seed=layout_seed, spatial_stride=stride, patch_size=patch)
+        # 3. Compose the references into one canvas with its region mask (unless the caller has)
+        if composition is None:
+            stride, patch = self.spatial_geometry()
+            composition = compose_references(references, height, width, layout=layout, layout_seed=layout_seed, spatial_stride=stride, patch_size=patch)
         canvas = canvas_to_tensor(composition.canvas).to(device)  # (1, 3, H, W) in [-1, 1]
 
         # 4. Encode the condition: CLIP features and y = [mask; VAE latent] (20 channels)

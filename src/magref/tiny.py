@@ -13,7 +13,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from .checkpoints import clip_image_processor
+from .conditioning import clip_image_processor
 from .schedulers import make_scheduler
 
 TINY_SEED = 0

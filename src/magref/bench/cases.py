@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MagrefInputError
+from ..io import parse_official_line
 
 KINDS = ("face", "object", "animal", "background")
 
@@ -41,7 +42,8 @@ def _case(obj: dict, where: str, base: Path) -> Case:
         refs = [Reference(_resolve(r["path"], base), r.get("kind", "object")) if isinstance(r, dict) else Reference(_resolve(r, base)) for r in obj["refs"]]
         case = Case(str(obj["id"]), str(obj["prompt"]), refs, list(obj.get("tags", [])))
     except (KeyError, TypeError):
-        raise MagrefInputError(f"{where} needs id, prompt and refs.", 'write {"id": "c1", "prompt": "...", "refs": [{"path": "a.png", "kind": "face"}]}.') from None
+        raise MagrefInputError(f"{where} needs id, prompt and refs.",
+                               'write {"id": "c1", "prompt": "...", "refs": [{"path": "a.png", "kind": "face"}]}.') from None
     bad = [r.kind for r in case.refs if r.kind not in KINDS]
     if bad:
         raise MagrefInputError(f"{where}: unknown reference kind {bad[0]!r}.", f"use one of {', '.join(KINDS)}.")
@@ -65,10 +67,8 @@ def load_cases(path: str | Path) -> list[Case]:
         if line.startswith("{"):
             cases.append(_case(json.loads(line), where, path.parent))
         else:
-            parts = [p.strip() for p in line.split("@@")]
-            if len(parts) < 3:
-                raise MagrefInputError(f"{where} is neither JSON nor name@@prompt@@image.", "fix the line.")
-            cases.append(Case(parts[0], parts[1], [Reference(_resolve(p, path.parent)) for p in parts[2:] if p]))
+            name, prompt, images = parse_official_line(line, where)
+            cases.append(Case(name, prompt, [Reference(_resolve(p, path.parent)) for p in images]))
     ids = [c.id for c in cases]
     if len(set(ids)) != len(ids):
         raise MagrefInputError(f"{path} repeats a case id.", "give every case its own id.")

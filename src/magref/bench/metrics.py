@@ -57,7 +57,7 @@ class Metric:
 # ----------------------------------------------------------------------------------------------
 # weight-free metrics
 # ----------------------------------------------------------------------------------------------
-def _hs_hist(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def hue_saturation_histogram(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     import cv2
 
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
@@ -82,7 +82,7 @@ def _sample(frames: np.ndarray, n: int = 8) -> np.ndarray:
 
 def subject_colour(x: MetricInput, ref: Image.Image) -> float:
     rgb, mask = _reference_pixels(ref)
-    target = _hs_hist(rgb, mask.astype(np.uint8))
+    target = hue_saturation_histogram(rgb, mask.astype(np.uint8))
     scores = []
     for frame in _sample(x.frames):
         h, w, _ = frame.shape
@@ -91,7 +91,7 @@ def subject_colour(x: MetricInput, ref: Image.Image) -> float:
             wh, ww = max(8, int(h * frac)), max(8, int(w * frac))
             for y in range(0, h - wh + 1, max(1, wh // 2)):
                 for xx in range(0, w - ww + 1, max(1, ww // 2)):
-                    best = max(best, float(np.minimum(target, _hs_hist(frame[y : y + wh, xx : xx + ww])).sum()))
+                    best = max(best, float(np.minimum(target, hue_saturation_histogram(frame[y : y + wh, xx : xx + ww])).sum()))
         scores.append(best)
     return float(np.mean(scores))
 

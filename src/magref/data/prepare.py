@@ -18,9 +18,8 @@ from PIL import Image
 
 from ..conditioning import check_num_frames
 from ..errors import MagrefInputError
-from ..io import write_json
 from .extract import make_extractor
-from .shards import FORMAT, MANIFEST, Sample, write_shard
+from .shards import FORMAT, MANIFEST, Sample, ShardWriter
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 
@@ -95,7 +94,8 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     check_num_frames(settings.frames)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []}
+    manifest = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
+                else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []})
     if manifest["settings"] != asdict(settings):
         raise MagrefInputError(
             f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
@@ -106,22 +106,15 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     extractor = make_extractor(settings.extractor, **(options if settings.extractor == "detect-segment" else {}))
     captions = load_captions(videos_dir)
     videos = find_videos(videos_dir)
-    buffer: list[Sample] = []
-    buffered_videos: list[str] = []
+    buffered_videos: list[str] = []  # finished videos whose clips wait in the writer's buffer
 
-    def flush():
-        if not buffer:
-            return
-        name = f"shard-{len(manifest['shards']):05d}.tar"
-        write_shard(out_dir / name, buffer)
-        manifest["shards"].append({"file": name, "keys": [s.key for s in buffer]})
-        manifest["num_samples"] = sum(len(s["keys"]) for s in manifest["shards"])
-        write_json(manifest_path, manifest)
+    def log_finished():
         with open(progress, "a") as f:
             for v in buffered_videos:
                 f.write(json.dumps({"video": v}) + "\n")
-        buffer.clear()
         buffered_videos.clear()
+
+    writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished)
 
     skipped_now = 0
     for video in tqdm(videos, desc="prepare", unit="video", file=sys.stderr):
@@ -143,7 +136,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
                 if not subjects:
                     continue
                 key = f"{Path(rel).with_suffix('').as_posix().replace('/', '__').replace('.', '_')}__{start:06d}"
-                buffer.append(Sample(key, clip, caption, subjects, {"source": rel, "start": start, "fps": settings.fps}))
+                writer.add(Sample(key, clip, caption, subjects, {"source": rel, "start": start, "fps": settings.fps}))
                 clips += 1
             if clips == 0:
                 raise ValueError(f"no clip of {settings.frames} frames with a detected subject")
@@ -156,10 +149,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
                 f.write(json.dumps({"video": rel, "skipped": True}) + "\n")
             continue
         buffered_videos.append(rel)
-        if len(buffer) >= settings.samples_per_shard:
-            flush()
-    flush()
-    manifest["num_samples"] = sum(len(s["keys"]) for s in manifest["shards"])
-    write_json(manifest_path, manifest)
+        writer.flush_if_full()
+    writer.flush()
     log(f"prepare: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
     return manifest

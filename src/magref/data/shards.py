@@ -76,6 +76,38 @@ def write_shard(path: Path, samples: list[Sample]) -> None:
     os.replace(tmp, path)
 
 
+class ShardWriter:
+    """Buffers samples into numbered tar shards and keeps `manifest.json` in step: each shard is
+    written whole (atomically), then recorded, so a stopped run leaves a consistent dataset.
+    `manifest` is the dataset's manifest so far (new: format, settings, no shards);
+    `on_flush` runs after each shard is recorded (`magref prepare` logs finished videos there)."""
+
+    def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None):
+        self.root, self.manifest, self.samples_per_shard, self.on_flush = Path(root), manifest, samples_per_shard, on_flush
+        self.buffer: list[Sample] = []
+
+    def add(self, sample: Sample) -> None:
+        self.buffer.append(sample)
+
+    def flush_if_full(self) -> None:
+        if len(self.buffer) >= self.samples_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered as the next shard (if anything) and the manifest."""
+        from ..io import write_json
+
+        if self.buffer:
+            name = f"shard-{len(self.manifest['shards']):05d}.tar"
+            write_shard(self.root / name, self.buffer)
+            self.manifest["shards"].append({"file": name, "keys": [s.key for s in self.buffer]})
+            self.buffer = []
+        self.manifest["num_samples"] = sum(len(s["keys"]) for s in self.manifest["shards"])
+        write_json(self.root / MANIFEST, self.manifest)
+        if self.on_flush is not None:
+            self.on_flush()
+
+
 def read_manifest(root: str | Path) -> dict:
     from ..errors import MagrefInputError
 

@@ -33,6 +33,7 @@ from ..composition import compose_references
 from ..conditioning import canvas_to_tensor, model_input, model_output
 from ..data.masking import LayoutSampler
 from ..data.shards import ClipDataset
+from ..distributed import default_device, init_from_env, rank_and_world
 from ..errors import MagrefInputError
 from ..io import write_json
 from .config import TrainConfig, config_dict
@@ -83,18 +84,7 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
 
 
 def world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def maybe_init_distributed() -> torch.device:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return rank_and_world()
 
 
 def is_main() -> bool:
@@ -111,7 +101,8 @@ class Trainer:
         from ..models import load_pipeline
 
         self.cfg, self.log = cfg, log
-        self.device = maybe_init_distributed()
+        init_from_env()
+        self.device = default_device()
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
         self.dataset = ClipDataset(cfg.data)
@@ -292,7 +283,8 @@ class Trainer:
             self.step += 1
             seconds = time.perf_counter() - t0
             if is_main() and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
-                record = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0], "samples_per_s": cfg.batch_size * self.world_size / seconds}
+                record = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                          "samples_per_s": cfg.batch_size * self.world_size / seconds}
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             progress.update(1)

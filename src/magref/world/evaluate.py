@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..bench.metrics import MetricInput, _hs_hist, quality, subject_colour
+from ..bench.metrics import MetricInput, hue_saturation_histogram, quality, subject_colour
 from ..composition import to_rgb_on_white
-from .build import identity_ids
+from .identities import distractors_for, identity_ids
 from .clips import MOTIONS, caption
 from .render import SCENES, identity, render_subject
 
@@ -44,7 +44,7 @@ def trajectory(frames: np.ndarray, identity_id: int) -> np.ndarray:
     import cv2
 
     sprite = np.asarray(render_subject(identity(identity_id), 64))
-    hist = _hs_hist(sprite[..., :3], sprite[..., 3]).reshape(18, 8).astype(np.float32)
+    hist = hue_saturation_histogram(sprite[..., :3], sprite[..., 3]).reshape(18, 8).astype(np.float32)
     hist /= max(hist.max(), 1e-9)
     out = []
     for frame in frames:
@@ -99,12 +99,6 @@ def eval_cases(subjects: int, n: int, seed: int = 0, caption_style: str = "kind"
         scene = str(rng.choice(SCENES))
         cases.append(EvalCase(ids, motions, scene, caption([identity(i) for i in ids], motions, scene, caption_style), seed * 1000 + k))
     return cases
-
-
-def distractors_for(true_id: int, k: int, rng: np.random.Generator) -> list[int]:
-    kind = identity(true_id).kind
-    pool = [i for i in identity_ids("heldout") if i != true_id and identity(i).kind == kind]
-    return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
 
 
 def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, identifier=None) -> dict:
@@ -243,6 +237,11 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     (out / "videos").mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+    other = sorted({r.get("case_seed", 2) for r in rows} - {case_seed})
+    if other:  # the same case names are other cases under another case seed
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"{out} holds videos of case seed {other[0]}, not {case_seed}.", "use another --out for another --case-seed.")
     done = {(r["model"], r["case"], r["seed"]) for r in rows}
     all_cases = {k: eval_cases(k, cases, seed=case_seed, caption_style=caption_style) for k in subjects}
     sources = ({"ground truth": None} if truth else {}) | models
@@ -265,7 +264,8 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
-            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "subjects": k, "seed": s, "ids": case.ids, "prompt": case.prompt,
+            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "subjects": k, "seed": s, "ids": case.ids,
+                   "prompt": case.prompt,
                    "steps": steps, "guidance": guidance, **score_video(frames, case, identifier=judge)}
             f.write(json.dumps(row) + "\n")
             f.flush()

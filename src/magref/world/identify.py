@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .build import identity_ids
+from .identities import distractors_for, identity_ids
 from .clips import make_clip
 from .render import identity
 
@@ -142,8 +142,6 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
     """Identity top-1 (7 distractors, frames 4-12 as a video keeps them) on fresh clips of 1-3
     held-out subjects: the world's rendering, and with `vae` that rendering decoded. `by_count`
     adds the top-1 for clips of 1, 2 and 3 subjects apart (a third of the clips each)."""
-    from .evaluate import distractors_for
-
     out = {}
     for name, v in (("rendered", None), ("decoded", vae)):
         if name == "decoded" and vae is None:
@@ -165,7 +163,7 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
 
 
 def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                     ceiling_clips: int = 48, log=print) -> dict:
+                     ceiling_clips: int = 144, log=print) -> dict:
     """Render and VAE-decode the training frames, fit the classifier, report its ceiling, save."""
     import time
 
@@ -199,9 +197,10 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
     model.eval()
     from ..models import WORLD_VAE_PATH
 
-    vae_name = "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name  # no machine paths in the shipped config
+    # no machine paths in the shipped config
+    vae_name = "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name
     report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name,
-              "ceiling": ceiling(model, vae, ceiling_clips), "minutes": round((time.time() - t0) / 60, 1)}
+              "ceiling": ceiling(model, vae, ceiling_clips, by_count=True), "minutes": round((time.time() - t0) / 60, 1)}
     save_identifier(model, out, report)
     log(f"world identifier: {report['ceiling']} in {report['minutes']} min -> {out}")
     return report

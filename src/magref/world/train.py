@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..defaults import MINIATURE_BUDGET
-from .build import build_world_dataset, identity_ids
+from .build import build_world_dataset
+from .identities import identity_ids
 from .clips import make_clip
 from .render import identity
 
@@ -67,7 +68,7 @@ def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int 
 
     from ..schedulers import make_scheduler
     from ..tiny import byte_tokenizer
-    from ..checkpoints import clip_image_processor
+    from ..conditioning import clip_image_processor
 
     tokenizer = byte_tokenizer()
     with torch.random.fork_rng():
@@ -135,7 +136,7 @@ VAE_RECIPES = {
     8: dict(lr=1e-3, image_share=0.7, image_batch=16, clip_batch=4, clip_frames=9, subject_weight=1.0, p_canvas=0.0, anneal=None),
     4: dict(lr=1e-3, image_share=0.0, clip_batch=2, clip_frames=FRAMES, subject_weight=5.0, p_canvas=0.25, anneal=0.4),
 }
-CEILING_EVERY, CEILING_CLIPS = 250, 48  # stride-4 stage 1 measures its identity ceiling this often (steps), on this many clips
+CEILING_EVERY, CEILING_CLIPS = 500, 48  # stride-4 stage 1 measures its identity ceiling this often (steps), on this many clips
 
 
 def _vae_lr_factor(recipe: dict, steps: int):
@@ -319,7 +320,10 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
             log(f"vae ({stage}) step {step}/{steps} loss {loss.item():.4f}")
         if step % 50 == 0 or step == steps:
             tmp = state_file.with_suffix(".part")
-            weights = {"vae": vae.state_dict()} if cfg["encoder"] else {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict()}
+            if cfg["encoder"]:
+                weights = {"vae": vae.state_dict()}
+            else:
+                weights = {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict()}
             torch.save({**weights, "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
             tmp.replace(state_file)
     if cfg["encoder"]:
@@ -336,6 +340,15 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
 # MAGREF's use is the same split: the prompt says what happens, the references say who.
 CAPTIONS = "kind"
 
+# Subjects per training clip. single: the paper's setting, what it claims composes at test time;
+# multi: beyond the paper, clips of 1-3 subjects, each cut out of its clip and laid out by the same
+# dynamic masking.
+RECIPES = {"single": 1, "multi": (1, 2, 3)}
+
+
+def _json_subjects(subjects):
+    return subjects if isinstance(subjects, int) else list(subjects)
+
 
 def run_vae(out: Path) -> Path:
     """The run's VAE: the last stage of `VAE_STAGES` that has finished (stage 1 if none)."""
@@ -349,9 +362,11 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
-        vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False) -> Path:
+        vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single") -> Path:
     """`vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
     is the whole recipe, the later VAE stages are the 8x recipe's repairs and are skipped).
+    `recipe`: the training clips' subjects (`RECIPES`): "single", the paper's claim (single-subject
+    clips only), or "multi", beyond the paper (1-3 subjects per clip, each cut out of it).
     `device`: where the VAE stages run (default: CUDA when there is one); the transformer stage
     picks CUDA by itself. `stop_after_vae`: return the VAE folder once the VAE stages are done.
     `vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
@@ -379,7 +394,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         for stage in ("model", *VAE_STAGES):  # a finished VAE: the tuning stages have nothing to do
             vae.save_pretrained(out / "vae" / stage)
         log(f"vae: from {vae_from}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..distributed import default_device
+
+    device = device or default_device()
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
         train_vae(out, vae_steps, log, vae_stride, device)
@@ -408,6 +425,11 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             stale.append("without per-frame subject masks")
         if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
             stale.append("with captions that name colours")
+        if data.manifest["world"].get("subjects") != _json_subjects(RECIPES[recipe]):
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{out / 'data'} holds clips with {data.manifest['world'].get('subjects')} subject(s), not those of recipe {recipe!r}.",
+                                   "use another --out for another recipe (an ablation shares its recipe's data through --reuse-from).")
         if stale:  # same clips and keys: the encoding cache (canvas, target, CLIP; not the captions) stays valid
             log(f"data: written {' and '.join(stale)}; rebuilding the shards, keeping the encoding cache")
             (out / "data" / "manifest.json").unlink()
@@ -419,8 +441,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         else:
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
-        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=SIZE, width=SIZE, subjects=1, samples_per_shard=500, log=log,
-                            cutout_frame=0, caption_style=CAPTIONS)
+        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=SIZE, width=SIZE, subjects=RECIPES[recipe],
+                            samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS)
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 

@@ -1,0 +1,237 @@
+"""One generation request: its settings, its references read and composed once, the model it is for.
+
+Every face of magref (`generate`, `batch`, `bench generate`, the app) builds a `GenerationRequest`
+here and hands it to `jobs`; nothing downstream validates or composes it again. Building one is
+where bad input fails (one line naming the problem and the fix), before any model loads:
+
+    spec = ModelSpec.resolve("miniature")
+    request = GenerationRequest.prepare(GenerationSettings(prompt="...", refs=["a.png"], **spec.defaults()), spec)
+
+The canvas is composed in the model's own latent cells (`ModelSpec.geometry`: the VAE's spatial
+stride and the transformer's patch, read from the model's configs without loading weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .composition import Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
+from .conditioning import check_num_frames
+from .defaults import DROP_FIRST_FRAMES, OFFICIAL_SETTINGS, SOLVER_CHOICES
+from .errors import MagrefInputError
+from .io import load_reference, sha256_file
+
+
+# What one request may ask for: past these a run would fail hours in or exhaust memory.
+LIMITS = dict(side=2048, frames=1001, voxels=720 * 1280 * 161, steps=1000, seed=2**63 - 1, fps=240)
+
+
+@dataclass
+class GenerationSettings:
+    """What a user asks for, in the CLI's names (the pipeline's are diffusers': `num_frames`,
+    `num_inference_steps`, `guidance_scale`). Defaults: the official 480p ones; a model folder's
+    `generation_defaults.json` overrides them through `ModelSpec.defaults`."""
+
+    prompt: str
+    refs: list[str]
+    negative_prompt: str | None = None
+    height: int = OFFICIAL_SETTINGS["height"]
+    width: int = OFFICIAL_SETTINGS["width"]
+    frames: int = OFFICIAL_SETTINGS["frames"]
+    steps: int = OFFICIAL_SETTINGS["steps"]
+    guidance: float = OFFICIAL_SETTINGS["guidance"]
+    shift: float = OFFICIAL_SETTINGS["shift"]
+    seed: int = OFFICIAL_SETTINGS["seed"]
+    solver: str = OFFICIAL_SETTINGS["solver"]
+    layout: str | dict | None = None  # layout file path or dict (see RegionLayout.from_json)
+    layout_seed: int | None = None
+    fps: float = OFFICIAL_SETTINGS["fps"]
+    keep_first_frames: bool = False
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @property
+    def drop_first_frames(self) -> int:
+        return 0 if self.keep_first_frames else DROP_FIRST_FRAMES
+
+    def validate(self, geometry: tuple[int, int] = (8, 2)) -> None:
+        """Every setting on its own, type and range, for a model whose (VAE stride, patch) is
+        `geometry`. Settings come from the command line, JSON batch lines and the app alike, so
+        a string where a number belongs is refused here, with the setting named."""
+        self._check_types()
+        if not self.prompt.strip():
+            raise MagrefInputError("The prompt is empty.", "pass a text prompt with --prompt.")
+        for name in ("height", "width"):
+            if getattr(self, name) > LIMITS["side"]:
+                raise MagrefInputError(f"{name} {getattr(self, name)} is over the limit of {LIMITS['side']} pixels.",
+                                       f"use at most --{name} {LIMITS['side']} (the official sizes are 480x832 and 720x1280).")
+        check_canvas_size(self.height, self.width, *geometry)
+        if self.frames > LIMITS["frames"]:
+            raise MagrefInputError(f"{self.frames} frames is over the limit of {LIMITS['frames']}.", f"use at most --frames {LIMITS['frames']}.")
+        check_num_frames(self.frames)
+        if self.height * self.width * self.frames > LIMITS["voxels"]:
+            raise MagrefInputError(
+                f"A {self.width}x{self.height} video of {self.frames} frames is over the limit of {LIMITS['voxels']:,} pixels x frames "
+                "(720x1280 at 161 frames), beyond what one machine's memory holds.",
+                "use a smaller size or fewer frames.")
+        if not self.refs:
+            raise MagrefInputError("No reference image was given.", "pass 1 to 8 images with --ref.")
+        if self.layout is None:
+            grid_size_for(len(self.refs))
+        if not 1 <= self.steps <= LIMITS["steps"]:
+            raise MagrefInputError(f"Step count {self.steps} is not between 1 and {LIMITS['steps']}.", "use e.g. --steps 40.")
+        if self.solver not in SOLVER_CHOICES:
+            raise MagrefInputError(f"Unknown solver {self.solver!r}.", f"use one of {', '.join(SOLVER_CHOICES)}.")
+        if not 0 <= self.seed <= LIMITS["seed"]:
+            raise MagrefInputError(f"Seed {self.seed} is outside 0..2^63-1 (what torch.Generator takes).", "use e.g. --seed 3407.")
+        if self.layout_seed is not None and not 0 <= self.layout_seed <= LIMITS["seed"]:
+            raise MagrefInputError(f"Layout seed {self.layout_seed} is outside 0..2^63-1.", "use e.g. --layout-seed 1.")
+        for name, fix in (("guidance", "use e.g. --guidance 5.0 (1 turns guidance off)"), ("shift", "use e.g. --shift 3.0 (480p) or 5.0 (720p)"),
+                          ("fps", "use e.g. --fps 15")):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise MagrefInputError(f"{name} {value} is not a finite number.", fix + ".")
+        # guidance below 1 would extrapolate away from the prompt: the official code allows any value, so do we (>= 0)
+        if self.guidance < 0:
+            raise MagrefInputError(f"Guidance {self.guidance} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
+        if self.shift <= 0:
+            raise MagrefInputError(f"Shift {self.shift} must be positive.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
+        if self.fps <= 0 or self.fps > LIMITS["fps"]:
+            raise MagrefInputError(f"fps {self.fps} is not between 0 and {LIMITS['fps']}.", "use e.g. --fps 15.")
+        if self.frames <= self.drop_first_frames:
+            raise MagrefInputError(
+                f"{self.frames} frames minus the {self.drop_first_frames} dropped first frames leaves no frame.",
+                "use --frames 5 or more, or --keep-first-frames.",
+            )
+
+    def _check_types(self) -> None:
+        def refuse(name, value, what, example):
+            raise MagrefInputError(f"Setting {name!r} is {value!r}, not {what}.", f"write it as {example}.")
+
+        if not isinstance(self.prompt, str):
+            refuse("prompt", self.prompt, "a string", '"prompt": "a person waves"')
+        if not isinstance(self.refs, (list, tuple)) or not all(isinstance(r, (str, os.PathLike)) for r in self.refs):
+            refuse("refs", self.refs, "a list of image paths", '"refs": ["a.png", "b.png"]')
+        for name in ("height", "width", "frames", "steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                refuse(name, value, "a whole number", f'"{name}": {getattr(GenerationSettings, name)}')
+        for name in ("guidance", "shift", "fps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                refuse(name, value, "a number", f'"{name}": {getattr(GenerationSettings, name)}')
+        if self.layout_seed is not None and (isinstance(self.layout_seed, bool) or not isinstance(self.layout_seed, int)):
+            refuse("layout_seed", self.layout_seed, "a whole number", '"layout_seed": 1')
+        if not isinstance(self.keep_first_frames, bool):
+            refuse("keep_first_frames", self.keep_first_frames, "true or false", '"keep_first_frames": true')
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            refuse("negative_prompt", self.negative_prompt, "a string", '"negative_prompt": "blurry"')
+        if self.layout is not None and not isinstance(self.layout, (str, dict, os.PathLike)):
+            refuse("layout", self.layout, "a layout file path or object", '"layout": {"boxes": [[0, 0, 416, 480]]}')
+        if not isinstance(self.solver, str):
+            refuse("solver", self.solver, "a solver name", '"solver": "unipc"')
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model a request is for: a `--model` value and its LoRAs (resolved, not yet loaded)."""
+
+    id: str
+    loras: tuple[dict, ...] = ()  # models.resolve_lora records: file, scale (and hub_id)
+
+    @classmethod
+    def resolve(cls, model: str | None = None, loras: list[str] | None = None, scales: list[float] | None = None) -> "ModelSpec":
+        """Pair every LoRA with its scale and find it (fetching a hub id) before any model loads,
+        so a bad LoRA costs nothing."""
+        from .models import DEFAULT_MODEL, resolve_lora
+
+        loras, scales = loras or [], scales or []
+        if scales and len(scales) != len(loras):
+            raise MagrefInputError(f"{len(scales)} --lora-scale for {len(loras)} --lora.",
+                                   "give one --lora-scale per --lora, in the same order, or none (1.0 each).")
+        return cls(model or DEFAULT_MODEL, tuple(resolve_lora(p, s) for p, s in zip(loras, scales or [1.0] * len(loras))))
+
+    def defaults(self) -> dict:
+        """The settings this model was made for (its folder's generation_defaults.json) over the
+        official ones, keyed as GenerationSettings."""
+        from .models import generation_defaults
+
+        return generation_defaults(self.id)
+
+    def geometry(self) -> tuple[int, int]:
+        from .models import spatial_geometry
+
+        return spatial_geometry(self.id)
+
+    def settings(self, options: dict[str, Any], **fields) -> GenerationSettings:
+        """GenerationSettings from user options, where None means 'not given': the model's own
+        defaults fill those in (then the official ones)."""
+        merged = {**self.defaults(), **{k: v for k, v in options.items() if v is not None}, **fields}
+        return GenerationSettings(**merged)
+
+
+@dataclass
+class GenerationRequest:
+    """Settings validated and references composed, once, for one model: what jobs run."""
+
+    settings: GenerationSettings
+    composition: Composition
+    model: ModelSpec
+    reference_sizes: list[tuple[int, int]] = field(default_factory=list)  # each image as read, (w, h)
+    prepare_s: float = 0.0  # seconds spent validating, reading and composing
+    reference_sha256: list[str] = field(default_factory=list)  # each reference file as read
+
+    def fingerprint(self) -> str:
+        """What the video depends on: every setting, the references' bytes, the layout as
+        composed, the model (its files or id) and its LoRAs. A batch rerun regenerates an item
+        whose finished video was made for another fingerprint."""
+        import hashlib
+        import json
+
+        if getattr(self, "_fingerprint", None):
+            return self._fingerprint
+
+        from .models import model_fingerprint
+
+        what = {
+            "settings": {k: v for k, v in dataclasses.asdict(self.settings).items() if k not in ("refs", "layout")},
+            "references": self.reference_sha256,
+            "layout": self.composition.layout.to_dict(self.composition.spatial_stride),
+            "model": model_fingerprint(self.model.id),
+            "loras": [(lora.get("hub_id") or lora["file"], _file_sha256(lora["file"]), lora["scale"]) for lora in self.model.loras],
+        }
+        self._fingerprint = "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self._fingerprint
+
+    @classmethod
+    def prepare(cls, settings: GenerationSettings, model: ModelSpec) -> "GenerationRequest":
+        """Validate the settings, read every reference and compose them in the model's latent
+        cells: everything that can fail on user input, before any model work."""
+        t0 = time.perf_counter()
+        stride, patch = model.geometry()
+        settings.validate((stride, patch))
+        images = [load_reference(p) for p in settings.refs]
+        layout = RegionLayout.from_json(settings.layout, settings.height, settings.width) if settings.layout is not None else None
+        composition = compose_references(images, settings.height, settings.width, layout=layout, layout_seed=settings.layout_seed,
+                                         spatial_stride=stride, patch_size=patch)
+        hashes = [sha256_file(p) for p in settings.refs]
+        return cls(settings, composition, model, [im.size for im in images], time.perf_counter() - t0, hashes)
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of a file, once per file version (a LoRA of hundreds of MB is hashed once per batch)."""
+    st = os.stat(path)
+    return _sha256_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
