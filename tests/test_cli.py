@@ -67,7 +67,7 @@ BAD = {
     "missing image": (lambda d: ["--ref", d / "nope.png"], "does not exist"),
     "corrupt image": (lambda d: ["--ref", _corrupt(d)], "not a readable image"),
     "not an image": (lambda d: ["--ref", __file__], "not a readable image"),
-    "nine refs": (lambda d: sum((["--ref", CHAR] for _ in range(9)), []), "at most 8"),
+    "seventeen refs": (lambda d: sum((["--ref", CHAR] for _ in range(17)), []), "at most 16"),
     "frames not 4n+1": (lambda d: ["--ref", CHAR, "--frames", "10"], "4n+1"),
     "size not multiple of 16": (lambda d: ["--ref", CHAR, "--width", "100"], "multiple of 16"),
     "layout box outside": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 500, 64]]})], "outside"),
@@ -113,7 +113,7 @@ BAD = {
     "layout box count": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32], [32, 0, 64, 32]]})], "places 2 reference"),
     "layout box empty": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[10, 0, 10, 32]]})], "empty or outside"),
     "layout missing file": (lambda d: ["--ref", CHAR, "--layout", d / "none.json"], "does not exist"),
-    "layout seed with nine refs": (lambda d: [*sum((["--ref", CHAR] for _ in range(9)), []), "--layout-seed", "1"], "at most 8"),
+    "layout seed with seventeen refs": (lambda d: [*sum((["--ref", CHAR] for _ in range(17)), []), "--layout-seed", "1"], "at most 16"),
     # references
     "reference is a folder": (lambda d: ["--ref", d], "not a file"),
     "empty image file": (lambda d: ["--ref", _text(d / "empty.png", "")], "not a readable image"),
@@ -240,6 +240,20 @@ def test_batch_killed_after_two_then_resumed(tmp_path):
     assert after == before, "finished items were redone"
     assert not list(out.glob(".*.part*")), "temporary files left behind"
     assert f"{5 - len(finished)} generated, {len(finished)} already complete" in rc.stdout
+
+
+def test_twelve_references_compose_on_the_extended_grid_with_a_warning(tmp_path):
+    """Past the official 8, references fill an extended grid (4x3 on a landscape canvas); the
+    run says in one line that the official weights never saw so many, and the sidecar records it."""
+    refs = sum((["--ref", CHAR if i % 2 else MUG] for i in range(12)), [])
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "a crowd", *refs, "--out", out, "--model", "tiny-random", "--height", "96", "--width", "128",
+                         "--frames", "5", "--steps", "1")
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "12 references on an extended grid" in warnings[0] and "at most 8" in warnings[0]
+    layout = json.loads(out.with_suffix(".json").read_text())["layout"]
+    assert layout["extended_grid"] and len(layout["cells"]) == 12 and len(layout["placement"]) == 12
 
 
 def test_batch_official_format_and_rerun_skips_all(tmp_path, monkeypatch):

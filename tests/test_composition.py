@@ -134,7 +134,7 @@ def test_user_layout_allows_more_than_eight():
     "kwargs,needle",
     [
         (dict(images=[]), "No reference"),
-        (dict(images=[Image.new("RGB", (4, 4))] * 9), "at most 8"),
+        (dict(images=[Image.new("RGB", (4, 4))] * 17), "at most 16"),
         (dict(height=70), "multiple of 16"),
         (dict(width=0), "multiple of 16"),
         (dict(layout={"boxes": [[0, 0, 200, 32]]}), "outside"),
@@ -177,3 +177,46 @@ def test_canvas_size_multiple_follows_the_model_stride():
     assert compose_references(img, 40, 56, spatial_stride=4).latent_mask.shape == (10, 14)  # multiples of 4 x 2
     with pytest.raises(MagrefInputError, match="multiple of 16"):
         compose_references(img, 40, 56)
+
+
+@pytest.mark.parametrize("n", range(9, 17))
+@pytest.mark.parametrize("h,w", [(480, 832), (832, 480), (720, 1280), (512, 512)])
+def test_nine_to_sixteen_references_fill_an_extended_grid(n, h, w):
+    """9-16 references: a grid with no empty row or column, cells closest to square (portrait
+    canvases turn it), every reference inside its own cell, latent blocks inside the canvas and
+    not overlapping; 1-8 keep the official grids (the golden tests)."""
+    from magref.composition import extended_grid
+
+    images = [Image.new("RGB", (20 + 3 * i, 30), (10 * i, 100, 200)) for i in range(n)]
+    comp = compose_references(images, h, w)
+    cols, rows = extended_grid(n, h, w)
+    assert cols * rows >= n and cols * rows - n < min(cols, rows)
+    if w > h:
+        assert cols >= rows
+    elif h > w:
+        assert rows >= cols
+    assert comp.layout.extended and len(comp.layout.cells) == cols * rows
+    boxes = comp.layout.boxes()
+    assert len(boxes) == n
+    for i, (x0, y0, x1, y1) in enumerate(boxes):  # disjoint cells
+        for a0, b0, a1, b1 in boxes[i + 1:]:
+            assert x1 <= a0 or a1 <= x0 or y1 <= b0 or b1 <= y0
+    blocks = comp.latent_blocks
+    cover = np.zeros((h // 8, w // 8), int)
+    for x0, x1, y0, y1 in blocks:
+        assert 0 <= x0 < x1 <= w // 8 and 0 <= y0 < y1 <= h // 8
+        cover[y0:y1, x0:x1] += 1
+    assert cover.max() == 1  # latent blocks do not overlap
+    assert comp.pixel_mask.sum() == sum(sw * sh for sw, sh in comp.reference_sizes)
+    shuffled = compose_references(images, h, w, layout_seed=3)  # the official shuffles, on the extended cells
+    assert set(shuffled.layout.boxes()) <= set(comp.layout.cells) and shuffled.layout.boxes() != boxes
+
+
+def test_extended_grid_shapes():
+    from magref.composition import extended_grid
+
+    assert extended_grid(9, 480, 480) == (3, 3) and extended_grid(16, 720, 720) == (4, 4)
+    assert extended_grid(12, 480, 832) == (4, 3) and extended_grid(12, 832, 480) == (3, 4)
+    with pytest.raises(MagrefInputError, match="at most 16"):
+        compose_references([Image.new("RGB", (8, 8))] * 17, 64, 64)
+    assert not compose_references([Image.new("RGB", (8, 8))] * 8, 64, 64).layout.extended

@@ -78,6 +78,11 @@ def _load(spec, args):
     return LoadedModel.load(spec, AccelerationOptions(**{k: getattr(args, k) for k in ACCELERATION_OPTIONS}))
 
 
+def _warn(args, lines: list[str]) -> None:
+    for line in lines:
+        print(f"magref {args.command}: warning: {line}", file=sys.stderr)
+
+
 def cmd_generate(args) -> int:
     from .jobs import run_job
     from .request import GenerationRequest
@@ -87,6 +92,7 @@ def cmd_generate(args) -> int:
     out = check_output_video(args.out)
     spec = _model(args)
     request = GenerationRequest.prepare(spec.settings(_options(args), prompt=args.prompt, refs=args.ref), spec)  # all input errors, before the model loads
+    _warn(args, request.warnings())
     model = _load(spec, args)
     sidecar = run_job(model, request, out)
     if not model.writes:
@@ -111,6 +117,7 @@ def _run_items(args, spec, items) -> int:
 
     check_output_dir(args.out_dir)
     prepare_items(items, spec)
+    _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
     model = _load(spec, args) if pending(items, args.out_dir) else None
     run_batch(model, items, args.out_dir, writes=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
     return 0

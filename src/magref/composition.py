@@ -25,8 +25,9 @@ from .errors import MagrefInputError
 
 Box = tuple[int, int, int, int]
 
-MAX_GRID_REFERENCES = 8
+MAX_GRID_REFERENCES = 8  # the official grids; the official weights were trained with at most 8 references
 GRID_SIZES = (1, 2, 3, 4, 6, 8)
+MAX_EXTENDED_REFERENCES = 16  # magref's own grids for 9-16 (`extended_grid`)
 SPATIAL_STRIDE = 8  # the official VAE's spatial stride: one latent cell covers 8x8 pixels
 PATCH_SIZE = 2  # the transformer's spatial patch
 SIZE_MULTIPLE = SPATIAL_STRIDE * PATCH_SIZE
@@ -59,16 +60,45 @@ def _box(values) -> Box:
 
 
 def grid_size_for(num_references: int) -> int:
-    """Smallest official grid that holds `num_references`."""
+    """Cells of the grid that holds `num_references`: the smallest official grid for 1-8, the
+    count itself for magref's extended grids (9-16)."""
     if num_references < 1:
         raise MagrefInputError("No reference image was given.", "pass at least one reference image.")
-    if num_references > MAX_GRID_REFERENCES:
+    if num_references > MAX_EXTENDED_REFERENCES:
         raise MagrefInputError(
-            f"{num_references} references were given; the official grid layouts hold at most "
-            f"{MAX_GRID_REFERENCES}.",
-            "pass 8 or fewer references, or give an explicit layout with one box per reference.",
+            f"{num_references} references were given; the grid layouts hold at most {MAX_EXTENDED_REFERENCES}.",
+            f"pass {MAX_EXTENDED_REFERENCES} or fewer references, or give an explicit layout with one box per reference.",
         )
+    if num_references > MAX_GRID_REFERENCES:
+        return num_references
     return min(s for s in GRID_SIZES if s >= num_references)
+
+
+def extended_grid(num_references: int, height: int, width: int) -> tuple[int, int]:
+    """(columns, rows) for 9-16 references: the grid with no empty row or column whose cells are
+    closest to square on this canvas (3x3, 4x3, 5x2, 4x4 and their portrait turns), fewest
+    cells on a tie. Not an official layout: the official release drops references past 8."""
+    best = None
+    for rows in range(1, num_references + 1):
+        cols = -(-num_references // rows)
+        if cols * rows - num_references >= min(cols, rows):  # a whole row or column would stay empty
+            continue
+        squareness = abs(math.log((width / cols) / (height / rows)))
+        key = (round(squareness, 6), cols * rows)
+        if best is None or key < best[0]:
+            best = (key, (cols, rows))
+    return best[1]
+
+
+def grid_cells_for(num_references: int, height: int, width: int) -> list[Box]:
+    """The grid cells for `num_references`: official for 1-8, extended for 9-16."""
+    size = grid_size_for(num_references)
+    if size <= MAX_GRID_REFERENCES:
+        return grid_cells(size, height, width)
+    cols, rows = extended_grid(size, height, width)
+    xs = [c * (width // cols) for c in range(cols)] + [width]  # remainder pixels to the last column/row, as the official grids
+    ys = [r * (height // rows) for r in range(rows)] + [height]
+    return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
 
 
 @dataclass(frozen=True)
@@ -90,8 +120,8 @@ class RegionLayout:
     # -- constructors -------------------------------------------------------------------------
     @classmethod
     def grid(cls, num_references: int, height: int, width: int) -> "RegionLayout":
-        """Official grid, reference i in cell i (reading order): deterministic and predictable."""
-        cells = grid_cells(grid_size_for(num_references), height, width)
+        """Official grid (extended past 8), reference i in cell i (reading order)."""
+        cells = grid_cells_for(num_references, height, width)
         return cls(height, width, tuple(cells), tuple((i, i) for i in range(num_references)), "grid")
 
     @classmethod
@@ -99,9 +129,10 @@ class RegionLayout:
         """The official placement after `random.seed(seed)`: indices shuffled first, then cells.
 
         A private `random.Random(seed)` draws the same sequence as the seeded global generator
-        without disturbing anyone else's use of `random`.
+        without disturbing anyone else's use of `random`. Past 8 references the same shuffles
+        place them on the extended grid.
         """
-        cells = grid_cells(grid_size_for(num_references), height, width)
+        cells = grid_cells_for(num_references, height, width)
         rng = random.Random(seed)
         indices = list(range(num_references))
         rng.shuffle(indices)
@@ -176,6 +207,11 @@ class RegionLayout:
                 blocks.append((lx0, lx1, ly0, ly1))
         return np.asarray(blocks, dtype=np.int64).reshape(-1, 4)
 
+    @property
+    def extended(self) -> bool:
+        """A grid past the official 8 cells (magref's own; the official weights never saw one)."""
+        return self.kind != "user" and len(self.cells) > MAX_GRID_REFERENCES
+
     def validate(self, num_references: int) -> None:
         refs = sorted(r for r, _ in self.placement)
         if refs != list(range(num_references)):
@@ -202,6 +238,7 @@ class RegionLayout:
             "placement": [{"ref": r, "box": list(self.cells[k])} for r, k in self.placement],
             "boxes": [list(b) for b in self.boxes()],
             "latent_blocks_x0x1y0y1": self.latent_blocks(stride).tolist(),
+            "extended_grid": self.extended,
         }
 
 
@@ -284,7 +321,7 @@ def compose_references(
     check_canvas_size(height, width, spatial_stride, patch_size)
     images = list(images)
     if layout is None:
-        grid_size_for(len(images))  # 0 or > 8 references: clear error
+        grid_size_for(len(images))  # 0 or > 16 references: clear error
         if layout_seed is None:
             region_layout = RegionLayout.grid(len(images), height, width)
         else:

@@ -23,7 +23,7 @@ from diffusers.video_processor import VideoProcessor
 from PIL import Image
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from .composition import Composition, RegionLayout, check_canvas_size, compose_references
+from .composition import Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
 from .conditioning import (
     CLIP_MEAN,
     CLIP_STD,
@@ -116,11 +116,8 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 )
         elif not references:
             raise MagrefInputError("No reference image was given.", "pass 1 to 8 reference images.")
-        elif layout is None and len(references) > 8:
-            raise MagrefInputError(
-                f"{len(references)} references were given; the official grid layouts hold at most 8.",
-                "pass 8 or fewer references, or give an explicit layout with one box per reference.",
-            )
+        elif layout is None:
+            grid_size_for(len(references))  # more than the grids hold: one clear line
         if drop_first_frames < 0 or drop_first_frames >= num_frames:
             raise MagrefInputError(
                 f"Dropping the first {drop_first_frames} decoded frames of a {num_frames}-frame video leaves no frame.",

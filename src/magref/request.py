@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .composition import Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
+from .composition import MAX_GRID_REFERENCES, Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
 from .conditioning import check_num_frames
 from .defaults import DROP_FIRST_FRAMES, OFFICIAL_SETTINGS, SOLVER_CHOICES
 from .errors import MagrefInputError
@@ -83,7 +83,7 @@ class GenerationSettings:
                 "(720x1280 at 161 frames), beyond what one machine's memory holds.",
                 "use a smaller size or fewer frames.")
         if not self.refs:
-            raise MagrefInputError("No reference image was given.", "pass 1 to 8 images with --ref.")
+            raise MagrefInputError("No reference image was given.", "pass 1 to 16 images with --ref.")
         if self.layout is None:
             grid_size_for(len(self.refs))
         if not 1 <= self.steps <= LIMITS["steps"]:
@@ -188,6 +188,14 @@ class GenerationRequest:
     reference_sizes: list[tuple[int, int]] = field(default_factory=list)  # each image as read, (w, h)
     prepare_s: float = 0.0  # seconds spent validating, reading and composing
     reference_sha256: list[str] = field(default_factory=list)  # each reference file as read
+
+    def warnings(self) -> list[str]:
+        """What the user should know but is allowed: one line each."""
+        n = len(self.settings.refs)
+        if n > MAX_GRID_REFERENCES:
+            grid = "an extended grid" if self.composition.layout.extended else "your layout"
+            return [f"{n} references on {grid}: the official weights were trained with at most {MAX_GRID_REFERENCES}, so identities may suffer."]
+        return []
 
     def fingerprint(self) -> str:
         """What the video depends on: every setting, the references' bytes, the layout as
