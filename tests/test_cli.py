@@ -118,6 +118,8 @@ BAD = {
     "reference is a folder": (lambda d: ["--ref", d], "not a file"),
     "empty image file": (lambda d: ["--ref", _text(d / "empty.png", "")], "not a readable image"),
     "text file named png": (lambda d: ["--ref", _text(d / "fake.png", "hello")], "not a readable image"),
+    "decompression bomb": (lambda d: ["--ref", _png_header(d / "bomb.png", 30000, 30000)], "too large to decode safely"),
+    "absurd reference size": (lambda d: ["--ref", _png_header(d / "huge.png", 9000, 9000)], "over the limit"),
     # model, LoRAs, device, output
     "model defaults not json": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "{height: 64")], "not valid JSON"),
     "model defaults not an object": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "[64, 64]")], "not a JSON object"),
@@ -144,6 +146,37 @@ def _lora(d):
 
     save_file({"x": torch.zeros(1)}, d / "lora.safetensors")
     return d / "lora.safetensors"
+
+
+def _png_header(p, w, h):
+    """A PNG that claims w x h pixels (signature, IHDR, empty IDAT, IEND): opening it reads the
+    size only, so no memory is spent on the claim."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b""))
+                  + chunk(b"IEND", b""))
+    return p
+
+
+def test_references_of_any_depth_and_orientation_load_as_they_look(tmp_path):
+    """16-bit PNGs and float TIFFs are scaled to 8 bits (not clipped to white or truncated to
+    black); a JPEG's EXIF orientation is applied, as a viewer shows it."""
+    from magref.io import load_reference
+
+    grey16 = np.full((8, 12), 32768, np.uint16)  # mid-grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert abs(np.asarray(load_reference(tmp_path / "g16.png").convert("RGB")).mean() - 128) < 2
+    Image.fromarray(np.full((8, 12), 0.5, np.float32), "F").save(tmp_path / "f.tiff")
+    assert abs(np.asarray(load_reference(tmp_path / "f.tiff").convert("RGB")).mean() - 128) < 2
+    im = Image.new("RGB", (40, 20), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: a portrait phone photo stored landscape
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_reference(tmp_path / "phone.jpg").size == (20, 40)
 
 
 def _mkdir(p):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import MagrefInputError
 
@@ -32,15 +32,40 @@ def load_reference(path: str | os.PathLike) -> Image.Image:
         raise MagrefInputError(f"Reference {p} is not a file.", "pass an image file (PNG, JPEG, WebP) with --ref.")
     try:
         with Image.open(p) as im:
+            if im.width * im.height > MAX_REFERENCE_PIXELS:
+                raise MagrefInputError(f"Reference {p} is {im.width}x{im.height} pixels, over the limit of {MAX_REFERENCE_PIXELS:,}.",
+                                       "downscale it first: the canvas holds it at a few hundred pixels a side anyway.")
             im.load()
-            image = im.copy()
+            image = ImageOps.exif_transpose(im)  # a phone photo's orientation tag, applied as any viewer does
+            image = _to_8bit(image if image is not im else im.copy())
+    except Image.DecompressionBombError as e:
+        raise MagrefInputError(f"Reference {p} declares a size too large to decode safely ({e}).", "pass a normal-sized image.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, MagrefInputError):
+            raise
         raise MagrefInputError(
             f"Reference {p} is not a readable image ({type(e).__name__}: {e}).",
             "re-export it as PNG or JPEG, or pass another file.",
         ) from None
     if image.width < 1 or image.height < 1:
         raise MagrefInputError(f"Reference {p} has no pixels.", "pass a non-empty image.")
+    return image
+
+
+MAX_REFERENCE_PIXELS = 64_000_000  # 8000x8000; Pillow's own bomb check stops far larger claims first
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High bit depth and float images scaled to 8 bits: Pillow's convert('RGB') clips 16-bit
+    values (a 16-bit PNG composes as white) and truncates floats in [0, 1] to black."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        a = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0  # floats in [0, 1], or already 0-255
+        return Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), "L")
     return image
 
 
