@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,32 @@ def test_hub_id_is_resolved_only_on_request_and_fails_clearly_offline(tmp_path):
     rc, _, err = run_cli("convert", "some-org/some-model", tmp_path / "out")  # tests run with HF_HUB_OFFLINE=1
     assert rc == 2 and "fetching it from the hub failed" in err and len(err.strip().splitlines()) == 1, err
     assert ck.resolve(golden("model", "dit_official")) == golden("model", "dit_official")
+
+
+def test_convert_refuses_a_taken_destination_and_a_bad_shard_size_and_writes_whole_or_nothing(tmp_path, monkeypatch):
+    """`convert` to an existing file or a non-empty folder, or with a shard size that is not a
+    size, is one line before any weight is read; a conversion that fails midway leaves no
+    folder under the name asked for."""
+    src = golden("model", "dit_official")
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    for dst, extra, needle in ((tmp_path / "file", [], "is a file"), (tmp_path / "full", [], "is not empty"),
+                               (tmp_path / "new", ["--max-shard-size", "lots"], "is not a size")):
+        rc, _, err = run_cli("convert", src, dst, "--component", "transformer", *extra)
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert (tmp_path / "file").read_text() == "mine" and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "new").exists()
+
+    from diffusers import WanTransformer3DModel
+
+    def fail_midway(self, folder, **kw):
+        (Path(folder) / "half.safetensors").write_bytes(b"x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(WanTransformer3DModel, "save_pretrained", fail_midway)
+    rc, _, err = run_cli("convert", src, tmp_path / "half", "--component", "transformer")
+    assert rc != 0 and not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
+    monkeypatch.undo()
+    rc, _, err = run_cli("convert", src, tmp_path / "ok", "--component", "transformer", "--max-shard-size", "200KB")
+    assert rc == 0 and (tmp_path / "ok" / "config.json").is_file() and not list(tmp_path.glob(".ok*")), err

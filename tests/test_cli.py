@@ -373,6 +373,23 @@ def test_batch_refuses_a_bad_field_in_any_item_before_generating(tmp_path, monke
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_two_batches_in_one_folder_do_not_both_run_and_a_killed_runs_parts_are_removed(tmp_path):
+    """A second batch into a folder that a batch is writing to is refused in one line (it would
+    make every item again); the next run removes the .part files a killed run left."""
+    from magref.jobs import batch_lock
+
+    batch = tmp_path / "b.txt"
+    batch.write_text(f"one@@x@@{CHAR}\n")
+    out = tmp_path / "out"
+    with batch_lock(out):
+        rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 2 and "Another magref batch (pid" in err and len(err.strip().splitlines()) == 1, err
+    assert not list(out.glob("*.mp4"))
+    (out / ".one.x1y2.part.mp4").write_bytes(b"half")
+    rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
+    assert rc == 0 and is_complete(out / "one.mp4") and not list(out.glob(".*.part*")), err
+
+
 def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):
     batch = tmp_path / "b.txt"
     batch.write_text(f"one@@x@@{CHAR}\n")

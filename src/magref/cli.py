@@ -113,13 +113,15 @@ def _run_items(args, spec, items) -> int:
     """Every item prepared (validated, composed) before the model loads, so a bad item costs
     nothing; a finished batch rerun loads no model at all."""
     from .io import check_output_dir
-    from .jobs import pending, prepare_items, run_batch
+    from .jobs import batch_lock, pending, prepare_items, run_batch
 
     check_output_dir(args.out_dir)
     prepare_items(items, spec)
     _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
-    model = _load(spec, args) if pending(items, args.out_dir) else None
-    run_batch(model, items, args.out_dir, writes=os.environ.get("RANK", "0") == "0")  # one summary under torchrun
+    writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes, and prints one summary
+    with batch_lock(args.out_dir, writes):
+        model = _load(spec, args) if pending(items, args.out_dir) else None
+        run_batch(model, items, args.out_dir, writes=writes)
     return 0
 
 

@@ -8,6 +8,7 @@ resumes without redoing or corrupting anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -219,6 +220,39 @@ def is_done(item: BatchItem, out_dir: str | Path) -> bool:
 
 def pending(items: list[BatchItem], out_dir: str | Path) -> list[BatchItem]:
     return [it for it in items if not is_done(it, out_dir)]
+
+
+@contextlib.contextmanager
+def batch_lock(out_dir: str | Path, writes: bool = True):
+    """One batch at a time in a folder: a second batch into the same folder is refused (it would
+    make every item again). Holding the lock, nobody else writes there, so the `.part` files of a
+    killed run are removed. Only the writing process (rank 0) locks."""
+    if not writes:
+        yield
+        return
+    import fcntl
+    import os
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".magref-batch.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise MagrefInputError(f"Another magref batch ({holder}) is writing to {out_dir}.",
+                                   "wait for it to finish (a rerun then resumes), or use another --out-dir.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        for part in out_dir.glob(".*.part*"):  # a killed run's half-written files
+            part.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_batch(model: LoadedModel | None, items: list[BatchItem], out_dir: str | Path, log=print, writes: bool = True) -> dict:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,16 +39,15 @@ def convert(
 
     Whole folders are converted one component at a time, each saved and freed before the next,
     so peak host memory is the largest component, not the whole pipeline."""
-    import gc
-
-    from ..schedulers import make_scheduler
-
     src, dst = resolve(src), Path(dst)
+    _check_destination(dst)
+    _check_shard_size(max_shard_size)
     if component is not None:
         if component not in COMPONENT_LOADERS:
             raise CheckpointError(f"Unknown component {component!r}.", f"use one of {', '.join(COMPONENT_LOADERS)}.")
         model = _load_component(component, src, dtype, clip_heads)
-        model.save_pretrained(dst, max_shard_size=max_shard_size, safe_serialization=True)
+        with _folder_written_whole(dst) as tmp:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
         log(f"wrote {component} ({type(model).__name__}) to {dst}")
         return dst
     kind = detect_kind(src)
@@ -54,6 +56,54 @@ def convert(
             f"{src} is {KIND_DESCRIPTIONS.get(kind, kind)}, not the official MAGREF folder.",
             "pass the official folder, or convert one part with --component transformer|vae|text_encoder|image_encoder.",
         )
+    with _folder_written_whole(dst) as tmp:
+        _convert_official(src, tmp, dtype, max_shard_size, clip_heads, log)
+    log(f"wrote MagrefPipeline folder {dst}")
+    return dst
+
+
+def _check_destination(dst: Path) -> None:
+    if dst.is_file():
+        raise CheckpointError(f"The destination {dst} is a file.", "name a new folder to write the converted model into.")
+    if dst.is_dir() and any(dst.iterdir()):
+        raise CheckpointError(f"The destination folder {dst} is not empty.", "name a new folder, or empty this one first.")
+    from ..io import check_output_dir
+
+    check_output_dir(dst.parent, what="The destination's folder")
+
+
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
+
+
+def _check_shard_size(size) -> None:
+    if isinstance(size, int) and size > 0:
+        return
+    if not isinstance(size, str) or not _SIZE.match(size) or float(re.sub(r"[^\d.]", "", size) or 0) <= 0:
+        raise CheckpointError(f"--max-shard-size {size!r} is not a size.", "write it like 5GB, 500MB or 10000000 (bytes).")
+
+
+@contextmanager
+def _folder_written_whole(dst: Path):
+    """Write into a hidden folder beside `dst`, renamed to `dst` only when complete: a failure or
+    a kill never leaves a half-converted model under the name asked for."""
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftovers
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dst.is_dir():
+        dst.rmdir()  # empty (checked before)
+    tmp.replace(dst)
+
+
+def _convert_official(src: Path, dst: Path, dtype, max_shard_size, clip_heads, log) -> None:
+    """Whole folders are converted one component at a time, each saved and freed before the next."""
+    import gc
+
+    from ..schedulers import make_scheduler
     from diffusers import __version__ as diffusers_version
     from transformers import AutoTokenizer
 
@@ -67,7 +117,7 @@ def convert(
             processor = clip_image_processor(model.config.image_size)
             processor.save_pretrained(dst / "image_processor")
             index["image_processor"] = ["transformers", type(processor).__name__]
-        log(f"wrote {name} to {dst / name}")
+        log(f"converted {name}")
         del model
         gc.collect()
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
@@ -77,5 +127,3 @@ def convert(
     scheduler.save_pretrained(dst / "scheduler")
     index["scheduler"] = ["magref.schedulers", type(scheduler).__name__]
     (dst / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
-    log(f"wrote MagrefPipeline folder {dst}")
-    return dst
