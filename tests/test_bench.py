@@ -112,6 +112,27 @@ def test_bench_score_three_folders_side_by_side(world, tmp_path):
     assert "| OpenS2V Total (v1.1, open) | 55.20 | not computed" in (out / "report.md").read_text()
 
 
+def test_bench_score_keeps_folders_of_one_name_apart_and_survives_a_broken_video(world, tmp_path):
+    """a/run and b/run are two columns, not one; a corrupt mp4 is scored as missing with a
+    warning; an empty case file is one line."""
+    import shutil
+
+    root, f = world
+    for parent, src in (("a", f["right"]), ("b", f["wrong"])):
+        shutil.copytree(src, tmp_path / parent / "run")
+    broken = sorted((tmp_path / "b" / "run").glob("*.mp4"))[0]
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "report"
+    rc, _, err = run_cli("bench", "score", root / "cases.jsonl", tmp_path / "a" / "run", tmp_path / "b" / "run", "--out", out)
+    assert rc == 0 and "Traceback" not in err, err
+    results = json.loads((out / "report.json").read_text())["results"]
+    assert set(results) == {"a/run", "b/run"}
+    assert "not a readable video" in results["b/run"]["per_case"][broken.stem]["missing"] and broken.name in err
+    (tmp_path / "empty.jsonl").write_text("\n# nothing\n")
+    rc, _, err = run_cli("bench", "score", tmp_path / "empty.jsonl", tmp_path / "a" / "run", "--out", out)
+    assert rc == 2 and "has no cases" in err and len(err.strip().splitlines()) == 1
+
+
 def test_importers(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "official.txt").write_text("one@@a man waves@@a.png@@b.png\n")

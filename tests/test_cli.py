@@ -113,6 +113,7 @@ BAD = {
     "layout box count": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32], [32, 0, 64, 32]]})], "places 2 reference"),
     "layout box empty": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[10, 0, 10, 32]]})], "empty or outside"),
     "layout missing file": (lambda d: ["--ref", CHAR, "--layout", d / "none.json"], "does not exist"),
+    "layout and layout seed": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32]]}), "--layout-seed", "3"], "not both"),
     "layout seed with seventeen refs": (lambda d: [*sum((["--ref", CHAR] for _ in range(17)), []), "--layout-seed", "1"], "at most 16"),
     # references
     "reference is a folder": (lambda d: ["--ref", d], "not a file"),

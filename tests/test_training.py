@@ -59,9 +59,35 @@ def test_prepare_resumes_without_redoing(dataset, tmp_path):
     videos = dataset.parent / "videos"
     rc, out, err = run_cli("prepare", videos, dataset, "--frames", "9", "--fps", "8", "--height", "64", "--width", "64", "--samples-per-shard", "5")
     assert rc == 0, err
-    assert (dataset / "progress.jsonl").read_text() == before and "skipping" not in err
+    after = (dataset / "progress.jsonl").read_text()
+    # finished videos are not redone; the skipped one is tried again (and skipped again)
+    assert after.startswith(before) and [json.loads(line)["video"] for line in after[len(before):].splitlines()] == ["corrupt.mp4"]
+    assert err.count("skipping") == 1 and "skipping corrupt.mp4" in err
     rc, _, err = run_cli("prepare", videos, dataset, "--frames", "13", "--height", "64", "--width", "64")
     assert rc == 2 and "other settings" in err
+
+
+def test_prepare_takes_a_video_whose_caption_came_later_and_refuses_bad_settings(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    moving_subject_video(videos / "late.mp4", frames=20)  # no caption yet
+    out = tmp_path / "ds"
+    args = ["--frames", "9", "--fps", "8", "--height", "64", "--width", "64"]
+    rc, _, err = run_cli("prepare", videos, out, *args)
+    assert rc == 0 and "no caption" in err
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] == 0
+    (videos / "late.txt").write_text("a ball rolls")
+    rc, _, err = run_cli("prepare", videos, out, *args)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert rc == 0 and manifest["num_samples"] >= 1 and manifest["skipped"] == [], err
+    for bad, needle in ((["--fps", "0"], "frame rate"), (["--fps", "nan"], "frame rate"), (["--height", "60"], "multiple of 16"),
+                        (["--frames", "10"], "4n+1"), (["--samples-per-shard", "0"], "at least 1")):
+        rc, _, err = run_cli("prepare", videos, tmp_path / "other", *args, *bad)
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (bad, err)
+        assert not (tmp_path / "other").exists()
+    (videos / "captions.jsonl").write_text("{not json\n")
+    rc, _, err = run_cli("prepare", videos, tmp_path / "other", *args)
+    assert rc == 2 and "captions.jsonl:1 is not a caption line" in err
 
 
 def test_dynamic_layouts_vary_and_stay_inside():

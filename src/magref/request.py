@@ -84,6 +84,9 @@ class GenerationSettings:
                 "use a smaller size or fewer frames.")
         if not self.refs:
             raise MagrefInputError("No reference image was given.", "pass 1 to 16 images with --ref.")
+        if self.layout is not None and self.layout_seed is not None:
+            raise MagrefInputError("Both a layout and a layout seed were given; the seed would be ignored.",
+                                   "pass --layout (your boxes) or --layout-seed (the official random placement), not both.")
         if self.layout is None:
             grid_size_for(len(self.refs))
         if not 1 <= self.steps <= LIMITS["steps"]:

@@ -69,6 +69,8 @@ def load_cases(path: str | Path) -> list[Case]:
         else:
             name, prompt, images = parse_official_line(line, where)
             cases.append(Case(name, prompt, [Reference(_resolve(p, path.parent)) for p in images]))
+    if not cases:
+        raise MagrefInputError(f"Case file {path} has no cases.", "add one case per line (JSON or name@@prompt@@image).")
     ids = [c.id for c in cases]
     if len(set(ids)) != len(ids):
         raise MagrefInputError(f"{path} repeats a case id.", "give every case its own id.")

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,7 +33,11 @@ def score_folder(cases: list[Case], videos_dir: Path, weights: dict[str, str]) -
         if not video.is_file():
             per_case[case.id] = {"missing": f"no {video.name} in {videos_dir}"}
             continue
-        frames = read_video(video)
+        frames = _read_or_none(video)
+        if frames is None or len(frames) == 0:
+            per_case[case.id] = {"missing": f"{video} is not a readable video"}
+            print(f"magref bench score: warning: {video} is not a readable video; scored as missing", file=sys.stderr)
+            continue
         refs = [(load_reference(r.path), r.kind) for r in case.refs]
         scores = score_video(MetricInput(frames, refs, case.prompt), weights)
         per_case[case.id] = {
@@ -66,10 +71,34 @@ def aggregate(cases: list[Case], per_case: dict) -> dict:
     return out
 
 
+def _read_or_none(video: Path):
+    try:
+        return read_video(video)
+    except Exception:  # imageio-ffmpeg raises RuntimeError/OSError/StopIteration variants for a broken file
+        return None
+
+
+def folder_labels(folders: list[Path]) -> list[str]:
+    """A name per folder for the report: the base name, or as many trailing path parts as it
+    takes to tell folders apart (a/run and b/run are not both 'run')."""
+    resolved = [f.resolve() for f in folders]
+    if len(set(resolved)) != len(resolved):
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError("The same video folder was given twice.", "pass each folder once.")
+    for k in range(1, max(len(f.parts) for f in resolved) + 1):
+        labels = ["/".join(f.parts[-k:]) for f in resolved]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in resolved]
+
+
 def _thumb(video: Path) -> str:
     if not video.is_file():
         return ""
-    frames = read_video(video)
+    frames = _read_or_none(video)
+    if frames is None or len(frames) == 0:
+        return ""
     im = Image.fromarray(frames[len(frames) // 2])
     im.thumbnail((160, 160))
     buf = io.BytesIO()
@@ -104,12 +133,13 @@ def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dic
     out.mkdir(parents=True, exist_ok=True)
     weights = weights or {}
     results = {}
-    for folder in folders:
+    names = folder_labels(folders)
+    for folder, name in zip(folders, names):
         per_case = score_folder(cases, folder, weights)
-        results[folder.name] = {"folder": str(folder), "per_case": per_case, "aggregate": aggregate(cases, per_case)}
-        if opens2v and folder.name in opens2v:
-            results[folder.name]["opens2v"] = opens2v_for(cases, opens2v[folder.name], opens2v_domain)
-    names = [f.name for f in folders]
+        results[name] = {"folder": str(folder), "per_case": per_case, "aggregate": aggregate(cases, per_case)}
+        key = name if opens2v and name in opens2v else folder.name  # --opens2v names a folder by its label or base name
+        if opens2v and key in opens2v:
+            results[name]["opens2v"] = opens2v_for(cases, opens2v[key], opens2v_domain)
     report = {"cases": [c.to_dict() for c in cases], "metrics": {k: {"description": m.description, "higher_is_better": m.higher_is_better, "label": m.label}
               for k, m in REGISTRY.items()}, "results": results}
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -136,7 +166,7 @@ def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dic
 
     rows = []
     for c in cases:
-        thumbs = "".join(f"<td><img src='{_thumb(f / (c.id + '.mp4'))}'><br>{html.escape(f.name)}</td>" for f in folders)
+        thumbs = "".join(f"<td><img src='{_thumb(f / (c.id + '.mp4'))}'><br>{html.escape(n)}</td>" for f, n in zip(folders, names))
         rows.append(f"<tr><td><b>{html.escape(c.id)}</b><br>{html.escape(c.prompt)}</td>{thumbs}</tr>")
     tables = md.replace("&", "&amp;").replace("<", "&lt;")
     (out / "report.html").write_text(

@@ -9,6 +9,7 @@ rerun skips those. A video that fails to decode is reported and skipped, never f
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,19 @@ class PrepareSettings:
     segmenter: str | None = None  # detect-segment: SAM weights
     detector_threshold: float = 0.2
 
+    def validate(self) -> None:
+        check_num_frames(self.frames)
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise MagrefInputError(f"--fps {self.fps} is not a frame rate between 0 and 240.", "use e.g. --fps 8.")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v < 16 or v % 16 or v > 2048:
+                raise MagrefInputError(f"--{name} {v} is not a multiple of 16 between 16 and 2048.", f"use e.g. --{name} 64.")
+        if self.max_clips_per_video < 1 or self.samples_per_shard < 1:
+            raise MagrefInputError("--max-clips-per-video and --samples-per-shard must be at least 1.", "use e.g. --max-clips-per-video 4.")
+        if not (math.isfinite(self.detector_threshold) and 0 <= self.detector_threshold <= 1):
+            raise MagrefInputError(f"--detector-threshold {self.detector_threshold} is not between 0 and 1.", "use e.g. --detector-threshold 0.2.")
+
 
 def find_videos(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
@@ -46,10 +60,14 @@ def load_captions(root: Path) -> dict[str, str]:
     captions = {}
     jsonl = root / "captions.jsonl"
     if jsonl.is_file():
-        for line in jsonl.read_text(encoding="utf-8").splitlines():
+        for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                obj = json.loads(line)
-                captions[obj["video"]] = obj["caption"]
+                try:
+                    obj = json.loads(line)
+                    captions[str(obj["video"])] = str(obj["caption"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise MagrefInputError(f"{jsonl}:{n} is not a caption line.",
+                                           'write one {"video": "relative/path.mp4", "caption": "..."} object per line.') from None
     return captions
 
 
@@ -91,7 +109,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     if not videos_dir.is_dir():
         raise MagrefInputError(f"Video folder {videos_dir} does not exist.", "pass the folder holding your videos.")
-    check_num_frames(settings.frames)
+    settings.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
@@ -101,7 +119,13 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
             f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
         )
     progress = out_dir / "progress.jsonl"
-    done = {json.loads(line)["video"] for line in progress.read_text().splitlines() if line.strip()} if progress.is_file() else set()
+    # finished videos only: a skipped one (no caption yet, unreadable) is tried again on every rerun
+    done = set()
+    if progress.is_file():
+        for line in progress.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                (done.discard if entry.get("skipped") else done.add)(entry["video"])
     options = {"detector": settings.detector, "segmenter": settings.segmenter, "threshold": settings.detector_threshold}
     extractor = make_extractor(settings.extractor, **(options if settings.extractor == "detect-segment" else {}))
     captions = load_captions(videos_dir)
@@ -149,6 +173,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
                 f.write(json.dumps({"video": rel, "skipped": True}) + "\n")
             continue
         buffered_videos.append(rel)
+        manifest["skipped"] = [s for s in manifest["skipped"] if s["video"] != rel]  # skipped before, done now
         writer.flush_if_full()
     writer.flush()
     log(f"prepare: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
