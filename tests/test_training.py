@@ -292,7 +292,10 @@ def test_two_process_fsdp_gloo(tmp_path, dataset, mode):
     "extra,needle",
     [({"lerning_rate": 1e-3}, "did you mean 'learning_rate'"), ({"mode": "half"}, "not one of full, lora"), ({"max_steps": "ten"}, "should be int"),
      ({"layout": {"p_grid": 0.5}}, "unknown key 'p_grid'"), ({"subject_loss_weight": 0.5}, "must be >= 1"),
-     ({"subject_loss_weight": 5.0}, "needs per-frame subject masks")],
+     ({"subject_loss_weight": 5.0}, "needs per-frame subject masks"),
+     ({"learning_rate": float("inf")}, "not a finite number"), ({"shift": float("nan")}, "not a finite number"),
+     ({"shift": -1.0}, "shift must be > 0"), ({"layout": {"p_drop": 1.5}}, "is a probability"), ({"adam_betas": [0.9, 2]}, "adam_betas"),
+     ({"weight_decay": -0.1}, "must be >= 0"), ({"layout": [1, 2]}, "must be a mapping")],
 )
 def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def _check_type(where: str, name: str, value: Any, default: Any, annotation: str
     if value is None and "None" in annotation:
         return value
     if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML reads .inf and .nan as floats; a run on them trains NaNs
+            raise MagrefInputError(f"{where}: '{name}' is {value!r}, not a finite number.", f"write e.g. {name}: {default!r}.")
         return float(value)
     if "int" in annotation and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -144,8 +147,18 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise MagrefInputError(f"{where}: caption_dropout must be in [0, 1).", "set caption_dropout: 0.1.")
     if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
         raise MagrefInputError(f"{where}: ema_decay must be in (0, 1) or null.", "set ema_decay: 0.999.")
-    if len(cfg.adam_betas) != 2:
-        raise MagrefInputError(f"{where}: adam_betas needs two numbers.", "set adam_betas: [0.9, 0.999].")
+    if len(cfg.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.adam_betas):
+        raise MagrefInputError(f"{where}: adam_betas needs two numbers in [0, 1).", "set adam_betas: [0.9, 0.999].")
+    for key in ("shift", "max_grad_norm", "logit_std"):
+        if not getattr(cfg, key) > 0:
+            raise MagrefInputError(f"{where}: {key} must be > 0 (got {getattr(cfg, key)}).", f"set {key}: {getattr(TrainConfig, key)}.")
+    if cfg.weight_decay < 0 or cfg.warmup_steps < 0:
+        raise MagrefInputError(f"{where}: weight_decay and warmup_steps must be >= 0.", "set weight_decay: 0.0 and warmup_steps: 0.")
+    for key in ("p_official_grid", "p_drop", "p_source_boxes"):
+        if not 0 <= getattr(cfg.layout, key) <= 1:
+            raise MagrefInputError(f"{where}: layout.{key} is a probability, got {getattr(cfg.layout, key)}.", f"set layout: {{{key}: 0.3}}.")
+    if not 0 < cfg.layout.min_scale <= 1:
+        raise MagrefInputError(f"{where}: layout.min_scale must be in (0, 1].", "set layout: {min_scale: 0.5}.")
     if cfg.mode == "lora" and cfg.lora.rank < 1:
         raise MagrefInputError(f"{where}: lora.rank must be >= 1.", "set lora: {rank: 16}.")
     return cfg
