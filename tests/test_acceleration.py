@@ -128,11 +128,39 @@ def test_attention_backend_is_tried_where_it_will_run():
 
 
 def test_lowmem_preset_runs_and_matches():
+    """lowmem is really on: group-offload hooks on every transformer block and on the encoders'
+    layers, VAE tiling on; and the video is the same."""
+    from diffusers.hooks import HookRegistry
+
+    def offloaded(module):
+        registry = getattr(module, "_diffusers_hook", None)
+        return isinstance(registry, HookRegistry) and any("group_offloading" in name for name in registry.hooks)
+
     reference = _latents(tiny_random_pipeline())
     pipe = tiny_random_pipeline()
+    assert not offloaded(pipe.transformer.blocks[0]) and not pipe.vae.use_tiling
     applied = acc.apply_preset(pipe, "lowmem", torch.device("cpu"))
     assert "group offloading" in applied["offload"]
+    assert all(offloaded(block) for block in pipe.transformer.blocks)
+    for encoder in (pipe.text_encoder, pipe.image_encoder):
+        leaves = [m for m in encoder.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+        assert leaves and all(offloaded(m) for m in leaves)
+    assert pipe.vae.use_tiling
     torch.testing.assert_close(_latents(pipe), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,params", [("fbcache", {"threshold": 0.0}), ("taylorseer", {"cache_interval": 1}),
+                                         ("magcache", {"num_inference_steps": 6, "mag_ratios": [0.95] * 6, "threshold": 0.0})])
+def test_step_cache_that_skips_nothing_is_the_uncached_video_exactly(kind, params):
+    """Threshold 0 (interval 1) computes every step: the hooks must then change nothing at all.
+    (MagCache's ratios here are below 1: with ratios of exactly 1 its accumulated error is 0,
+    which a threshold of 0 still allows to skip.)"""
+    pipe = tiny_random_pipeline()
+    reference = _latents(pipe)
+    acc.enable_step_cache(pipe, kind, **params)
+    cached = _latents(pipe)
+    acc.disable_step_cache(pipe)
+    assert torch.equal(cached, reference)
 
 
 def test_fp8_weights_run_and_difference_is_reported():
