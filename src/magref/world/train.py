@@ -225,7 +225,7 @@ def _probe_ceiling(vae, identifier, clips: int | None = None) -> dict:
 #   0.08-0.11 per frame but 0.22 on the subjects of frame 0 and 0.45 on those of frames 9-12: the
 #   subjects faded in every decoded video, true latents included, and the background hid it.
 #   Tuning the decoder alone with that weighting left them at 0.3-0.38 (the encoder had lost them).
-#   At a constant LR the identity of its decoded subjects (scripts/vae_subject_check.py) rose to
+#   At a constant LR the identity of its decoded subjects (experiments/vae_subject_check.py) rose to
 #   ~0.4 top-1 and stalled; annealing the LR over the last 850 steps lifted it to 0.55: the
 #   constant-LR weights were noisy, not out of capacity.
 # `anneal`: the last steps over which the LR falls by a cosine to a tenth (None: all of them).
@@ -336,7 +336,7 @@ def tune_vae(out: Path, steps: int, log=print, stage: str = "tuned") -> Path:
 
 # The training captions name the subject's kind and motion, not its colours: with colours in the
 # caption (the second and third recipes) the model took the appearance from the text and the
-# subject's place from the canvas (a recoloured canvas cost it nothing, scripts/conditioning_check.py).
+# subject's place from the canvas (a recoloured canvas cost it nothing, experiments/conditioning_check.py).
 # MAGREF's use is the same split: the prompt says what happens, the references say who.
 CAPTIONS = "kind"
 

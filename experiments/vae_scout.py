@@ -2,8 +2,8 @@
 for the miniature world's VAE: continue the `subjects` stage (VAE_STAGES) from a saved state
 on any device, with a larger batch, for a fixed time, measuring the ceiling as it goes.
 
-    python scripts/vae_scout.py VAE_DIR STATE SECONDS [--batch 8] [--every 500] [--device cuda] [--out DIR]
-    python scripts/vae_scout.py VAE_DIR STATE 0 --steps 850 --anneal --batch 2 --workers 0 --out DIR   # CPU
+    python experiments/vae_scout.py VAE_DIR STATE SECONDS [--batch 8] [--every 500] [--device cuda] [--out DIR]
+    python experiments/vae_scout.py VAE_DIR STATE 0 --steps 850 --anneal --batch 2 --workers 0 --out DIR   # CPU
 
 VAE_DIR: the stage's source folder (config and weights); STATE: its `subjects_state.pt`.
 Clips are rendered by a process pool (the world is numpy/PIL), so the GPU is not starved.

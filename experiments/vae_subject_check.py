@@ -5,7 +5,7 @@ every transformer: the identity top-1 (`magref world evaluate`'s matcher, 7 dist
 frames 4-12) of fresh single-subject clips encoded and decoded, beside that of the clips as
 rendered.
 
-    python scripts/vae_subject_check.py src/magref/assets/models/miniature/vae ~/.cache/magref/w5/data [out.png]
+    python experiments/vae_subject_check.py src/magref/assets/models/miniature/vae ~/.cache/magref/w5/data [out.png]
 
 Whole-frame error alone is dominated by the background: a VAE with 0.1 whole-frame L1 lost the
 subjects of the later frames (0.45 inside their masks), and no transformer can draw what the
@@ -21,10 +21,9 @@ from diffusers import AutoencoderKLWan
 from PIL import Image
 
 from magref.data.shards import ClipDataset
-from magref.world.identities import identity_ids
 from magref.world.clips import make_clip
 from magref.world.evaluate import identity_match
-from magref.world.identities import distractors_for
+from magref.world.identities import distractors_for, identity_ids
 from magref.world.render import identity
 
 

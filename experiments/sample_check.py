@@ -2,7 +2,7 @@
 official grid layout and with the reference placed where a subject would start (the in-place
 boxes half of the training layouts use), and score identity against 7 distractors.
 
-    python scripts/sample_check.py ~/.cache/magref/w6 4000 [picture.png] [--cases 4] [--captions kind] [--guidance 5]
+    python experiments/sample_check.py ~/.cache/magref/w6 4000 [picture.png] [--cases 4] [--captions kind] [--guidance 5]
 
 Prints one (layout, identity hit, margin) per video and the hit counts; the picture has two rows
 per case (grid, then in place), frames 0..12 left to right, all frames kept.

@@ -6,7 +6,7 @@ and inside the subjects' cells of latent frames 1 on (the frames a MAGREF video 
 data's per-frame masks), also with the canvas recoloured (its channels permuted: same shapes and
 places, other colours), which tells whether the model reads the reference's appearance.
 
-    python scripts/conditioning_check.py ~/.cache/magref/world 1200 [DATA]
+    python experiments/conditioning_check.py ~/.cache/magref/world 1200 [DATA]
 
 DATA: another dataset in the run's format (default: the run's own training clips), e.g. fresh
 clips of the same world (`build_world_dataset(..., seed=1, frames=13, cutout_frame=0)`).
