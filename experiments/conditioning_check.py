@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from magref.training.config import load_config
-from magref.training.trainer import Trainer, latent_subject_mask
+from magref.training.flow import latent_subject_mask
+from magref.training.trainer import Trainer
 
 
 def main(run: str, step: int, n: int = 8, data: str | None = None) -> None:

@@ -423,7 +423,7 @@ def test_encoding_cache_matches_live_encoding_and_is_shared(tmp_path, dataset):
 
 def test_latent_subject_mask_follows_the_causal_vae_grouping():
     """Frame 0 is its own latent frame, then 4 frames per latent frame; 8x8 pixels per cell."""
-    from magref.training.trainer import latent_subject_mask
+    from magref.training.flow import latent_subject_mask
 
     masks = np.zeros((13, 64, 64), np.uint8)
     masks[0, 3, 60] = 1  # latent frame 0, cell (0, 7)
@@ -437,7 +437,7 @@ def test_latent_subject_mask_follows_the_causal_vae_grouping():
 
 
 def test_weighted_mse_weights_cells_and_keeps_the_plain_scale():
-    from magref.training.trainer import weighted_mse
+    from magref.training.flow import weighted_mse
 
     pred, target = torch.randn(2, 16, 4, 8, 8), torch.randn(2, 16, 4, 8, 8)
     plain = torch.nn.functional.mse_loss(pred, target)

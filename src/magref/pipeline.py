@@ -200,17 +200,24 @@ class MagrefPipeline(WanImageToVideoPipeline):
             return self.scheduler
         return make_scheduler(solver or current, self.scheduler.config.flow_shift if shift is None else shift)
 
-    def predict_velocity(self, x_in, timestep, text_embeds, image_embeds, attention_kwargs, cache_context: str) -> torch.Tensor:
-        """One transformer pass; `cache_context` keeps step-cache state apart per guidance branch."""
+    def conditioned_velocity(self, latents, condition, timestep, text_embeds, image_embeds, attention_kwargs=None,
+                             cache_context: str = "cond") -> torch.Tensor:
+        """The transformer's velocity for the video latent (B, z, T, h, w), float32: the input is
+        [noisy latent; condition] as the model's conditioning mode says (channel concatenation, or
+        the tokens ablation's extra frame, dropped again from the output). One forward for sampling
+        and training alike; `cache_context` keeps step-cache state apart per guidance branch."""
+        mode, mask_channels = self.config.get("conditioning", "channel"), self.config.get("mask_channels", True)
+        x_in = model_input(latents, condition, mode, mask_channels).to(self.transformer.dtype)  # (B, 36, T, h, w) in channel mode
         with self.transformer.cache_context(cache_context):
-            return self.transformer(
+            out = self.transformer(
                 hidden_states=x_in,
                 timestep=timestep,
                 encoder_hidden_states=text_embeds,
                 encoder_hidden_states_image=image_embeds,
                 attention_kwargs=attention_kwargs,
                 return_dict=False,
-            )[0].float()
+            )[0]
+        return model_output(out, mode).float()
 
     @torch.no_grad()
     def denoise(
@@ -230,9 +237,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         """The official sampling loop: a conditional and an unconditional pass per step,
         noise_pred = uncond + scale * (cond - uncond), then one scheduler step in float32.
         With `batched_cfg` both branches run as one batch-2 forward (same result, fewer launches)."""
-        dtype = self.transformer.dtype
         batched_cfg = self.batched_cfg if batched_cfg is None else batched_cfg
-        mode, mask_channels = self.config.get("conditioning", "channel"), self.config.get("mask_channels", True)
         timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -240,20 +245,18 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                x_in = model_input(latents, condition, mode, mask_channels).to(dtype)  # (B, 36, T, h, w) in channel mode
-                timestep = t.expand(x_in.shape[0])
+                timestep = t.expand(latents.shape[0])
                 if negative_prompt_embeds is not None and batched_cfg:
-                    both = self.predict_velocity(
-                        torch.cat([x_in, x_in]), torch.cat([timestep, timestep]),
+                    both = self.conditioned_velocity(
+                        torch.cat([latents, latents]), torch.cat([condition, condition]), torch.cat([timestep, timestep]),
                         torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([image_embeds, image_embeds]), attention_kwargs, "cfg",
                     )
-                    noise_pred, noise_uncond = model_output(both, mode).chunk(2)
+                    noise_pred, noise_uncond = both.chunk(2)
                 else:
-                    noise_pred = model_output(self.predict_velocity(x_in, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond"), mode)
+                    noise_pred = self.conditioned_velocity(latents, condition, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond")
                     if negative_prompt_embeds is not None:
-                        noise_uncond = model_output(
-                            self.predict_velocity(x_in, timestep, negative_prompt_embeds, image_embeds, attention_kwargs, "uncond"), mode
-                        )
+                        noise_uncond = self.conditioned_velocity(latents, condition, timestep, negative_prompt_embeds, image_embeds,
+                                                                 attention_kwargs, "uncond")
                 if negative_prompt_embeds is not None:
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]

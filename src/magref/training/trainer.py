@@ -17,9 +17,7 @@ gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -30,65 +28,18 @@ import torch
 import torch.distributed as dist
 
 from ..composition import compose_references
-from ..conditioning import canvas_to_tensor, model_input, model_output
+from ..conditioning import canvas_to_tensor
 from ..data.masking import LayoutSampler
 from ..data.shards import ClipDataset
 from ..distributed import default_device, init_from_env, rank_and_world
 from ..errors import MagrefInputError
 from ..io import write_json
+from .checkpointing import Checkpointing, is_main
 from .config import TrainConfig, config_dict
-
-# ----------------------------------------------------------------------------------------------
-# Flow matching (Wan / rectified flow)
-# ----------------------------------------------------------------------------------------------
-
-
-def sample_sigmas(n: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    if cfg.sigma_sampling == "logit_normal":
-        return torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
-    u = torch.rand(n, generator=generator)
-    return cfg.shift * u / (1 + (cfg.shift - 1) * u)  # the sampler's shift, applied to uniform draws
-
-
-def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor):
-    """x_t = (1 - s) x0 + s e; the velocity target is e - x0; the timestep is 1000 s."""
-    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-    return (1 - s) * x0 + s * noise, noise - x0, sigma * 1000
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def latent_subject_mask(masks: np.ndarray, t_stride: int = 4, s_stride: int = 8) -> torch.Tensor:
-    """(F, H, W) pixel masks -> (1 + (F-1)/t_stride, H/s_stride, W/s_stride) float {0, 1}: a
-    latent cell is marked when any pixel it codes is. The causal VAE codes frame 0 alone and then
-    t_stride frames per latent frame, so the temporal groups are [0], [1..4], [5..8], ..."""
-    m = torch.from_numpy(np.asarray(masks)).float()
-    groups = torch.cat([m[:1], m[1:].unflatten(0, (-1, t_stride)).amax(1)])  # (F_lat, H, W)
-    return torch.nn.functional.max_pool2d(groups[:, None], s_stride)[:, 0]
-
-
-def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The mean of `values` with `weight` broadcast over them (e.g. one weight per cell shared by
-    the channels), normalised by the weights' sum so that it keeps the plain mean's scale."""
-    return (values * weight).sum() / weight.expand_as(values).sum()
-
-
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """MSE with a per-cell weight (B, F, h, w) shared by the channels."""
-    if weight is None:
-        return torch.nn.functional.mse_loss(pred, target)
-    return weighted_mean((pred - target) ** 2, weight[:, None])
-
+from .flow import flow_pair, latent_subject_mask, sample_sigmas, weighted_mse
 
 def world() -> tuple[int, int]:
     return rank_and_world()
-
-
-def is_main() -> bool:
-    return world()[0] == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +47,7 @@ def is_main() -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-class Trainer:
+class Trainer(Checkpointing):
     def __init__(self, cfg: TrainConfig, log=print):
         from ..models import load_pipeline
 
@@ -225,15 +176,7 @@ class Trainer:
     def predict(self, x_t: torch.Tensor, timestep: torch.Tensor, batch: dict) -> torch.Tensor:
         """The transformer's flow prediction for the video latent only, with the conditioning
         (`condition`, `text`, `image_embeds` of `batch`) wired as the pipeline's config says."""
-        mode = self.pipe.config.get("conditioning", "channel")
-        pred = self.transformer(
-            hidden_states=model_input(x_t, batch["condition"], mode, self.pipe.config.get("mask_channels", True)),
-            timestep=timestep,
-            encoder_hidden_states=batch["text"],
-            encoder_hidden_states_image=batch["image_embeds"],
-            return_dict=False,
-        )[0]
-        return model_output(pred, mode)
+        return self.pipe.conditioned_velocity(x_t, batch["condition"], timestep, batch["text"], batch["image_embeds"])
 
     def train_step(self, step: int) -> float:
         cfg = self.cfg
@@ -300,128 +243,6 @@ class Trainer:
             # another still uses it aborts the process ("terminate called without an active exception").
             dist.barrier()
         return {"step": self.step, "loss": loss}
-
-    # -- state ----------------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        if self.world_size > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        else:
-            full = self.transformer.state_dict()
-        trainable = set(self.trainable_names)
-        return {k: v.detach().cpu().contiguous() for k, v in full.items() if k in trainable}
-
-    def optimizer_state(self) -> dict:
-        if self.world_size > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(self.transformer, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
-
-    def save_checkpoint(self) -> None:
-        from safetensors.torch import save_file
-
-        weights, optim = self.trainable_state(), self.optimizer_state()
-        if not is_main():
-            if self.world_size > 1:
-                dist.barrier()  # the checkpoint is complete before any rank moves on
-            return
-        final = self.out / "checkpoints" / f"step-{self.step:07d}"
-        tmp = final.with_name(final.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(weights, tmp / "trainable.safetensors")
-        torch.save(optim, tmp / "optimizer.pt")
-        torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        if self.ema is not None:
-            torch.save(self.ema.state_dict(), tmp / "ema.pt")
-            if self.world_size == 1:  # the averaged weights by name, for sampling from a checkpoint
-                save_file({n: p.detach().cpu().contiguous() for n, p in zip(self.trainable_names, self.ema.shadow_params)}, tmp / "ema.safetensors")
-        write_json(tmp / "state.json", {"step": self.step, "fingerprint": self.cfg.fingerprint(), "world_size": self.world_size})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # a checkpoint is complete or absent
-        self.log(f"checkpoint: {final}")
-        if self.world_size > 1:
-            dist.barrier()
-
-    def latest_checkpoint(self) -> Path | None:
-        ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
-        return ckpts[-1] if ckpts else None
-
-    def load_checkpoint(self) -> None:
-        from safetensors.torch import load_file
-
-        ckpt = self.latest_checkpoint()
-        if ckpt is None:
-            raise MagrefInputError(f"--resume: {self.out} has no checkpoint.", "start without --resume.")
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["fingerprint"] != self.cfg.fingerprint():
-            raise MagrefInputError(
-                f"--resume: the config differs from the one {ckpt} was trained with.",
-                "resume with the same config (only max_steps, checkpoint_every and log_every may change).",
-            )
-        weights = load_file(ckpt / "trainable.safetensors")
-        optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        if self.world_size > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-            opts = StateDictOptions(full_state_dict=True, strict=False)
-            set_model_state_dict(self.transformer, weights, options=opts)
-            set_optimizer_state_dict(self.transformer, self.optimizer, optim, options=opts)
-        else:
-            missing = set(self.trainable_names) - set(weights)
-            if missing:
-                raise MagrefInputError(f"--resume: {ckpt} lacks {len(missing)} trainable weight(s).", "the checkpoint is from another model or mode.")
-            self.transformer.load_state_dict(weights, strict=False)
-            self.optimizer.load_state_dict(optim)
-        self.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
-        if self.ema is not None:
-            self.ema.load_state_dict(torch.load(ckpt / "ema.pt", weights_only=True))
-        self.step = state["step"]
-        self.log(f"resumed from {ckpt} at step {self.step}")
-
-    def _trim_metrics(self, step: int) -> None:
-        """Metrics past the resumed step belong to work that was lost; drop them."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def export(self) -> None:
-        """final/: the LoRA (pytorch_lora_weights.safetensors) or the whole fine-tuned pipeline."""
-        weights = self.trainable_state()
-        if self.ema is not None:  # export the averaged weights
-            ema_params = self.ema.shadow_params
-            weights = {n: p.detach().cpu() for n, p in zip(self.trainable_names, ema_params)} if self.world_size == 1 else weights
-        if not is_main():
-            return
-        final = self.out / "final"
-        shutil.rmtree(final, ignore_errors=True)
-        if self.cfg.mode == "lora":
-            from peft.utils import get_peft_model_state_dict
-
-            from ..pipeline import MagrefPipeline
-
-            if self.world_size == 1:
-                self.transformer.load_state_dict(weights, strict=False)
-                lora = get_peft_model_state_dict(self.transformer)
-            else:
-                lora = {k.replace(".default", ""): v for k, v in weights.items() if "lora_" in k}
-            MagrefPipeline.save_lora_weights(final, transformer_lora_layers=lora)
-        elif self.world_size == 1:
-            self.transformer.load_state_dict(weights, strict=False)
-            self.pipe.save_pretrained(final)
-        else:
-            # The live transformer is sharded; rank 0 gathers the full weights into a fresh,
-            # unsharded copy of the base pipeline and saves that.
-            from ..models import load_pipeline
-
-            torch.manual_seed(self.cfg.seed)
-            pipe = load_pipeline(self.cfg.model)
-            pipe.transformer.load_state_dict(weights, strict=False)
-            pipe.save_pretrained(final)
-        self.log(f"exported: {final}")
 
 
 def plot_loss(metrics: Path, out: Path) -> None:

@@ -239,7 +239,7 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     """L1 + L2 / 2, each averaged with a per-pixel weight (B, 1, F, H, W) shared by the channels."""
     if weight is None:
         return (rec - x).abs().mean() + 0.5 * (rec - x).pow(2).mean()
-    from ..training.trainer import weighted_mean
+    from ..training.flow import weighted_mean
 
     return weighted_mean((rec - x).abs(), weight) + 0.5 * weighted_mean((rec - x) ** 2, weight)
 
