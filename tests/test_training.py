@@ -398,7 +398,7 @@ def test_encoding_cache_matches_live_encoding_and_is_shared(tmp_path, dataset):
     parts = sorted((data / "encodings").glob("*/part-*.safetensors"))
     assert len(parts) == 1 and trainer.cache.condition.shape[:2] == (len(trainer.dataset), 2)
     for index, k in [(0, 0), (3, 1)]:
-        live = trainer.encode_visual([trainer.example(index, cache_mod._layout_rng(0, index, k))])
+        live = trainer.encode_visual([trainer.example(index, cache_mod.layout_rng(0, index, k))])
         cached = trainer.cache.batch([index], [k], "cpu")
         for name in ("x0", "condition", "image_embeds"):
             torch.testing.assert_close(cached[name], live[name], rtol=0, atol=1e-6)

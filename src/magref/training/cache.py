@@ -27,17 +27,17 @@ PART = 250  # clips per file
 BATCH = 16  # clips per encoder call while building
 
 
-def _layout_rng(seed: int, index: int, k: int) -> random.Random:
+def layout_rng(seed: int, index: int, k: int) -> random.Random:
+    """The draw of clip `index`'s k-th cached layout."""
     return random.Random(int(np.random.SeedSequence([seed, index, k, 7]).generate_state(1)[0]))
 
 
-def cache_key(trainer) -> str:
-    cfg, pipe = trainer.cfg, trainer.pipe
+def cache_key(settings: dict, encoders: list[torch.nn.Module]) -> str:
+    """The settings that shape an encoding and the encoders' weights, hashed: a changed one
+    never reads a stale cache."""
     h = hashlib.sha256()
-    settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
-                "frames": trainer.frames, "height": trainer.height, "width": trainer.width, "clips": trainer.dataset.index}
     h.update(json.dumps(settings, sort_keys=True).encode())
-    for model in (pipe.vae, pipe.image_encoder):
+    for model in encoders:
         for name, tensor in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
@@ -45,23 +45,27 @@ def cache_key(trainer) -> str:
 
 
 class EncodingCache:
-    def __init__(self, trainer, log=print):
-        self.k = trainer.cfg.cache_layouts
-        self.root = Path(trainer.cfg.data) / "encodings" / cache_key(trainer)
-        self.per_clip_target = trainer.cfg.first_frame == "clip"  # the target does not depend on the layout
-        n = len(trainer.dataset)
-        parts = range((n + PART - 1) // PART)
+    """The encodings of `num_clips` clips x `k` layouts under `root`, built by `encode` where
+    missing (this rank's share of the parts under torchrun), then held in memory.
+
+    encode(indices, k) -> {"x0": (clips, 1 or k, ...), "condition": (clips, k, ...),
+    "image_embeds": (clips, k, ...)}; x0 has one entry per clip when the target does not depend
+    on the layout (`per_clip_target`)."""
+
+    def __init__(self, root: Path, k: int, num_clips: int, encode, per_clip_target: bool, rank: int = 0, world_size: int = 1, log=print):
+        self.root, self.k, self.per_clip_target = Path(root), k, per_clip_target
+        parts = range((num_clips + PART - 1) // PART)
         missing = [p for p in parts if not (self.root / f"part-{p:05d}.safetensors").is_file()]
         if missing:
-            self.build(trainer, [p for p in missing if p % trainer.world_size == trainer.rank], n, log)
-        if trainer.world_size > 1:
+            self.build(encode, [p for p in missing if p % world_size == rank], num_clips, log)
+        if world_size > 1:
             torch.distributed.barrier()
         from safetensors.torch import load_file
 
         loaded = [load_file(self.root / f"part-{p:05d}.safetensors") for p in parts]
         self.x0, self.condition, self.image_embeds = (torch.cat([d[name] for d in loaded]) for name in ("x0", "condition", "image_embeds"))
 
-    def build(self, trainer, parts: list[int], n: int, log) -> None:
+    def build(self, encode, parts: list[int], n: int, log) -> None:
         from safetensors.torch import save_file
         from tqdm.auto import tqdm
 
@@ -69,20 +73,13 @@ class EncodingCache:
         log(f"encoding cache: {len(parts)} part(s) of {PART} clips x {self.k} layout(s) -> {self.root}")
         progress = tqdm(total=sum(min(PART, n - p * PART) for p in parts), desc="encode", unit="clip", file=sys.stderr)
         for p in parts:
-            x0, condition, image_embeds = [], [], []
+            chunks = []
             for start in range(p * PART, min(n, (p + 1) * PART), BATCH):
-                indices = range(start, min(n, (p + 1) * PART, start + BATCH))
-                examples = [trainer.example(i, _layout_rng(trainer.cfg.seed, i, k)) for i in indices for k in range(self.k)]
-                enc = trainer.encode_visual(examples, with_target=not self.per_clip_target)
-                if self.per_clip_target:
-                    enc["x0"] = trainer.encode_visual(examples[:: self.k], with_condition=False)["x0"]
-                x0.append(enc["x0"].unflatten(0, (len(indices), -1)).cpu())  # (clips, 1 or K, C, F, h, w)
-                condition.append(enc["condition"].unflatten(0, (len(indices), self.k)).cpu())
-                image_embeds.append(enc["image_embeds"].unflatten(0, (len(indices), self.k)).cpu())
+                indices = list(range(start, min(n, (p + 1) * PART, start + BATCH)))
+                chunks.append({name: t.cpu() for name, t in encode(indices, self.k).items()})
                 progress.update(len(indices))
             tmp = self.root / f"part-{p:05d}.tmp"
-            save_file({"x0": torch.cat(x0).contiguous(), "condition": torch.cat(condition).contiguous(),
-                       "image_embeds": torch.cat(image_embeds).contiguous()}, tmp)
+            save_file({name: torch.cat([c[name] for c in chunks]).contiguous() for name in ("x0", "condition", "image_embeds")}, tmp)
             tmp.replace(self.root / f"part-{p:05d}.safetensors")  # a part is complete or absent
         progress.close()
 

@@ -105,9 +105,13 @@ class Trainer(Checkpointing):
         self.step = 0
         self.cache = None
         if cfg.cache_layouts:
-            from .cache import EncodingCache
+            from .cache import EncodingCache, cache_key
 
-            self.cache = EncodingCache(self, log)
+            settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
+                        "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index}
+            root = Path(cfg.data) / "encodings" / cache_key(settings, [self.pipe.vae, self.pipe.image_encoder])
+            self.cache = EncodingCache(root, cfg.cache_layouts, len(self.dataset), self.encode_clips, cfg.first_frame == "clip",
+                                       self.rank, self.world_size, log)
 
     # -- data ---------------------------------------------------------------------------------
     def sample_indices(self, step: int) -> list[int]:
@@ -149,6 +153,20 @@ class Trainer(Checkpointing):
             out["condition"] = pipe.prepare_condition(canvas, torch.stack([e["latent_mask"] for e in examples]), self.frames)
             out["image_embeds"] = pipe.encode_image(canvas, dev)
         return out
+
+    def encode_clips(self, indices: list[int], k: int) -> dict:
+        """The frozen encoders' outputs of clips x k layouts (each drawn by `cache.layout_rng`), for
+        the encoding cache: x0 once per clip when the target is the clip's own (first_frame: clip)."""
+        from .cache import layout_rng
+
+        examples = [self.example(i, layout_rng(self.cfg.seed, i, j)) for i in indices for j in range(k)]
+        per_clip_target = self.cfg.first_frame == "clip"
+        enc = self.encode_visual(examples, with_target=not per_clip_target)
+        if per_clip_target:
+            enc["x0"] = self.encode_visual(examples[::k], with_condition=False)["x0"]
+        n = len(indices)
+        return {"x0": enc["x0"].unflatten(0, (n, -1)), "condition": enc["condition"].unflatten(0, (n, k)),
+                "image_embeds": enc["image_embeds"].unflatten(0, (n, k))}
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
