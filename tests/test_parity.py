@@ -93,7 +93,7 @@ def test_parity_sampling_loop(official_transformer, dit_io):
     gold = load_file(golden("model", "sampling_loop.safetensors"))
     pipe = MagrefPipeline(**{**tiny_components(), "transformer": official_transformer})
     for solver, key in (("unipc", "unipc_6steps_shift3_guide5_seed3407_final"), ("dpm++", "dpmpp_6steps_shift3_guide5_seed3407_final")):
-        noise = pipe.prepare_latents(1, 48, 64, 9, "cpu", torch.Generator().manual_seed(3407))
+        noise = pipe.prepare_noise(1, 48, 64, 9, "cpu", torch.Generator().manual_seed(3407))
         assert torch.equal(noise[0], gold["noise_seed3407"])
         scheduler = make_scheduler(solver, 3.0)
         scheduler.set_timesteps(6)

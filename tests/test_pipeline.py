@@ -104,7 +104,7 @@ def test_save_and_load_round_trip(tiny_pipe, tmp_path):
         (dict(num_frames=10), "4n\\+1"),
         (dict(height=72), "multiple of 16"),
         (dict(references=[]), "No reference"),
-        (dict(references=REFS * 5), "at most 8"),
+        (dict(references=REFS * 9), "at most 16"),
         (dict(num_frames=1), "leaves no frame"),
         (dict(prompt=None), "No prompt"),
     ],

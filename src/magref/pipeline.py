@@ -98,7 +98,9 @@ class MagrefPipeline(WanImageToVideoPipeline):
     # ------------------------------------------------------------------------------------------
     # Inputs
     # ------------------------------------------------------------------------------------------
-    def check_inputs(self, prompt, references, height, width, num_frames, layout, prompt_embeds=None, drop_first_frames=0, composition=None):
+    # Named apart from the parent's check_inputs / prepare_latents: MAGREF's inputs (references or a
+    # composition, no image) and noise (no image latents) do not fit those signatures.
+    def check_magref_inputs(self, prompt, references, height, width, num_frames, layout, prompt_embeds=None, drop_first_frames=0, composition=None):
         if prompt is None and prompt_embeds is None:
             raise MagrefInputError("No prompt was given.", "pass a text prompt.")
         if prompt is not None and not isinstance(prompt, str):
@@ -141,13 +143,14 @@ class MagrefPipeline(WanImageToVideoPipeline):
         return int(size), int(size)
 
     @torch.no_grad()
-    def encode_image(self, canvas: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """CLIP features of the [-1, 1] canvas (B, 3, H, W): penultimate block, no post norm."""
+    def encode_image(self, image: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """CLIP features of the composed canvas, `image` (B, 3, H, W) in [-1, 1] (the parent's
+        signature; MAGREF passes the canvas tensor): penultimate block, no post norm."""
         device = device or self._execution_device
         proc = self.image_processor
         mean = proc.image_mean if proc is not None else CLIP_MEAN
         std = proc.image_std if proc is not None else CLIP_STD
-        pixel_values = clip_pixel_values(canvas, self.clip_input_size(), mean, std)
+        pixel_values = clip_pixel_values(image, self.clip_input_size(), mean, std)
         encoder_device = get_module_execution_device(self.image_encoder)  # offload hooks aware
         pixel_values = pixel_values.to(encoder_device, self.image_encoder.dtype)
         hidden = self.image_encoder(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
@@ -160,7 +163,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         mask = reference_mask(latent_mask.to(latent.device), num_frames).to(latent.dtype)
         return torch.cat([mask.expand(latent.shape[0], -1, -1, -1, -1), latent], dim=1)
 
-    def prepare_latents(self, batch_size, height, width, num_frames, device, generator=None, latents=None):
+    def prepare_noise(self, batch_size, height, width, num_frames, device, generator=None, latents=None):
         shape = (
             batch_size,
             self.vae.config.z_dim,
@@ -235,7 +238,9 @@ class MagrefPipeline(WanImageToVideoPipeline):
         batched_cfg: bool | None = None,
     ) -> torch.Tensor:
         """The official sampling loop: a conditional and an unconditional pass per step,
-        noise_pred = uncond + scale * (cond - uncond), then one scheduler step in float32.
+        noise_pred = uncond + scale * (cond - uncond), then one scheduler step in float32. Its
+        frame follows diffusers' WanImageToVideoPipeline.__call__ loop (interrupt, current
+        timestep, callback_on_step_end with the same tensor inputs, progress bar).
         With `batched_cfg` both branches run as one batch-2 forward (same result, fewer launches)."""
         batched_cfg = self.batched_cfg if batched_cfg is None else batched_cfg
         timesteps = scheduler.timesteps
@@ -304,7 +309,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         composition: Composition | None = None,
     ):
         # 1. Check inputs
-        self.check_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames, composition)
+        self.check_magref_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames, composition)
         max_sequence_length = max_sequence_length or self.config.text_len
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
@@ -343,7 +348,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         condition = self.prepare_condition(canvas, latent_mask, num_frames).to(device)
 
         # 5. Noise and timesteps
-        latents = self.prepare_latents(1, height, width, num_frames, device, generator, latents)
+        latents = self.prepare_noise(1, height, width, num_frames, device, generator, latents)
         scheduler = self.scheduler_for(solver, shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
 
