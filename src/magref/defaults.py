@@ -26,7 +26,6 @@ PRESETS = {
 CACHES = ("none", "fbcache", "taylorseer", "magcache")
 DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them
 
-# `magref world train`'s budget: the recipe of the bundled miniature (`assets/models/miniature`).
-# Its VAE was made across sessions (stage 1c as 600 + 2150 constant-LR steps, then 850 annealed),
-# which these values redo in one go; the transformer ran to the step its export names.
+# `magref world train`'s budget: the recipe of the bundled miniature (`assets/models/miniature`),
+# in one run (docs/miniature-world.md says how the shipped weights were made).
 MINIATURE_BUDGET = dict(vae_steps=1500, decoder_steps=200, subject_vae_steps=3600, clips=6000, dit_steps=8000, batch_size=8)

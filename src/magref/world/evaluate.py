@@ -4,7 +4,7 @@
   of the same kind, top-1 = the true one scores best; reported as top-1 accuracy and as the
   margin over the best distractor, by two tests: the learnt identity classifier
   (`world.identify`, trained on held-out subjects as the miniature's VAE decodes them; the
-  primary test since 2026-11-26) and the colour matcher (region hue histograms,
+  primary test) and the colour matcher (region hue histograms,
   `bench.metrics.subject_colour`), which a VAE's blur defeats on the world's own clips.
 - motion (text alignment): the subject is located in every frame by back-projecting its colour
   histogram; the trajectory (centroid x, y and area) is classified into the world's motions and
