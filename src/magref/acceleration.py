@@ -319,6 +319,13 @@ class AccelerationOptions:
     device: str | None = None  # default: cuda when available
     fp8: str | None = None  # "weights" or "compute"
 
+    def check_requests(self, requests) -> None:
+        """Combinations refused before the model loads: a step cache compares one forward with the
+        previous one of its branch, and context windows make several forwards per step."""
+        if self.cache != "none" and any(getattr(r, "context_windows", None) is not None for r in requests):
+            raise MagrefInputError(f"--cache {self.cache} does not combine with context windows (a video longer than the model's trained length).",
+                                   "leave out --cache, or generate in one pass with --context-frames 0.")
+
     def resolve_device(self) -> torch.device:
         if self.device:
             try:

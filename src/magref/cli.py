@@ -40,6 +40,11 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     g.add_argument("--negative-prompt", default=None, help="default: the model's own, else Wan's negative prompt plus 'camera shake'")
     g.add_argument("--fps", type=float, default=None, help=d + str(OFFICIAL_SETTINGS["fps"]))
     g.add_argument("--keep-first-frames", action="store_true", help="keep the first 4 decoded frames (the official output drops them)")
+    w = p.add_argument_group("longer videos: sliding context windows (docs: README, Longer videos)")
+    w.add_argument("--context-frames", type=int, default=None,
+                   help="window length in frames (4n+1); default: the model's trained length when --frames exceeds it; 0: one pass over all frames")
+    w.add_argument("--context-overlap", type=int, default=None, help="frames shared by neighbouring windows (a multiple of 4; default about a quarter window)")
+    w.add_argument("--context-blend", choices=["linear", "pyramid"], default=None, help="how overlapping windows are blended (default linear)")
     a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
     a.add_argument("--preset", choices=list(PRESETS), default="quality",
                    help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
@@ -56,7 +61,8 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
                         "or compute (fp8 matmuls, faster; GPU of compute capability 8.9+)")
 
 
-SETTING_OPTIONS = ("negative_prompt", "height", "width", "frames", "steps", "guidance", "shift", "seed", "solver", "layout", "layout_seed", "fps")
+SETTING_OPTIONS = ("negative_prompt", "height", "width", "frames", "steps", "guidance", "shift", "seed", "solver", "layout", "layout_seed", "fps",
+                   "context_frames", "context_overlap", "context_blend")
 ACCELERATION_OPTIONS = ("preset", "cache", "cache_threshold", "cache_interval", "attention", "device", "fp8")
 
 
@@ -71,11 +77,14 @@ def _model(args):
     return ModelSpec.resolve(args.model, args.lora, args.lora_scale)
 
 
-def _load(spec, args):
+def _load(spec, args, requests):
+    """The model, loaded once, after the requests and the acceleration options are checked together."""
     from .acceleration import AccelerationOptions
     from .jobs import LoadedModel
 
-    return LoadedModel.load(spec, AccelerationOptions(**{k: getattr(args, k) for k in ACCELERATION_OPTIONS}))
+    options = AccelerationOptions(**{k: getattr(args, k) for k in ACCELERATION_OPTIONS})
+    options.check_requests(requests)
+    return LoadedModel.load(spec, options)
 
 
 def _warn(args, lines: list[str]) -> None:
@@ -93,7 +102,7 @@ def cmd_generate(args) -> int:
     spec = _model(args)
     request = GenerationRequest.prepare(spec.settings(_options(args), prompt=args.prompt, refs=args.ref), spec)  # all input errors, before the model loads
     _warn(args, request.warnings())
-    model = _load(spec, args)
+    model = _load(spec, args, [request])
     sidecar = run_job(model, request, out)
     if not model.writes:
         return 0
@@ -120,7 +129,8 @@ def _run_items(args, spec, items) -> int:
     _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
     writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes, and prints one summary
     with batch_lock(args.out_dir, writes):
-        model = _load(spec, args) if pending(items, args.out_dir) else None
+        todo = pending(items, args.out_dir)
+        model = _load(spec, args, [it.request for it in todo]) if todo else None
         run_batch(model, items, args.out_dir, writes=writes)
     return 0
 

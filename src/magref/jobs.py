@@ -79,6 +79,7 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
             generator=generator,
             drop_first_frames=settings.drop_first_frames,
             output_type="np",
+            context_windows=request.context_windows,
         )
     t_gen = time.perf_counter()
     if not model.writes:
@@ -95,6 +96,7 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
         "request_fingerprint": request.fingerprint(),
         "acceleration": model.acceleration | cache_info,
         "layout": composition.layout.to_dict(composition.spatial_stride),
+        "context_windows": request.context_windows.to_dict() if request.context_windows is not None else None,
         "output": {
             "file": out_path.name,
             "frames": int(frames.shape[0]),

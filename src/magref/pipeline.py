@@ -23,6 +23,7 @@ from diffusers.video_processor import VideoProcessor
 from PIL import Image
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from .context_windows import ContextWindows, windowed_velocity
 from .composition import Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
 from .conditioning import (
     CLIP_MEAN,
@@ -236,12 +237,14 @@ class MagrefPipeline(WanImageToVideoPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         batched_cfg: bool | None = None,
+        context_windows: ContextWindows | None = None,
     ) -> torch.Tensor:
         """The official sampling loop: a conditional and an unconditional pass per step,
         noise_pred = uncond + scale * (cond - uncond), then one scheduler step in float32. Its
         frame follows diffusers' WanImageToVideoPipeline.__call__ loop (interrupt, current
         timestep, callback_on_step_end with the same tensor inputs, progress bar).
-        With `batched_cfg` both branches run as one batch-2 forward (same result, fewer launches)."""
+        With `batched_cfg` both branches run as one batch-2 forward (same result, fewer launches);
+        with `context_windows` each velocity is blended from windows of the trained length."""
         batched_cfg = self.batched_cfg if batched_cfg is None else batched_cfg
         timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -250,18 +253,20 @@ class MagrefPipeline(WanImageToVideoPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                timestep = t.expand(latents.shape[0])
+                def velocity(lat, cond, text, image, cache_context):
+                    def forward(window_lat, window_cond):
+                        return self.conditioned_velocity(window_lat, window_cond, t.expand(window_lat.shape[0]), text, image, attention_kwargs, cache_context)
+
+                    return forward(lat, cond) if context_windows is None else windowed_velocity(forward, lat, cond, context_windows)
+
                 if negative_prompt_embeds is not None and batched_cfg:
-                    both = self.conditioned_velocity(
-                        torch.cat([latents, latents]), torch.cat([condition, condition]), torch.cat([timestep, timestep]),
-                        torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([image_embeds, image_embeds]), attention_kwargs, "cfg",
-                    )
+                    both = velocity(torch.cat([latents, latents]), torch.cat([condition, condition]), torch.cat([prompt_embeds, negative_prompt_embeds]),
+                                    torch.cat([image_embeds, image_embeds]), "cfg")
                     noise_pred, noise_uncond = both.chunk(2)
                 else:
-                    noise_pred = self.conditioned_velocity(latents, condition, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond")
+                    noise_pred = velocity(latents, condition, prompt_embeds, image_embeds, "cond")
                     if negative_prompt_embeds is not None:
-                        noise_uncond = self.conditioned_velocity(latents, condition, timestep, negative_prompt_embeds, image_embeds,
-                                                                 attention_kwargs, "uncond")
+                        noise_uncond = velocity(latents, condition, negative_prompt_embeds, image_embeds, "uncond")
                 if negative_prompt_embeds is not None:
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
@@ -307,6 +312,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
         max_sequence_length: int | None = None,  # default: the model's text_len
         batched_cfg: bool | None = None,
         composition: Composition | None = None,
+        context_windows: ContextWindows | None = None,
     ):
         # 1. Check inputs
         self.check_magref_inputs(prompt, references, height, width, num_frames, layout, prompt_embeds, drop_first_frames, composition)
@@ -365,6 +371,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
             batched_cfg,
+            context_windows,
         )
         # 7. Decode and drop the frames that reproduce the canvas
         if output_type == "latent":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .composition import MAX_GRID_REFERENCES, Composition, RegionLayout, check_canvas_size, compose_references, grid_size_for
-from .conditioning import check_num_frames
+from .conditioning import TEMPORAL_STRIDE, check_num_frames
 from .defaults import DROP_FIRST_FRAMES, OFFICIAL_SETTINGS, SOLVER_CHOICES
 from .errors import MagrefInputError
 from .io import load_reference, sha256_file
@@ -53,6 +53,11 @@ class GenerationSettings:
     layout_seed: int | None = None
     fps: float = OFFICIAL_SETTINGS["fps"]
     keep_first_frames: bool = False
+    # Sliding context windows (context_windows.py): None = windows of the model's trained length
+    # when `frames` exceeds it; 0 = one pass over all frames, as Wan does past 81
+    context_frames: int | None = None
+    context_overlap: int | None = None  # default: about a quarter of a window, a multiple of 4
+    context_blend: str = "linear"
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -141,6 +146,27 @@ class GenerationSettings:
             refuse("layout", self.layout, "a layout file path or object", '"layout": {"boxes": [[0, 0, 416, 480]]}')
         if not isinstance(self.solver, str):
             refuse("solver", self.solver, "a solver name", '"solver": "unipc"')
+        for name in ("context_frames", "context_overlap"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                refuse(name, value, "a whole number of frames", f'"{name}": 13')
+        if not isinstance(self.context_blend, str):
+            refuse("context_blend", self.context_blend, "a blend name", '"context_blend": "linear"')
+
+    def context_windows(self, trained_frames: int):
+        """The windows this video is made with (None: one pass), for a model trained on clips of
+        `trained_frames` frames."""
+        from .context_windows import ContextWindows
+
+        frames = self.context_frames
+        if frames is None:
+            frames = trained_frames if self.frames > trained_frames else 0
+        if frames == 0 or frames >= self.frames:
+            return None
+        overlap = self.context_overlap
+        if overlap is None:
+            overlap = TEMPORAL_STRIDE * max(1, (frames - 1) // TEMPORAL_STRIDE // 4)
+        return ContextWindows(frames, overlap, self.context_blend)
 
 
 @dataclass(frozen=True)
@@ -191,14 +217,19 @@ class GenerationRequest:
     reference_sizes: list[tuple[int, int]] = field(default_factory=list)  # each image as read, (w, h)
     prepare_s: float = 0.0  # seconds spent validating, reading and composing
     reference_sha256: list[str] = field(default_factory=list)  # each reference file as read
+    context_windows: object | None = None  # context_windows.ContextWindows, or None for one pass
 
     def warnings(self) -> list[str]:
         """What the user should know but is allowed: one line each."""
+        out = []
         n = len(self.settings.refs)
         if n > MAX_GRID_REFERENCES:
             grid = "an extended grid" if self.composition.layout.extended else "your layout"
-            return [f"{n} references on {grid}: the official weights were trained with at most {MAX_GRID_REFERENCES}, so identities may suffer."]
-        return []
+            out.append(f"{n} references on {grid}: the official weights were trained with at most {MAX_GRID_REFERENCES}, so identities may suffer.")
+        trained = self.model.defaults()["frames"]
+        if self.settings.frames > trained and self.context_windows is None:
+            out.append(f"{self.settings.frames} frames in one pass, past the {trained} the model was trained on: expect drift (context windows are off).")
+        return out
 
     def fingerprint(self) -> str:
         """What the video depends on: every setting, the references' bytes, the layout as
@@ -233,8 +264,9 @@ class GenerationRequest:
         layout = RegionLayout.from_json(settings.layout, settings.height, settings.width) if settings.layout is not None else None
         composition = compose_references(images, settings.height, settings.width, layout=layout, layout_seed=settings.layout_seed,
                                          spatial_stride=stride, patch_size=patch)
+        windows = settings.context_windows(model.defaults()["frames"])
         hashes = [sha256_file(p) for p in settings.refs]
-        return cls(settings, composition, model, [im.size for im in images], time.perf_counter() - t0, hashes)
+        return cls(settings, composition, model, [im.size for im in images], time.perf_counter() - t0, hashes, windows)
 
 
 def _file_sha256(path: str) -> str:
