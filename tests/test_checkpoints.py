@@ -164,5 +164,5 @@ def test_convert_refuses_a_taken_destination_and_a_bad_shard_size_and_writes_who
     rc, _, err = run_cli("convert", src, tmp_path / "half", "--component", "transformer")
     assert rc != 0 and not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
     monkeypatch.undo()
-    rc, _, err = run_cli("convert", src, tmp_path / "ok", "--component", "transformer", "--max-shard-size", "200KB")
+    rc, _, err = run_cli("convert", src, tmp_path / "ok", "--component", "transformer", "--max-shard-size", "300000")  # bytes
     assert rc == 0 and (tmp_path / "ok" / "config.json").is_file() and not list(tmp_path.glob(".ok*")), err

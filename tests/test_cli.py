@@ -113,6 +113,9 @@ BAD = {
     "layout box count": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32], [32, 0, 64, 32]]})], "places 2 reference"),
     "layout box empty": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[10, 0, 10, 32]]})], "empty or outside"),
     "layout missing file": (lambda d: ["--ref", CHAR, "--layout", d / "none.json"], "does not exist"),
+    "context frames not 4n+1": (lambda d: ["--ref", CHAR, "--context-frames", "10"], "4n+1"),
+    "context overlap not a multiple of 4": (lambda d: ["--ref", CHAR, "--context-overlap", "3"], "multiple of 4"),
+    "context overlap past the window": (lambda d: ["--ref", CHAR, "--frames", "21", "--context-frames", "9", "--context-overlap", "8"], "below"),
     "layout and layout seed": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32]]}), "--layout-seed", "3"], "not both"),
     "layout seed with seventeen refs": (lambda d: [*sum((["--ref", CHAR] for _ in range(17)), []), "--layout-seed", "1"], "at most 16"),
     # references
@@ -342,6 +345,21 @@ def test_batch_rerun_regenerates_items_whose_request_changed(tmp_path):
     assert "1 generated, 1 already complete" in rerun()
     assert "2 generated" in rerun("--guidance", "4.0")  # an option for every item
     assert json.loads((out / "two.json").read_text())["settings"]["guidance"] == 4.0
+    assert "0 generated" in rerun("--guidance", "4.0", "--preset", "fast")  # speed only: the same videos
+    assert "2 generated" in rerun("--guidance", "4.0", "--cache", "fbcache")  # a step cache changes the video
+
+
+def test_an_items_own_placement_wins_over_the_command_lines(tmp_path):
+    from magref.jobs import parse_batch
+    from magref.request import ModelSpec
+
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(json.dumps({"id": "a", "prompt": "x", "refs": [str(CHAR)], "layout_seed": 3}) + "\n"
+                     + json.dumps({"id": "b", "prompt": "x", "refs": [str(CHAR)]}) + "\n")
+    layout = _write(tmp_path / "l.json", {"boxes": [[0, 0, 32, 32]]})
+    items = parse_batch(batch, ModelSpec("tiny-random"), {"layout": str(layout), "layout_seed": None})
+    assert (items[0].settings.layout, items[0].settings.layout_seed) == (None, 3)
+    assert items[1].settings.layout == str(layout) and items[1].settings.layout_seed is None
 
 
 @pytest.mark.parametrize("field,value,needle", [

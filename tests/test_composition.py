@@ -220,3 +220,20 @@ def test_extended_grid_shapes():
     with pytest.raises(MagrefInputError, match="at most 16"):
         compose_references([Image.new("RGB", (8, 8))] * 17, 64, 64)
     assert not compose_references([Image.new("RGB", (8, 8))] * 8, 64, 64).layout.extended
+
+
+def test_compose_command_uses_a_models_latent_cells(tmp_path):
+    """`magref compose --model M` writes latent blocks in M's cells (a 4x VAE here); without a
+    model, the official 8-pixel cells."""
+    model = tmp_path / "m4"
+    (model / "vae").mkdir(parents=True)
+    (model / "transformer").mkdir()
+    (model / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 4}))
+    (model / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2]}))
+    ref = tmp_path / "r.png"
+    Image.new("RGB", (20, 30), (200, 0, 0)).save(ref)
+    for extra, stride in ((["--model", str(model)], 4), ([], 8)):
+        rc, _, err = run_cli("compose", ref, ref, "--height", "64", "--width", "64", "--out", tmp_path / f"o{stride}", *extra)
+        assert rc == 0, err
+        blocks = json.loads((tmp_path / f"o{stride}" / "layout.json").read_text())["latent_blocks_x0x1y0y1"]
+        assert blocks == [[0, 32 // stride, 0, 64 // stride], [32 // stride, 64 // stride, 0, 64 // stride]]

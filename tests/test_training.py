@@ -448,3 +448,9 @@ def test_weighted_mse_weights_cells_and_keeps_the_plain_scale():
     err = ((pred - target) ** 2).mean(1)  # (B, F, h, w), the channels share a cell's weight
     want = (5 * err[:, :, :2].sum() + err[:, :, 2:].sum()) / (5 * err[:, :, :2].numel() + err[:, :, 2:].numel())
     assert torch.allclose(weighted_mse(pred, target, weight), want)
+
+
+def test_config_max_grad_norm_zero_turns_clipping_off_and_is_accepted(tmp_path, dataset):
+    from magref.training.config import load_config
+
+    assert load_config(_cfg(tmp_path, dataset, "noclip", max_grad_norm=0.0)).max_grad_norm == 0.0

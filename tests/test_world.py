@@ -397,3 +397,29 @@ def test_world_evaluate_case_seed_draws_fresh_cases_and_keeps_them_apart(tmp_pat
     assert json.loads((tmp_path / "e5" / "summary.json").read_text())["settings"]["case_seed"] == 5
     with pytest.raises(MagrefInputError, match="case seed 5"):
         evaluate({}, tmp_path / "e5", subjects=(1,), cases=2, seeds=(0,), case_seed=2, log=lambda *a: None)
+
+
+def test_a_world_build_is_complete_or_has_no_manifest(tmp_path):
+    """The world's builder writes its manifest last: an interrupted build is redone, never
+    trained on as if complete (magref prepare, resumable, writes it per shard)."""
+    from magref.data.shards import MANIFEST, ShardWriter
+
+    writer = ShardWriter(tmp_path, {"shards": []}, 1, resumable=False)
+    from magref.data.shards import Sample
+
+    writer.add(Sample("k0", np.zeros((1, 8, 8, 3), np.uint8), "c", [], {}))
+    writer.flush_if_full()
+    assert (tmp_path / "shard-00000.tar").is_file() and not (tmp_path / MANIFEST).exists()
+    writer.close()
+    assert json.loads((tmp_path / MANIFEST).read_text())["num_samples"] == 1
+
+
+def test_world_train_refuses_a_run_of_the_other_vae_stride(tmp_path, monkeypatch):
+    import magref.world.train as wt
+    from conftest import run_cli
+
+    monkeypatch.setattr(wt, "CEILING_CLIPS", 3)
+    out = tmp_path / "w4"
+    assert run_cli("world", "train", "--out", out, "--vae-stride", "4", "--vae-steps", "1", "--vae-only")[0] == 0
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-only")
+    assert rc == 2 and "spatial stride 4, not 8" in err and len(err.strip().splitlines()) == 1, err

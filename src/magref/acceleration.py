@@ -319,6 +319,16 @@ class AccelerationOptions:
     device: str | None = None  # default: cuda when available
     fp8: str | None = None  # "weights" or "compute"
 
+    def output_key(self) -> dict:
+        """The options that change the video itself (a step cache, fp8), for a batch's
+        request fingerprints; the others (preset, attention, device) change its speed."""
+        key = {}
+        if self.cache != "none":
+            key.update(cache=self.cache, cache_threshold=self.cache_threshold, cache_interval=self.cache_interval)
+        if self.fp8:
+            key["fp8"] = self.fp8
+        return key
+
     def check_requests(self, requests) -> None:
         """Combinations refused before the model loads: a step cache compares one forward with the
         previous one of its branch, and context windows make several forwards per step."""

@@ -77,17 +77,24 @@ def _model(args):
     return ModelSpec.resolve(args.model, args.lora, args.lora_scale)
 
 
-def _load(spec, args, requests):
-    """The model, loaded once, after the requests and the acceleration options are checked together."""
+def _acceleration(args, requests):
+    """The acceleration options, checked together with the requests before any model loads."""
     from .acceleration import AccelerationOptions
-    from .jobs import LoadedModel
 
     options = AccelerationOptions(**{k: getattr(args, k) for k in ACCELERATION_OPTIONS})
     options.check_requests(requests)
+    return options
+
+
+def _load(spec, options):
+    from .jobs import LoadedModel
+
     return LoadedModel.load(spec, options)
 
 
 def _warn(args, lines: list[str]) -> None:
+    if os.environ.get("RANK", "0") != "0":  # one copy under torchrun
+        return
     for line in lines:
         print(f"magref {args.command}: warning: {line}", file=sys.stderr)
 
@@ -102,7 +109,7 @@ def cmd_generate(args) -> int:
     spec = _model(args)
     request = GenerationRequest.prepare(spec.settings(_options(args), prompt=args.prompt, refs=args.ref), spec)  # all input errors, before the model loads
     _warn(args, request.warnings())
-    model = _load(spec, args, [request])
+    model = _load(spec, _acceleration(args, [request]))
     sidecar = run_job(model, request, out)
     if not model.writes:
         return 0
@@ -129,8 +136,9 @@ def _run_items(args, spec, items) -> int:
     _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
     writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes, and prints one summary
     with batch_lock(args.out_dir, writes):
-        todo = pending(items, args.out_dir)
-        model = _load(spec, args, [it.request for it in todo]) if todo else None
+        options = _acceleration(args, [it.request for it in items])
+        todo = pending(items, args.out_dir, options.output_key())
+        model = _load(spec, options) if todo else None
         run_batch(model, items, args.out_dir, writes=writes)
     return 0
 
@@ -139,13 +147,16 @@ def cmd_compose(args) -> int:
     from .composition import RegionLayout, compose_references, mask_image
     from .io import load_reference, write_json, write_png
 
+    from .models import spatial_geometry
+
+    stride, patch = spatial_geometry(args.model) if args.model else (8, 2)  # the official latent cells unless a model says otherwise
     images = [load_reference(p) for p in args.refs]
     layout = RegionLayout.from_json(args.layout, args.height, args.width) if args.layout else None
-    comp = compose_references(images, args.height, args.width, layout=layout, layout_seed=args.layout_seed)
+    comp = compose_references(images, args.height, args.width, layout=layout, layout_seed=args.layout_seed, spatial_stride=stride, patch_size=patch)
     out = Path(args.out)
     write_png(out / "canvas.png", comp.canvas)
     write_png(out / "mask.png", mask_image(comp.pixel_mask))
-    write_json(out / "layout.json", {**comp.layout.to_dict(), "refs": [str(p) for p in args.refs]})
+    write_json(out / "layout.json", {**comp.layout.to_dict(stride), "refs": [str(p) for p in args.refs]})
     print(f"wrote {out / 'canvas.png'}, {out / 'mask.png'}, {out / 'layout.json'}")
     return 0
 
@@ -272,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"magref {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate", help="one video from a prompt and 1-8 reference images")
+    p = sub.add_parser("generate", help="one video from a prompt and 1-16 reference images (1-8 on the official grids)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--ref", action="append", required=True, help="reference image (repeat for several)")
     p.add_argument("--out", required=True, help="output .mp4 (a .json sidecar is written beside it)")
@@ -293,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layout", default=None)
     g.add_argument("--layout-seed", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None, help="compose in this model's latent cells (its VAE stride); default: the official 8-pixel cells")
     p.set_defaults(func=cmd_compose)
 
     p = sub.add_parser("convert", help="official checkpoint -> diffusers/transformers folder(s)")
@@ -371,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-only", action="store_true", help="stop once the VAE stages are done")
     p.add_argument("--recipe", choices=["single", "multi"], default="single",
                    help="training clips: single subject (the paper's setting) or 1-3 subjects each (beyond the paper)")
-    p.add_argument("--device", default=None, help="where the VAE stages run (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None, help="where VAE stage 1 runs, the 4x recipe's only stage (default: cuda when available, else cpu); "
+                   "the transformer stage picks cuda by itself")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

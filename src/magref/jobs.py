@@ -35,6 +35,7 @@ class LoadedModel:
     loras: list[dict]  # what the sidecar records (models.apply_loras)
     acceleration: dict  # what acceleration.accelerate applied
     rank: int = 0  # under torchrun only rank 0 writes
+    output_options: dict = dataclasses.field(default_factory=dict)  # AccelerationOptions.output_key: part of each request's fingerprint
 
     @classmethod
     def load(cls, spec: ModelSpec, options=None) -> "LoadedModel":
@@ -45,7 +46,7 @@ class LoadedModel:
         options.resolve_device()  # a bad --device is input, refused before the weights load
         pipe, fingerprint, records = load_model(spec)
         rank, applied = accelerate(pipe, options)
-        return cls(pipe, spec, fingerprint, records, applied, rank)
+        return cls(pipe, spec, fingerprint, records, applied, rank, options.output_key())
 
     @property
     def writes(self) -> bool:
@@ -93,7 +94,7 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
         "settings": dataclasses.asdict(settings),
         "negative_prompt_used": settings.negative_prompt if settings.negative_prompt is not None else "magref default (Wan + camera shake)",
         "model": {"id": model.spec.id, "fingerprint": model.fingerprint, **({"loras": model.loras} if model.loras else {})},
-        "request_fingerprint": request.fingerprint(),
+        "request_fingerprint": request.fingerprint(model.output_options),
         "acceleration": model.acceleration | cache_info,
         "layout": composition.layout.to_dict(composition.spatial_stride),
         "context_windows": request.context_windows.to_dict() if request.context_windows is not None else None,
@@ -175,6 +176,9 @@ def parse_batch(path: str | Path, spec: ModelSpec, options: dict[str, Any]) -> l
             fields = {"prompt": prompt, "refs": refs}
         if isinstance(fields["refs"], list):  # anything else is refused, with the item named, by prepare_items
             fields["refs"] = [_resolve_ref(r, base) if isinstance(r, str) else r for r in fields["refs"]]
+        if "layout" in fields or "layout_seed" in fields:  # an item's own placement wins over the command line's, whichever kind
+            fields.setdefault("layout", None)
+            fields.setdefault("layout_seed", None)
         layout = fields.get("layout", options.get("layout"))
         if isinstance(layout, str):
             fields["layout"] = _resolve_ref(layout, base)
@@ -201,7 +205,8 @@ def prepare_items(items: list[BatchItem], spec: ModelSpec) -> list[BatchItem]:
         try:
             it.request = GenerationRequest.prepare(it.settings, spec)
         except MagrefInputError as e:
-            raise MagrefInputError(f"Batch item {it.id!r} (line {it.line}): {e.problem}", e.fix) from None
+            where = f"Batch item {it.id!r}" + (f" (line {it.line})" if it.line else "")
+            raise MagrefInputError(f"{where}: {e.problem}", e.fix) from None
     return items
 
 
@@ -209,19 +214,20 @@ def batch_video(out_dir: str | Path, item: BatchItem) -> Path:
     return Path(out_dir) / f"{item.id}.mp4"
 
 
-def is_done(item: BatchItem, out_dir: str | Path) -> bool:
+def is_done(item: BatchItem, out_dir: str | Path, output_options: dict | None = None) -> bool:
     """Finished for this request: the video is complete (its sidecar and hash agree) and was
-    made for the item's request as it stands (settings, references, layout, model, LoRAs);
-    a changed item is regenerated."""
+    made for the item's request as it stands (settings, references, layout, model, LoRAs, and
+    the acceleration options that change the output); a changed item is regenerated, and so is
+    one whose sidecar predates request fingerprints."""
     video = batch_video(out_dir, item)
     if not is_complete(video):
         return False
     made_for = json.loads(sidecar_path(video).read_text()).get("request_fingerprint")
-    return made_for == item.request.fingerprint()
+    return made_for == item.request.fingerprint(output_options)
 
 
-def pending(items: list[BatchItem], out_dir: str | Path) -> list[BatchItem]:
-    return [it for it in items if not is_done(it, out_dir)]
+def pending(items: list[BatchItem], out_dir: str | Path, output_options: dict | None = None) -> list[BatchItem]:
+    return [it for it in items if not is_done(it, out_dir, output_options)]
 
 
 @contextlib.contextmanager
@@ -249,8 +255,9 @@ def batch_lock(out_dir: str | Path, writes: bool = True):
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
-        for part in out_dir.glob(".*.part*"):  # a killed run's half-written files
-            part.unlink(missing_ok=True)
+        for part in out_dir.glob(".*.part.*"):  # a killed run's half-written files (io.atomic_path's names)
+            if part.is_file():
+                part.unlink(missing_ok=True)
         try:
             yield
         finally:
@@ -267,7 +274,7 @@ def run_batch(model: LoadedModel | None, items: list[BatchItem], out_dir: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
     for it in tqdm(items, desc="batch", unit="video", file=sys.stderr):
-        if is_done(it, out_dir):
+        if is_done(it, out_dir, model.output_options if model is not None else None):
             skipped += 1
             continue
         run_job(model, it.request, batch_video(out_dir, it))

@@ -221,10 +221,8 @@ def model_fingerprint(model: str | None, pipe=None) -> str:
     """A cheap identity for the sidecar: sha256 over configs and weight file names/sizes for a
     folder; over the transformer weights for models built in code (they are tiny)."""
     model = model or DEFAULT_MODEL
-    if model == MINIATURE:
-        model = str(MINIATURE_PATH)
     h = hashlib.sha256()
-    path = Path(model)
+    path = _local_path(model)
     if path.is_dir():
         for f in sorted(path.rglob("*")):
             if f.is_file():

@@ -1,4 +1,4 @@
-"""MagrefPipeline: text + 1..8 reference images -> video, on diffusers' Wan image-to-video.
+"""MagrefPipeline: text + reference images (1-8 on the official grids) -> video, on diffusers' Wan image-to-video.
 
 MAGREF is Wan2.1 I2V with two changes, and this class overrides exactly those:
 - the conditioning image is the composed reference canvas (`compose_references`), whose CLIP
@@ -118,7 +118,7 @@ class MagrefPipeline(WanImageToVideoPipeline):
                     "compose with this call's height and width and the model's spatial_geometry().",
                 )
         elif not references:
-            raise MagrefInputError("No reference image was given.", "pass 1 to 8 reference images.")
+            raise MagrefInputError("No reference image was given.", "pass 1 to 16 reference images (1 to 8 on the official grids).")
         elif layout is None:
             grid_size_for(len(references))  # more than the grids hold: one clear line
         if drop_first_frames < 0 or drop_first_frames >= num_frames:

@@ -1,6 +1,6 @@
 """One generation request: its settings, its references read and composed once, the model it is for.
 
-Every face of magref (`generate`, `batch`, `bench generate`, the app) builds a `GenerationRequest`
+Every face of magref (`generate`, `batch`, `bench generate`) builds a `GenerationRequest`
 here and hands it to `jobs`; nothing downstream validates or composes it again. Building one is
 where bad input fails (one line naming the problem and the fix), before any model loads:
 
@@ -69,7 +69,7 @@ class GenerationSettings:
 
     def validate(self, geometry: tuple[int, int] = (8, 2)) -> None:
         """Every setting on its own, type and range, for a model whose (VAE stride, patch) is
-        `geometry`. Settings come from the command line, JSON batch lines and the app alike, so
+        `geometry`. Settings come from the command line and JSON batch lines alike, so
         a string where a number belongs is refused here, with the setting named."""
         self._check_types()
         if not self.prompt.strip():
@@ -152,6 +152,19 @@ class GenerationSettings:
                 refuse(name, value, "a whole number of frames", f'"{name}": 13')
         if not isinstance(self.context_blend, str):
             refuse("context_blend", self.context_blend, "a blend name", '"context_blend": "linear"')
+        from .context_windows import BLENDS, ContextWindows
+
+        if self.context_blend not in BLENDS:
+            raise MagrefInputError(f"Unknown context blend {self.context_blend!r}.", f"use one of {', '.join(BLENDS)}.")
+        if self.context_frames not in (None, 0):
+            ContextWindows(self.context_frames, self._overlap(self.context_frames), self.context_blend)  # refuses a bad window
+        elif self.context_overlap is not None and (self.context_overlap < 0 or self.context_overlap % TEMPORAL_STRIDE):
+            raise MagrefInputError(f"Context overlap of {self.context_overlap} frames is not a multiple of 4.", "use e.g. --context-overlap 4.")
+
+    def _overlap(self, window_frames: int) -> int:
+        if self.context_overlap is not None:
+            return self.context_overlap
+        return TEMPORAL_STRIDE * max(1, (window_frames - 1) // TEMPORAL_STRIDE // 4)
 
     def context_windows(self, trained_frames: int):
         """The windows this video is made with (None: one pass), for a model trained on clips of
@@ -159,14 +172,11 @@ class GenerationSettings:
         from .context_windows import ContextWindows
 
         frames = self.context_frames
-        if frames is None:
-            frames = trained_frames if self.frames > trained_frames else 0
+        if frames is None:  # automatic: windows of the trained length, where that makes a window (>= 9 frames)
+            frames = trained_frames if self.frames > trained_frames and trained_frames >= 1 + 2 * TEMPORAL_STRIDE else 0
         if frames == 0 or frames >= self.frames:
             return None
-        overlap = self.context_overlap
-        if overlap is None:
-            overlap = TEMPORAL_STRIDE * max(1, (frames - 1) // TEMPORAL_STRIDE // 4)
-        return ContextWindows(frames, overlap, self.context_blend)
+        return ContextWindows(frames, self._overlap(frames), self.context_blend)
 
 
 @dataclass(frozen=True)
@@ -231,15 +241,21 @@ class GenerationRequest:
             out.append(f"{self.settings.frames} frames in one pass, past the {trained} the model was trained on: expect drift (context windows are off).")
         return out
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, output_options: dict | None = None) -> str:
         """What the video depends on: every setting, the references' bytes, the layout as
-        composed, the model (its files or id) and its LoRAs. A batch rerun regenerates an item
-        whose finished video was made for another fingerprint."""
+        composed, the model (its files or id), its LoRAs, and the acceleration options that change
+        the output (`AccelerationOptions.output_key`). A batch rerun regenerates an item whose
+        finished video was made for another fingerprint."""
         import hashlib
         import json
 
-        if getattr(self, "_fingerprint", None):
-            return self._fingerprint
+        output_options = output_options or {}
+        memo = getattr(self, "_fingerprints", None)
+        if memo is None:
+            memo = self._fingerprints = {}
+        memo_key = json.dumps(output_options, sort_keys=True)
+        if memo_key in memo:
+            return memo[memo_key]
 
         from .models import model_fingerprint
 
@@ -249,9 +265,10 @@ class GenerationRequest:
             "layout": self.composition.layout.to_dict(self.composition.spatial_stride),
             "model": model_fingerprint(self.model.id),
             "loras": [(lora.get("hub_id") or lora["file"], _file_sha256(lora["file"]), lora["scale"]) for lora in self.model.loras],
+            **({"output_options": output_options} if output_options else {}),
         }
-        self._fingerprint = "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return self._fingerprint
+        memo[memo_key] = "sha256:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return memo[memo_key]
 
     @classmethod
     def prepare(cls, settings: GenerationSettings, model: ModelSpec) -> "GenerationRequest":

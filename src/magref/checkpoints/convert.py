@@ -41,7 +41,7 @@ def convert(
     so peak host memory is the largest component, not the whole pipeline."""
     src, dst = resolve(src), Path(dst)
     _check_destination(dst)
-    _check_shard_size(max_shard_size)
+    max_shard_size = _shard_size(max_shard_size)
     if component is not None:
         if component not in COMPONENT_LOADERS:
             raise CheckpointError(f"Unknown component {component!r}.", f"use one of {', '.join(COMPONENT_LOADERS)}.")
@@ -72,14 +72,19 @@ def _check_destination(dst: Path) -> None:
     check_output_dir(dst.parent, what="The destination's folder")
 
 
-_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\d+(\.\d+)?(KB|MB|GB|TB)$")  # what huggingface_hub's size parser reads
 
 
-def _check_shard_size(size) -> None:
-    if isinstance(size, int) and size > 0:
-        return
-    if not isinstance(size, str) or not _SIZE.match(size) or float(re.sub(r"[^\d.]", "", size) or 0) <= 0:
+def _shard_size(size) -> int | str:
+    """The shard size as the savers take it: whole bytes as an int, or e.g. '5GB'."""
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size.strip())
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    text = size.strip().upper().replace(" ", "") if isinstance(size, str) else ""
+    if not _SIZE.match(text) or float(re.sub(r"[^\d.]", "", text)) <= 0:
         raise CheckpointError(f"--max-shard-size {size!r} is not a size.", "write it like 5GB, 500MB or 10000000 (bytes).")
+    return text
 
 
 @contextmanager

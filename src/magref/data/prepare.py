@@ -150,19 +150,18 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
             if caption is None:
                 raise ValueError("no caption (.txt, .json or captions.jsonl entry)")
             frames, src_idx = decode(video, settings.fps, settings.height, settings.width)
-            clips = 0
+            samples: list[Sample] = []  # written only once the whole video has succeeded
             background = np.median(frames[:: max(1, len(frames) // 64)], axis=0).astype(np.uint8)
             for start in range(0, len(frames) - settings.frames + 1, settings.frames):
-                if clips >= settings.max_clips_per_video:
+                if len(samples) >= settings.max_clips_per_video:
                     break
                 clip = frames[start : start + settings.frames]
                 subjects = extractor(clip, {"source": str(video), "frame_indices": src_idx[start : start + settings.frames], "background": background})
                 if not subjects:
                     continue
                 key = f"{Path(rel).with_suffix('').as_posix().replace('/', '__').replace('.', '_')}__{start:06d}"
-                writer.add(Sample(key, clip, caption, subjects, {"source": rel, "start": start, "fps": settings.fps}))
-                clips += 1
-            if clips == 0:
+                samples.append(Sample(key, clip, caption, subjects, {"source": rel, "start": start, "fps": settings.fps}))
+            if not samples:
                 raise ValueError(f"no clip of {settings.frames} frames with a detected subject")
         except Exception as e:  # a bad video is reported and skipped, never fatal
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -172,9 +171,11 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
             with open(progress, "a") as f:
                 f.write(json.dumps({"video": rel, "skipped": True}) + "\n")
             continue
+        for sample in samples:
+            writer.add(sample)
         buffered_videos.append(rel)
         manifest["skipped"] = [s for s in manifest["skipped"] if s["video"] != rel]  # skipped before, done now
         writer.flush_if_full()
-    writer.flush()
+    writer.close()
     log(f"prepare: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
     return manifest

@@ -80,10 +80,13 @@ class ShardWriter:
     """Buffers samples into numbered tar shards and keeps `manifest.json` in step: each shard is
     written whole (atomically), then recorded, so a stopped run leaves a consistent dataset.
     `manifest` is the dataset's manifest so far (new: format, settings, no shards);
-    `on_flush` runs after each shard is recorded (`magref prepare` logs finished videos there)."""
+    `on_flush` runs after each shard is recorded (`magref prepare` logs finished videos there).
+    `resumable=False` writes the manifest only at the end (`close`), so its presence means the
+    dataset is complete (a build that is redone, not resumed, when interrupted)."""
 
-    def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None):
+    def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None, resumable: bool = True):
         self.root, self.manifest, self.samples_per_shard, self.on_flush = Path(root), manifest, samples_per_shard, on_flush
+        self.resumable = resumable
         self.buffer: list[Sample] = []
 
     def add(self, sample: Sample) -> None:
@@ -93,8 +96,9 @@ class ShardWriter:
         if len(self.buffer) >= self.samples_per_shard:
             self.flush()
 
-    def flush(self) -> None:
-        """Write what is buffered as the next shard (if anything) and the manifest."""
+    def flush(self, final: bool = False) -> None:
+        """Write what is buffered as the next shard (if anything), and the manifest (every time
+        when resumable, else on the final flush)."""
         from ..io import write_json
 
         if self.buffer:
@@ -103,9 +107,13 @@ class ShardWriter:
             self.manifest["shards"].append({"file": name, "keys": [s.key for s in self.buffer]})
             self.buffer = []
         self.manifest["num_samples"] = sum(len(s["keys"]) for s in self.manifest["shards"])
-        write_json(self.root / MANIFEST, self.manifest)
+        if self.resumable or final:
+            write_json(self.root / MANIFEST, self.manifest)
         if self.on_flush is not None:
             self.on_flush()
+
+    def close(self) -> None:
+        self.flush(final=True)
 
 
 def read_manifest(root: str | Path) -> dict:

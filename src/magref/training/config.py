@@ -149,7 +149,9 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise MagrefInputError(f"{where}: ema_decay must be in (0, 1) or null.", "set ema_decay: 0.999.")
     if len(cfg.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.adam_betas):
         raise MagrefInputError(f"{where}: adam_betas needs two numbers in [0, 1).", "set adam_betas: [0.9, 0.999].")
-    for key in ("shift", "max_grad_norm", "logit_std"):
+    if not cfg.max_grad_norm >= 0:
+        raise MagrefInputError(f"{where}: max_grad_norm must be >= 0 (got {cfg.max_grad_norm}; 0 turns clipping off).", "set max_grad_norm: 1.0.")
+    for key in ("shift", "logit_std"):
         if not getattr(cfg, key) > 0:
             raise MagrefInputError(f"{where}: {key} must be > 0 (got {getattr(cfg, key)}).", f"set {key}: {getattr(TrainConfig, key)}.")
     if cfg.weight_decay < 0 or cfg.warmup_steps < 0:

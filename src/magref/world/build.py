@@ -31,7 +31,7 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
                 "world": {"split": split, "seed": seed, "subjects": subjects if isinstance(subjects, int) else list(subjects), "identities": len(pool),
                           "captions": caption_style},
                 "shards": [], "skipped": []}
-    writer = ShardWriter(out, manifest, samples_per_shard)
+    writer = ShardWriter(out, manifest, samples_per_shard, resumable=False)  # the manifest appears when the dataset is complete
     for k in range(num_clips):
         rng = np.random.default_rng([seed, k])
         count = subjects if isinstance(subjects, int) else int(rng.choice(subjects))  # a fixed count draws nothing: old datasets stay the same
@@ -49,6 +49,6 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
         masks = clip.masks.any(0).astype(np.uint8)  # (F, H, W): where any subject is, for subject-weighted losses
         writer.add(Sample(f"{split}_{seed}_{k:07d}", clip.frames, clip.caption, subs, meta, masks))
         writer.flush_if_full()
-    writer.flush()
+    writer.close()
     log(f"world: {manifest['num_samples']} {split} clips with {subjects} subject(s) -> {out}")
     return json.loads((out / MANIFEST).read_text())

@@ -156,6 +156,11 @@ def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
+        if int(state.get("vae_stride", 8)) != vae_stride:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{state_file} is a VAE of spatial stride {state.get('vae_stride', 8)}, not {vae_stride}.",
+                                   f"resume with --vae-stride {state.get('vae_stride', 8)}, or use another --out.")
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -195,7 +200,7 @@ def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str
             log(f"vae step {step}/{steps} loss {loss.item():.4f}" + (f" ceiling {row['ceiling']}" if "ceiling" in row else ""))
         if step % 100 == 0 or step == steps:
             tmp = state_file.with_suffix(".part")
-            torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, tmp)
+            torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step, "vae_stride": vae_stride}, tmp)
             tmp.replace(state_file)
     vae.cpu()
     measure_latent_stats(vae)
@@ -397,6 +402,19 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     from ..distributed import default_device
 
     device = device or default_device()
+    try:
+        torch.device(device)
+    except RuntimeError:
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"Unknown device {device!r}.", "use --device cpu or --device cuda.") from None
+    if (out / "vae" / "model" / "config.json").is_file():
+        have = json.loads((out / "vae" / "model" / "config.json").read_text()).get("scale_factor_spatial") or 8
+        if vae_from is None and have != vae_stride:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{out} holds a VAE of spatial stride {have}, not {vae_stride}.", f"pass --vae-stride {have}, or use another --out.")
+        vae_stride = have  # a --vae folder brings its own stride
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
         train_vae(out, vae_steps, log, vae_stride, device)
