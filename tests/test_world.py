@@ -423,3 +423,8 @@ def test_world_train_refuses_a_run_of_the_other_vae_stride(tmp_path, monkeypatch
     assert run_cli("world", "train", "--out", out, "--vae-stride", "4", "--vae-steps", "1", "--vae-only")[0] == 0
     rc, _, err = run_cli("world", "train", "--out", out, "--vae-only")
     assert rc == 2 and "spatial stride 4, not 8" in err and len(err.strip().splitlines()) == 1, err
+    import shutil
+
+    shutil.rmtree(out / "vae" / "model")  # only the resumable state left: it is refused too
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-only", "--vae-steps", "2")
+    assert rc == 2 and "another spatial stride than 8" in err and len(err.strip().splitlines()) == 1, err

@@ -156,12 +156,16 @@ def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str
     step = 0
     if state_file.is_file():
         state = load_state(state_file)
-        if int(state.get("vae_stride", 8)) != vae_stride:
-            from ..errors import MagrefInputError
+        from ..errors import MagrefInputError
 
-            raise MagrefInputError(f"{state_file} is a VAE of spatial stride {state.get('vae_stride', 8)}, not {vae_stride}.",
-                                   f"resume with --vae-stride {state.get('vae_stride', 8)}, or use another --out.")
-        vae.load_state_dict(state["vae"])
+        saved = state.get("vae_stride")  # states from before it was recorded: the weights' shapes tell
+        try:
+            if saved is not None and int(saved) != vae_stride:
+                raise RuntimeError
+            vae.load_state_dict(state["vae"])
+        except RuntimeError:
+            raise MagrefInputError(f"{state_file} is a VAE of another spatial stride than {vae_stride}.",
+                                   "resume with the --vae-stride it was started with, or use another --out.") from None
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = int(state["step"])
