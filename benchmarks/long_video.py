@@ -36,6 +36,22 @@ def seam_transitions(windows, num_frames: int, dropped: int) -> set[int]:
     return {t for t in out if t >= 0}
 
 
+def save_strip(first: dict, path: str, every: int = 6, scale: int = 4) -> None:
+    from PIL import Image, ImageDraw
+
+    cell, label = 64 * scale, 90
+    shown = {m: f[::every] for m, (_, f) in first.items()}
+    width = label + cell * (1 + max(len(f) for f in shown.values()))
+    sheet = Image.new("RGB", (width, cell * len(shown)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (method, frames) in enumerate(shown.items()):
+        draw.text((6, r * cell + cell // 2), method, fill="black")
+        sheet.paste(first[method][0].resize((cell, cell), Image.NEAREST), (label, r * cell))
+        for c, frame in enumerate(frames):
+            sheet.paste(Image.fromarray(frame).resize((cell, cell), Image.NEAREST), (label + cell * (c + 1), r * cell))
+    sheet.save(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="miniature")
@@ -45,6 +61,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=1)
     ap.add_argument("--case-seed", type=int, default=2)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--strip", default=None, help="PNG: the first case's reference, then every 6th frame of each method, upscaled 4x")
     args = ap.parse_args()
 
     from magref.models import generation_defaults, load_pipeline
@@ -65,6 +82,7 @@ def main() -> None:
     print(f"{args.model}: {args.frames} frames (trained {trained}), windows {windows.to_dict() if windows else None}, "
           f"{args.cases} cases x {len(args.seeds)} seeds, {args.subjects} subject(s), case seed {args.case_seed}\n", flush=True)
     rows = {"one pass": [], "windows": []}
+    first: dict = {}
     for case in eval_cases(args.subjects, args.cases, seed=args.case_seed):
         refs = [sprite_on_white(i, 96) for i in case.ids]
         for seed in args.seeds:
@@ -75,6 +93,7 @@ def main() -> None:
                            output_type="np", context_windows=w)
                 seconds = time.perf_counter() - t0
                 frames = to_uint8_frames(out.frames[0])
+                first.setdefault(method, (refs[0], frames))
                 quarters = np.array_split(np.arange(len(frames)), 4)
                 rng_others = np.random.default_rng([7, case.seed])
                 others = {i: distractors_for(i, 7, rng_others) for i in case.ids}
@@ -87,6 +106,9 @@ def main() -> None:
                                          inner=float(np.mean(inner)), seconds=seconds))
                 print(f"{case.ids} seed {seed} {method}: quarters {per_quarter} motion {motion} seam {rows[method][-1]['seam']:.2f} "
                       f"inner {rows[method][-1]['inner']:.2f} {seconds:.1f}s", flush=True)
+
+    if args.strip:
+        save_strip(first, args.strip)
 
     def ms(values):
         v = np.asarray(values, dtype=float)
