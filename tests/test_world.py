@@ -2,6 +2,7 @@
 training data, clips carry correct masks and captions, datasets load in the trainer's format."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -428,3 +429,21 @@ def test_world_train_refuses_a_run_of_the_other_vae_stride(tmp_path, monkeypatch
     shutil.rmtree(out / "vae" / "model")  # only the resumable state left: it is refused too
     rc, _, err = run_cli("world", "train", "--out", out, "--vae-only", "--vae-steps", "2")
     assert rc == 2 and "another spatial stride than 8" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vae_stage_can_start_from_the_shipped_4x_vae(tmp_path):
+    """--vae-init: the shipped 4x VAE's weights start stage 1 (here for 0 steps, so the saved VAE
+    is those weights); a VAE of the other stride is refused."""
+    from safetensors.torch import load_file
+
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.train import train_vae
+
+    shipped = Path(__file__).resolve().parents[1] / "src" / "magref" / "assets" / "world" / "vae4x"
+    logs = []
+    saved = train_vae(tmp_path / "a", 0, log=logs.append, vae_stride=4, init=shipped)
+    assert any("starting from" in line for line in logs)
+    a, b = load_file(saved / "diffusion_pytorch_model.safetensors"), load_file(shipped / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].float()) for k in a)
+    with pytest.raises(MagrefInputError, match="not a VAE of spatial stride 4"):
+        train_vae(tmp_path / "b", 0, vae_stride=4, init=WORLD_VAE_PATH)

@@ -245,7 +245,8 @@ def cmd_world_train(args) -> int:
 
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
-        subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe)
+        subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
+        vae_init=args.vae_init)
     return 0
 
 
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-stride", type=int, choices=[4, 8], default=8,
                    help="the VAE's spatial stride: 8 (the shipped miniature) or 4 (16x16 latents at 64x64, room for several subjects)")
     p.add_argument("--vae-only", action="store_true", help="stop once the VAE stages are done")
+    p.add_argument("--vae-init", default=None, help="a VAE folder whose weights start VAE stage 1 (trained on, not used as finished as --vae is), "
+                   "e.g. src/magref/assets/world/vae4x")
     p.add_argument("--recipe", choices=["single", "multi"], default="single",
                    help="training clips: single subject (the paper's setting) or 1-3 subjects each (beyond the paper)")
     p.add_argument("--device", default=None, help="where VAE stage 1 runs, the 4x recipe's only stage (default: cuda when available, else cpu); "

@@ -145,12 +145,26 @@ def _vae_lr_factor(recipe: dict, steps: int):
     return cosine_to_tenth(steps, int(recipe["anneal"] * steps))
 
 
-def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str | torch.device = "cpu") -> Path:
+def train_vae(out: Path, steps: int, log=print, vae_stride: int = 8, device: str | torch.device = "cpu", init: str | Path | None = None) -> Path:
+    """Stage 1 (`VAE_RECIPES`), resumable from its state; `init`: a VAE folder of this stride whose
+    weights start a new run (a fresh optimizer and schedule), e.g. the 4x VAE shipped in assets."""
     recipe = VAE_RECIPES[vae_stride]
     vae_dir = out / "vae"
     state_file = vae_dir / "state.pt"
     device = torch.device(device)
-    vae = miniature_vae(vae_stride).to(device)
+    vae = miniature_vae(vae_stride)
+    if init is not None and not state_file.is_file():
+        from diffusers import AutoencoderKLWan
+
+        from ..errors import MagrefInputError
+
+        start = AutoencoderKLWan.from_pretrained(str(Path(init).expanduser()), torch_dtype=torch.float32)
+        try:
+            vae.load_state_dict(start.state_dict())
+        except RuntimeError:
+            raise MagrefInputError(f"{init} is not a VAE of spatial stride {vae_stride}.", "pass a VAE folder of the run's --vae-stride.") from None
+        log(f"vae: starting from {init}")
+    vae = vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _vae_lr_factor(recipe, steps))
     step = 0
@@ -371,7 +385,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         dit_steps: int = MINIATURE_BUDGET["dit_steps"], batch_size: int = MINIATURE_BUDGET["batch_size"], log=print,
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
-        vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single") -> Path:
+        vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
+        vae_init: str | Path | None = None) -> Path:
     """`vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
     is the whole recipe, the later VAE stages are the 8x recipe's repairs and are skipped).
     `recipe`: the training clips' subjects (`RECIPES`): "single", the paper's claim (single-subject
@@ -421,7 +436,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride = have  # a --vae folder brings its own stride
     if not (out / "vae" / "model" / "config.json").is_file():
         t = time.time()
-        train_vae(out, vae_steps, log, vae_stride, device)
+        train_vae(out, vae_steps, log, vae_stride, device, init=vae_init)
         timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
     if vae_stride != 8:
         decoder_steps = subject_vae_steps = 0
