@@ -204,10 +204,12 @@ if world > 1:
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in pipe.text_encoder.parameters())
     layers = sum(p.numel() for p in pipe.text_encoder.encoder.block.parameters())
     assert set(sharded) == {"text_encoder", "image_encoder"} and local <= full - layers // 2 + 1024, (local, full, layers)
+tokens = []  # the sequence length each block sees on this rank: split by the world size under Ulysses
+pipe.transformer.blocks[0].norm2.register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1]))  # inside the block: diffusers splits at its entry
 refs = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
 out = pipe(prompt="a red block", references=refs, height=64, width=96, num_frames=9, num_inference_steps=3,
            output_type="latent", generator=torch.Generator().manual_seed(0)).frames
-torch.save(out, f"{sys.argv[1]}.rank{rank}.pt")
+torch.save({"frames": out, "tokens": torch.tensor(tokens)}, f"{sys.argv[1]}.rank{rank}.pt")
 if dist.is_initialized():
     dist.destroy_process_group()
 """
@@ -234,5 +236,8 @@ def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     ref = torch.load(tmp_path / "one.rank0.pt", weights_only=True)
+    assert set(ref["tokens"].tolist()) == {3 * 4 * 6}  # (9 frames -> 3) x (64 / 16) x (96 / 16) tokens in one process
     for rank in (0, 1):
-        torch.testing.assert_close(torch.load(tmp_path / f"two.rank{rank}.pt", weights_only=True), ref, atol=1e-5, rtol=0)
+        got = torch.load(tmp_path / f"two.rank{rank}.pt", weights_only=True)
+        assert set(got["tokens"].tolist()) == {3 * 4 * 6 // 2}, got["tokens"]  # each rank's blocks see half the sequence
+        torch.testing.assert_close(got["frames"], ref["frames"], atol=1e-5, rtol=0)

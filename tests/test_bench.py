@@ -212,3 +212,19 @@ def test_metrics_with_user_weights_compute(world, tmp_path):
         assert s[name].value is not None and np.isfinite(s[name].value), (name, s[name])
     assert -1.0 <= s["dino_subject"].value <= 1.0 and -1.0 <= s["face_identity"].value <= 1.0
     assert len(s["dino_subject"].per_reference) == 1 and len(s["face_identity"].per_reference) == 1
+
+
+def test_metrics_with_user_weights_score_identical_images_one_and_others_less(tmp_path):
+    """A video whose frames are the reference itself scores ~1 on the embedding metrics; a video
+    of another picture scores less: the metrics compare what they are given, not a constant."""
+    from magref.bench.metrics import score_video as score
+
+    weights = _tiny_vision_models(tmp_path)
+    rng = np.random.default_rng(0)
+    ref = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    other = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    same = score(MetricInput(np.stack([np.asarray(ref)] * 8), [(ref, "object"), (ref, "face")], "noise"), weights, ["dino_subject", "face_identity"])
+    diff = score(MetricInput(np.stack([other] * 8), [(ref, "object"), (ref, "face")], "noise"), weights, ["dino_subject", "face_identity"])
+    for name in ("dino_subject", "face_identity"):
+        assert same[name].value == pytest.approx(1.0, abs=1e-5), (name, same[name])
+        assert diff[name].value < same[name].value - 1e-3, (name, diff[name])

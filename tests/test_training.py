@@ -249,8 +249,13 @@ def test_lora_option_refuses_what_is_not_a_lora(tmp_path):
 
 
 def test_full_finetune_exports_a_loadable_pipeline(tmp_path, dataset):
-    cfg = _cfg(tmp_path, dataset, "ft", max_steps=5, checkpoint_every=5)
+    cfg = _cfg(tmp_path, dataset, "ft", max_steps=5, checkpoint_every=5, ema_decay=0.5)
     assert run_cli("train", cfg)[0] == 0
+    # the export holds the last checkpoint's averaged weights, not the raw ones and not the base model's
+    ckpt = tmp_path / "ft" / "checkpoints" / "step-0000005"
+    ema, raw, final = load_file(ckpt / "ema.safetensors"), load_file(ckpt / "trainable.safetensors"), _final_weights(tmp_path / "ft", "full")
+    assert ema.keys() == final.keys() and all(torch.equal(ema[k], final[k]) for k in ema)
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
     out = tmp_path / "v.mp4"
     rc, _, err = run_cli("generate", "--model", tmp_path / "ft" / "final", "--prompt", "a ball", "--ref", _a_ref(tmp_path),
                          "--height", "64", "--width", "64", "--frames", "9", "--steps", "2", "--out", out)
@@ -271,21 +276,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _final_weights(run_dir, mode):
+    final = run_dir / "final"
+    if mode == "lora":
+        return load_file(final / "pytorch_lora_weights.safetensors")
+    return {k: v for f in sorted((final / "transformer").glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_two_process_fsdp_gloo(tmp_path, dataset, mode):
-    cfg = _cfg(tmp_path, dataset, f"fsdp-{mode}", mode=mode, max_steps=12, checkpoint_every=6, learning_rate=2e-3, lora={"rank": 4, "alpha": 4})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "magref.cli", "train", str(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
+    """Two FSDP processes (stopped after 6 steps, resumed to 12) take the steps one process takes
+    when it accumulates two micro-batches: the same data, noise and layouts per shard, gradients
+    averaged over the shards. Equal losses and weights show FSDP really trains the sharded model
+    (a rank that skipped its update, or a resume that restarted, would differ)."""
+    common = dict(mode=mode, checkpoint_every=3, learning_rate=2e-3, lora={"rank": 4, "alpha": 4}, caption_dropout=0.0)
+    one = _cfg(tmp_path, dataset, f"one-{mode}", max_steps=12, gradient_accumulation_steps=2, **common)
+    assert run_cli("train", one)[0] == 0
+    two = _cfg(tmp_path, dataset, f"fsdp-{mode}", max_steps=6, **common)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+               "-m", "magref.cli", "train", str(two)]
+        proc = subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun()
+    first = _losses(tmp_path / f"fsdp-{mode}")
+    torchrun("--resume", "--set", "max_steps=12")
     losses = _losses(tmp_path / f"fsdp-{mode}")
-    assert len(losses) == 12 and np.mean(losses[-4:]) < np.mean(losses[:4])
-    final = tmp_path / f"fsdp-{mode}" / "final"
-    assert (final / ("pytorch_lora_weights.safetensors" if mode == "lora" else "model_index.json")).is_file()
-    # resume under FSDP picks up where it stopped
-    cmd[cmd.index("--master_port") + 1] = str(_free_port())
-    proc = subprocess.run(cmd + ["--resume", "--set", "max_steps=14"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(_losses(tmp_path / f"fsdp-{mode}")) == 14
+    assert len(losses) == 12 and losses[:6] == first  # the resume appends; the first rows stay as written
+    np.testing.assert_allclose(losses, _losses(tmp_path / f"one-{mode}"), rtol=1e-4)
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    a, b = _final_weights(tmp_path / f"fsdp-{mode}", mode), _final_weights(tmp_path / f"one-{mode}", mode)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+    # rank 0 exported the gathered weights of the last checkpoint
+    ckpt = load_file(tmp_path / f"fsdp-{mode}" / "checkpoints" / "step-0000012" / "trainable.safetensors")
+    by_export_name = {("transformer." + k.replace(".default", "") if mode == "lora" else k): v for k, v in ckpt.items()}
+    assert set(a) <= set(by_export_name) and all(torch.equal(a[k], by_export_name[k]) for k in a)
 
 
 @pytest.mark.parametrize(
@@ -346,6 +376,23 @@ def test_prepare_with_detector_and_segmenter_weights(tmp_path, dataset):
         assert all(sub.image.mode == "RGBA" and np.asarray(sub.image)[..., 3].any() for sub in s.subjects)
     rc, _, err = run_cli("prepare", videos, tmp_path / "x", "--extractor", "detect-segment")
     assert rc == 2 and "needs detector and segmenter" in err
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_bf16_and_gradient_checkpointing_are_on_when_asked(tmp_path, dataset, on):
+    """With both on, the blocks run in bf16 and run twice per step (recomputed in the backward);
+    with both off, once and in float32: a setting that did nothing would fail one of the two."""
+    from magref.training.config import load_config
+    from magref.training.trainer import Trainer
+
+    cfg = _cfg(tmp_path, dataset, "flags", mixed_precision="bf16" if on else "no", gradient_checkpointing=on)
+    trainer = Trainer(load_config(cfg), log=lambda *a: None)
+    calls, dtypes = [], []
+    block = trainer.transformer.blocks[0]
+    block.register_forward_pre_hook(lambda m, args: calls.append(1))  # the recompute may stop before the block's end
+    block.ffn.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    assert np.isfinite(trainer.train_step(0))
+    assert len(calls) == (2 if on else 1) and dtypes[0] == (torch.bfloat16 if on else torch.float32)
 
 
 def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, dataset):

@@ -111,10 +111,11 @@ class Checkpointing:
 
     def export(self) -> None:
         """final/: the LoRA (pytorch_lora_weights.safetensors) or the whole fine-tuned pipeline."""
-        weights = self.trainable_state()
-        if self.ema is not None:  # export the averaged weights
-            ema_params = self.ema.shadow_params
-            weights = {n: p.detach().cpu() for n, p in zip(self.trainable_names, ema_params)} if self.world_size == 1 else weights
+        if self.ema is not None:  # export the averaged weights; under FSDP each rank holds a shard of them
+            full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in self.ema.shadow_params]  # a collective: every rank gathers
+            weights = {n: p.detach().cpu() for n, p in zip(self.trainable_names, full)}
+        else:
+            weights = self.trainable_state()
         if not is_main():
             return
         final = self.out / "final"

@@ -49,7 +49,11 @@ class TrainConfig:
     model: str = "tiny-random"
     seed: int = 0
     max_steps: int = 1000
-    batch_size: int = 1  # per process
+    batch_size: int = 1  # per process and micro-batch
+    # > 1: each optimizer step averages this many micro-batches, drawn as that many more
+    # data-parallel processes would draw theirs: one process with 2 here takes the steps of two
+    # processes with 1 (the same data, noise and layouts), with the memory of one.
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -82,6 +86,8 @@ class TrainConfig:
         d = asdict(self)
         for k in ("max_steps", "checkpoint_every", "log_every", "output_dir"):
             d.pop(k)
+        if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume
+            d.pop("gradient_accumulation_steps")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,7 +143,7 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise MagrefInputError(f"{where}: subject_loss_weight must be >= 1 (got {cfg.subject_loss_weight}).", "set subject_loss_weight: 1 (off) or e.g. 5.")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
-    positive = ("max_steps", "batch_size", "checkpoint_every", "log_every")
+    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise MagrefInputError(f"{where}: {key} must be >= 1 (got {getattr(cfg, key)}).", f"set {key}: 1 or more.")

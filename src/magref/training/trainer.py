@@ -8,9 +8,11 @@ One step, as the paper describes it on top of Wan's objective:
     noise    sigma ~ shifted uniform or logit-normal; x_t = (1 - sigma) x0 + sigma e
     predict  v = transformer([x_t; y], t = 1000 sigma, text, clip); loss = mse(v, e - x0),
              optionally weighted up where the subjects are (`subject_loss_weight`)
-Every random draw of step k is seeded by (seed, k, rank), and the data order by (seed, epoch),
+Every random draw of step k is seeded by (seed, k, shard), and the data order by (seed, epoch),
 so a resumed run reproduces an uninterrupted one bit for bit once weights, optimizer, LR
-schedule and EMA are restored. Runs alone or under torchrun (FSDP2 on the transformer blocks;
+schedule and EMA are restored. A shard is one micro-batch of one process
+(`gradient_accumulation_steps` of them per process), so N processes and one process
+accumulating N micro-batches take the same steps. Runs alone or under torchrun (FSDP2 on the transformer blocks;
 gloo on CPU, NCCL on GPU).
 """
 
@@ -114,12 +116,24 @@ class Trainer(Checkpointing):
                                        self.rank, self.world_size, log)
 
     # -- data ---------------------------------------------------------------------------------
-    def sample_indices(self, step: int) -> list[int]:
-        """This rank's dataset indices for `step`: epoch permutations seeded by (seed, epoch)."""
+    @property
+    def shards(self) -> int:
+        """Data-parallel shards per step: processes x accumulated micro-batches."""
+        return self.world_size * self.cfg.gradient_accumulation_steps
+
+    def shard(self, micro: int) -> int:
+        """This process's `micro`-th micro-batch among the step's `shards`: the draws it makes are
+        those a process of that rank in a world of `shards` processes would make."""
+        return self.rank * self.cfg.gradient_accumulation_steps + micro
+
+    def sample_indices(self, step: int, shard: int | None = None) -> list[int]:
+        """A shard's dataset indices for `step` (by default this process's first): epoch
+        permutations seeded by (seed, epoch)."""
         n, b = len(self.dataset), self.cfg.batch_size
+        shard = self.shard(0) if shard is None else shard
         out = []
         for j in range(b):
-            epoch, pos = divmod((step * self.world_size + self.rank) * b + j, n)
+            epoch, pos = divmod((step * self.shards + shard) * b + j, n)
             out.append(int(self._epoch_order(epoch)[pos]))
         return out
 
@@ -176,8 +190,8 @@ class Trainer(Checkpointing):
     def encode(self, examples: list[dict]) -> dict:
         return {**self.encode_visual(examples), "text": self.encode_text([e["caption"] for e in examples])}
 
-    def batch(self, step: int, rng: random.Random) -> dict:
-        indices = self.sample_indices(step)
+    def batch(self, step: int, rng: random.Random, shard: int | None = None) -> dict:
+        indices = self.sample_indices(step, shard)
         if self.cache is None:
             out = self.encode([self.example(i, rng) for i in indices])
         else:
@@ -197,10 +211,32 @@ class Trainer(Checkpointing):
         return self.pipe.conditioned_velocity(x_t, batch["condition"], timestep, batch["text"], batch["image_embeds"])
 
     def train_step(self, step: int) -> float:
+        cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
+        total = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            if self.world_size > 1 and accum > 1:  # FSDP reduces the gradients once, after the last micro-batch
+                self.transformer.set_requires_gradient_sync(micro == accum - 1)
+            loss = self.micro_loss(step, self.shard(micro)) / accum
+            loss.backward()
+            total += loss.detach()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.params)
+        if self.world_size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return float(total)
+
+    def micro_loss(self, step: int, shard: int) -> torch.Tensor:
+        """The flow-matching loss of one shard's micro-batch of `step`; its draws are seeded by
+        (seed, step, shard), so they do not depend on how shards are spread over processes."""
         cfg = self.cfg
-        seed = int(np.random.SeedSequence([cfg.seed, step, self.rank]).generate_state(1)[0])  # this step's draws
+        seed = int(np.random.SeedSequence([cfg.seed, step, shard]).generate_state(1)[0])
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-        batch = self.batch(step, rng)
+        batch = self.batch(step, rng, shard)
         x0 = batch["x0"]
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         sigma = sample_sigmas(x0.shape[0], cfg, gen).to(self.device)
@@ -209,19 +245,7 @@ class Trainer(Checkpointing):
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         with autocast:
             pred = self.predict(x_t, timestep, batch)
-        loss = weighted_mse(pred.float(), target.float(), batch.get("loss_weight"))
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.step(self.params)
-        value = loss.detach()
-        if self.world_size > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return float(value)
+        return weighted_mse(pred.float(), target.float(), batch.get("loss_weight"))
 
     # -- the loop -----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
@@ -245,7 +269,7 @@ class Trainer(Checkpointing):
             seconds = time.perf_counter() - t0
             if is_main() and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
                 record = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
-                          "samples_per_s": cfg.batch_size * self.world_size / seconds}
+                          "samples_per_s": cfg.batch_size * self.shards / seconds}
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             progress.update(1)
