@@ -40,10 +40,40 @@ class Checkpointing:
             return get_optimizer_state_dict(self.transformer, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
+    # The EMA: diffusers' EMAModel over this rank's shards of the trainable weights (the DTensors'
+    # local tensors under FSDP), so each rank averages what it holds and no rank holds the whole
+    # model twice. Checkpoints and the export gather it; a resume shards it again.
+    def local_params(self) -> list[torch.Tensor]:
+        return [p.to_local() if hasattr(p, "to_local") else p for p in self.params]
+
+    def ema_full_params(self) -> list[torch.Tensor]:
+        """The EMA weights whole, on every rank (a collective under FSDP)."""
+        if self.world_size == 1:
+            return [s.detach().cpu() for s in self.ema.shadow_params]
+        from torch.distributed.tensor import DTensor
+
+        return [DTensor.from_local(s, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor().cpu()
+                for s, p in zip(self.ema.shadow_params, self.params)]
+
+    def ema_state(self) -> dict:
+        return {**self.ema.state_dict(), "shadow_params": self.ema_full_params()}
+
+    def load_ema_state(self, state: dict) -> None:
+        if self.world_size > 1:
+            from torch.distributed.tensor import distribute_tensor
+
+            # every rank read the whole file: each keeps its shard, no communication
+            state["shadow_params"] = [distribute_tensor(full.to(p.device), p.device_mesh, p.placements, src_data_rank=None).to_local()
+                                      for full, p in zip(state["shadow_params"], self.params)]
+        else:
+            state["shadow_params"] = [full.to(p.device) for full, p in zip(state["shadow_params"], self.params)]
+        self.ema.load_state_dict(state)
+
     def save_checkpoint(self) -> None:
         from safetensors.torch import save_file
 
         weights, optim = self.trainable_state(), self.optimizer_state()
+        ema = self.ema_state() if self.ema is not None else None
         if not is_main():
             if self.world_size > 1:
                 dist.barrier()  # the checkpoint is complete before any rank moves on
@@ -55,10 +85,10 @@ class Checkpointing:
         save_file(weights, tmp / "trainable.safetensors")
         torch.save(optim, tmp / "optimizer.pt")
         torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        if self.ema is not None:
-            torch.save(self.ema.state_dict(), tmp / "ema.pt")
-            if self.world_size == 1:  # the averaged weights by name, for sampling from a checkpoint
-                save_file({n: p.detach().cpu().contiguous() for n, p in zip(self.trainable_names, self.ema.shadow_params)}, tmp / "ema.safetensors")
+        if ema is not None:
+            torch.save(ema, tmp / "ema.pt")
+            # the averaged weights by name, for sampling from a checkpoint
+            save_file({n: p.contiguous() for n, p in zip(self.trainable_names, ema["shadow_params"])}, tmp / "ema.safetensors")
         write_json(tmp / "state.json", {"step": self.step, "fingerprint": self.cfg.fingerprint(), "world_size": self.world_size})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint is complete or absent
@@ -98,7 +128,7 @@ class Checkpointing:
             self.optimizer.load_state_dict(optim)
         self.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(ckpt / "ema.pt", weights_only=True))
+            self.load_ema_state(torch.load(ckpt / "ema.pt", weights_only=True))
         self.step = state["step"]
         self.log(f"resumed from {ckpt} at step {self.step}")
 
@@ -111,9 +141,8 @@ class Checkpointing:
 
     def export(self) -> None:
         """final/: the LoRA (pytorch_lora_weights.safetensors) or the whole fine-tuned pipeline."""
-        if self.ema is not None:  # export the averaged weights; under FSDP each rank holds a shard of them
-            full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in self.ema.shadow_params]  # a collective: every rank gathers
-            weights = {n: p.detach().cpu() for n, p in zip(self.trainable_names, full)}
+        if self.ema is not None:  # export the averaged weights
+            weights = dict(zip(self.trainable_names, self.ema_full_params()))
         else:
             weights = self.trainable_state()
         if not is_main():

@@ -100,7 +100,7 @@ class Trainer(Checkpointing):
         if cfg.ema_decay is not None:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(self.params, decay=cfg.ema_decay)
+            self.ema = EMAModel(self.local_params(), decay=cfg.ema_decay)
         if cfg.subject_loss_weight != 1 and self.dataset.masks(0) is None:
             raise MagrefInputError(f"subject_loss_weight = {cfg.subject_loss_weight} needs per-frame subject masks, and {cfg.data} has none.",
                                    "set subject_loss_weight: 1, or use a dataset with masks (e.g. `magref world build`).")
@@ -225,7 +225,7 @@ class Trainer(Checkpointing):
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.params)
+            self.ema.step(self.local_params())
         if self.world_size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
         return float(total)
