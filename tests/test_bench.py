@@ -102,14 +102,46 @@ def test_bench_score_three_folders_side_by_side(world, tmp_path):
     assert report["results"]["paste"]["aggregate"]["all"]["copy_paste_flags"] == 1
     md = (out / "report.md").read_text()
     assert "not computed (no weights given" in md and "## 1 subject" in md and "## kind: object" in md
-    assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "OpenS2V Total (v1.1, open) | not computed" in md and "MAGREF-480P 52.51" in md
+    n_cases = len(report["cases"])
+    assert f"## all ({n_cases} case{'s' if n_cases != 1 else ''})" in md and f"(n={n_cases})" in md  # each mean says how many videos it covers
+    assert "subject_colour ↑ (weight-free colour baseline)" in md  # a baseline is labelled as one
+    _check_report_page((out / "report.html").read_text(), report["cases"], ["right", "wrong", "paste"])
     # with the OpenS2V-Eval scorers' values for one folder, its Total appears beside the others
     values = {"red": {"aesthetics": 5.5, "motion_smoothness": 0.9, "motion_amplitude": 0.3, "facesim": 0.3, "gme": 0.6, "nexus": 0.04, "natural": 3.0}}
     (tmp_path / "v.json").write_text(json.dumps(values))
     rc, _, err = run_cli("bench", "score", root / "cases.jsonl", f["right"], f["wrong"], "--out", out, "--opens2v", f"right={tmp_path / 'v.json'}")
     assert rc == 0, err
     assert "| OpenS2V Total (v1.1, open) | 55.20 | not computed" in (out / "report.md").read_text()
+
+
+def _check_report_page(page: str, cases: list[dict], folders: list[str]) -> None:
+    """report.html: tables as HTML tables (no markdown in a <pre>), the figure fitted to the page,
+    and per case its references beside one strip of frames per folder."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.alts, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "img":
+                self.alts.append(dict(attrs).get("alt", ""))
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = Page()
+    p.feed(page)
+    assert "pre" not in p.tags and "|---|" not in page
+    assert p.tags.count("table") >= 3 and p.tags.count("th") >= 1 + len(folders)
+    assert "img{max-width:100%" in page and "aggregate metrics per folder" in p.alts
+    for c in cases:
+        assert sum(a.startswith("reference ") for a in p.alts) >= len(c["refs"])
+        for f in folders:
+            assert f"{f}: frames of {c['id']}" in p.alts, (f, c["id"])
 
 
 def test_bench_score_keeps_folders_of_one_name_apart_and_survives_a_broken_video(world, tmp_path):

@@ -67,6 +67,7 @@ def aggregate(cases: list[Case], per_case: dict) -> dict:
             elif reasons:
                 row[name] = {"not_computed": sorted(reasons)[0]}
         row["copy_paste_flags"] = sum(bool(per_case.get(i, {}).get("copy_paste_flag")) for i in ids)
+        row["cases"] = len(ids)
         out[group] = row
     return out
 
@@ -93,23 +94,64 @@ def folder_labels(folders: list[Path]) -> list[str]:
     return [str(f) for f in resolved]
 
 
-def _thumb(video: Path) -> str:
-    if not video.is_file():
-        return ""
-    frames = _read_or_none(video)
-    if frames is None or len(frames) == 0:
-        return ""
-    im = Image.fromarray(frames[len(frames) // 2])
-    im.thumbnail((160, 160))
+def _png(im: Image.Image) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _frame_strip(video: Path, n: int = 6, height: int = 128) -> str | None:
+    """`n` frames spread over the video, side by side, `height` px high (nearest-neighbour when
+    enlarged, so a small video's pixels stay visible); None when it is missing or unreadable."""
+    frames = _read_or_none(video) if video.is_file() else None
+    if frames is None or len(frames) == 0:
+        return None
+    picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)]
+    h, w = picks[0].shape[:2]
+    width = max(1, round(w * height / h))
+    strip = Image.new("RGB", (len(picks) * (width + 2) - 2, height), (255, 255, 255))
+    for k, f in enumerate(picks):
+        im = Image.fromarray(f)
+        im = im.resize((width, height), Image.Resampling.NEAREST if height >= h else Image.Resampling.LANCZOS)
+        strip.paste(im, (k * (width + 2), 0))
+    return _png(strip)
+
+
+def _reference_thumb(path: str, size: int = 128) -> str | None:
+    from ..composition import to_rgb_on_white
+
+    try:
+        im = to_rgb_on_white(load_reference(path))
+    except Exception:  # the case file names it; the score already reports what is wrong with it
+        return None
+    scale = size / max(im.size)
+    return _png(im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                          Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS))
+
+
 def _cell(entry: dict) -> str:
     if "mean" in entry:
-        return f"{entry['mean']:.4f} ± {entry['sem']:.4f}"
+        return f"{entry['mean']:.4f} ± {entry['sem']:.4f} (n={entry['n']})"
     return f"not computed ({entry['not_computed']})"
+
+
+def _metric_label(metric: str) -> str:
+    m = REGISTRY[metric]
+    return f"{metric} {'↑' if m.higher_is_better else '↓'}" + (f" ({m.label})" if m.label else "")
+
+
+def _tables(results: dict, names: list[str], opens2v_domain: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(group, header, rows) per case group: the numbers of report.md and report.html."""
+    out = []
+    for group in results[names[0]]["aggregate"]:
+        cases = results[names[0]]["aggregate"][group]["cases"]
+        rows = [[_metric_label(m)] + [_cell(results[n]["aggregate"][group].get(m, {"not_computed": "-"})) for n in names] for m in REGISTRY]
+        rows.append(["copy-paste flags"] + [str(results[n]["aggregate"][group]["copy_paste_flags"]) for n in names])
+        if group == "all":
+            totals = [results[n].get("opens2v", {}).get("total") for n in names]
+            rows.append([f"OpenS2V Total (v1.1, {opens2v_domain})"] + [f"{t:.2f}" if t is not None else "not computed (no --opens2v values)" for t in totals])
+        out.append((f"{group} ({cases} case{'s' if cases != 1 else ''})", ["metric"] + names, rows))
+    return out
 
 
 def opens2v_for(cases: list[Case], values_file: Path, domain: str) -> dict:
@@ -144,40 +186,49 @@ def write_report(cases: list[Case], folders: list[Path], out: Path, weights: dic
               for k, m in REGISTRY.items()}, "results": results}
     (out / "report.json").write_text(json.dumps(report, indent=2))
 
-    # report.md: aggregate table per group, folders side by side
-    lines = ["# Benchmark report", "", f"{len(cases)} cases; folders: {', '.join(names)}", ""]
-    for group in results[names[0]]["aggregate"]:
-        lines += [f"## {group}", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for metric in REGISTRY:
-            arrow = "↑" if REGISTRY[metric].higher_is_better else "↓"
-            row = [_cell(results[n]["aggregate"][group].get(metric, {"not_computed": "-"})) for n in names]
-            lines.append(f"| {metric} {arrow} | " + " | ".join(row) + " |")
-        lines.append("| copy-paste flags | " + " | ".join(str(results[n]["aggregate"][group]["copy_paste_flags"]) for n in names) + " |")
-        if group == "all":
-            totals = [results[n].get("opens2v", {}).get("total") for n in names]
-            lines.append(f"| OpenS2V Total (v1.1, {opens2v_domain}) | " + " | ".join(
-                f"{t:.2f}" if t is not None else "not computed (no --opens2v values)" for t in totals) + " |")
-        lines.append("")
+    # report.md: aggregate table per group, folders side by side; n = videos each mean covers
+    tables = _tables(results, names, opens2v_domain)
+    lines = ["# Benchmark report", "", f"{len(cases)} cases; folders: {', '.join(names)}; ± is the standard error, n the videos a mean covers", ""]
+    for title, header, rows in tables:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["Published OpenS2V-Eval v1.1 open-domain Totals: " + ", ".join(f"{k} {v}" for k, v in LEADERBOARD_OPEN_TOTAL.items()), ""]
     md = "\n".join(lines)
     (out / "report.md").write_text(md)
 
     _plot(results, names, out / "metrics.png")
-
-    rows = []
-    for c in cases:
-        thumbs = "".join(f"<td><img src='{_thumb(f / (c.id + '.mp4'))}'><br>{html.escape(n)}</td>" for f, n in zip(folders, names))
-        rows.append(f"<tr><td><b>{html.escape(c.id)}</b><br>{html.escape(c.prompt)}</td>{thumbs}</tr>")
-    tables = md.replace("&", "&amp;").replace("<", "&lt;")
-    (out / "report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>magref benchmark</title>"
-        "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px}</style>"
-        f"<h1>magref benchmark</h1><img src='data:image/png;base64,{base64.b64encode((out / 'metrics.png').read_bytes()).decode()}'>"
-        f"<pre>{tables}</pre><table>{''.join(rows)}</table>"
-    )
+    (out / "report.html").write_text(_html(cases, folders, names, tables, out / "metrics.png"))
     log(md.split("\n## ")[1].split("\n", 1)[1] if "\n## " in md else md)
     log(f"wrote {out}/report.json, report.md, metrics.png, report.html")
     return report
+
+
+def _html(cases: list[Case], folders: list[Path], names: list[str], tables, figure: Path) -> str:
+    """A page to read: the tables as tables, the figure within the page width, and per case its
+    references beside a strip of frames from each folder's video."""
+    e = html.escape
+    parts = ["<!doctype html><html lang='en'><meta charset='utf-8'><title>magref benchmark</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em} img{max-width:100%;image-rendering:pixelated}"
+             " table{border-collapse:collapse;margin-bottom:1em} td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
+             " .case td{border:none} figure{display:inline-block;margin:0 8px 0 0}</style>",
+             f"<h1>magref benchmark</h1><p>{len(cases)} cases; folders: {e(', '.join(names))}. ± is the standard error, n the videos a mean covers;"
+             " metrics marked as baselines are weight-free reference points, not learned similarity.</p>",
+             f"<img class='figure' alt='aggregate metrics per folder' src='{_png(Image.open(figure).convert('RGB'))}'>"]
+    for title, header, rows in tables:
+        parts.append(f"<h2>{e(title)}</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>")
+        parts += [f"<tr>{''.join(f'<td>{e(c)}</td>' for c in r)}</tr>" for r in rows]
+        parts.append("</table>")
+    parts.append("<h2>Cases</h2>")
+    for c in cases:
+        refs = "".join(f"<figure><img alt='reference {k + 1}' src='{src}'><figcaption>{e(r.kind)}</figcaption></figure>"
+                       if (src := _reference_thumb(r.path)) else f"<span>reference {k + 1} unreadable</span>" for k, r in enumerate(c.refs))
+        parts.append(f"<section><h3>{e(c.id)}</h3><p>{e(c.prompt)}</p><div class='refs'>{refs}</div><table class='case'>")
+        for f, n in zip(folders, names):
+            strip = _frame_strip(f / f"{c.id}.mp4")
+            cell = f"<img alt='{e(n)}: frames of {e(c.id)}' src='{strip}'>" if strip else "<i>no readable video</i>"
+            parts.append(f"<tr><td><b>{e(n)}</b></td><td>{cell}</td></tr>")
+        parts.append("</table></section>")
+    return "".join(parts) + "</html>"
 
 
 def _plot(results: dict, names: list[str], path: Path) -> None:
