@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import golden, run_cli
+from conftest import golden, golden_canvas, run_cli
 from magref.composition import RegionLayout, compose_references, grid_cells, latent_mask_from_pixels
 from magref.conditioning import reference_mask
 from magref.errors import MagrefInputError
@@ -20,7 +20,7 @@ def _refs(case):
 
 def _check(case, comp):
     tensors = load_file(golden("compose", case["tensors"]))
-    canvas = np.asarray(Image.open(golden("compose", case["canvas_png"])))
+    canvas = np.asarray(Image.open(golden_canvas(case)))
     assert np.array_equal(np.asarray(comp.canvas), canvas), "canvas pixels differ"
     assert np.array_equal(comp.pixel_mask, tensors["pixel_mask"].numpy())
     assert np.array_equal(comp.latent_mask, tensors["latent_mask"].numpy())
@@ -57,7 +57,7 @@ def test_cli_compose_reproduces_golden(tmp_path, compose_cases):
             out = tmp_path / case["case"] / how[0].strip("-")
             rc, _, err = run_cli("compose", *refs, "--height", h, "--width", w, *how, "--out", out)
             assert rc == 0, err
-            assert np.array_equal(np.asarray(Image.open(out / "canvas.png")), np.asarray(Image.open(golden("compose", case["canvas_png"]))))
+            assert np.array_equal(np.asarray(Image.open(out / "canvas.png")), np.asarray(Image.open(golden_canvas(case))))
             mask = np.asarray(Image.open(out / "mask.png"))
             assert set(np.unique(mask)) <= {0, 255}
             assert np.array_equal(mask // 255, load_file(golden("compose", case["tensors"]))["pixel_mask"].numpy())

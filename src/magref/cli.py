@@ -143,6 +143,20 @@ def _run_items(args, spec, items) -> int:
     return 0
 
 
+def cmd_app(args) -> int:
+    try:
+        from .app import serve
+        import gradio  # noqa: F401
+    except ImportError:
+        raise MagrefInputError("magref app needs gradio, which is not installed.", "pip install -e '.[app]'.") from None
+    from .models import DEFAULT_MODEL
+
+    if not 0 < args.port < 65536:
+        raise MagrefInputError(f"--port {args.port} is not a port number.", "use e.g. --port 7860.")
+    serve(args.host, args.port, args.auth, args.no_auth, args.out_dir, args.model or DEFAULT_MODEL, args.device, args.open)
+    return 0
+
+
 def cmd_compose(args) -> int:
     from .composition import RegionLayout, compose_references, mask_image
     from .io import load_reference, write_json, write_png
@@ -296,6 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     _add_generation_options(p, batch=True)
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("app", help="a local web page for making videos (pip install -e '.[app]')")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="a password for the page (needed with another --host)")
+    p.add_argument("--no-auth", action="store_true", help="serve another --host without a password (only on a network of your own)")
+    p.add_argument("--out-dir", default="outputs/app", help="where videos and their sidecars go (default outputs/app)")
+    p.add_argument("--model", default=None, help="the model the page starts with (default: the bundled miniature)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--open", action="store_true", help="open the page in a browser")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("compose", help="write the composed canvas, mask and layout")
     p.add_argument("refs", nargs="+")

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .errors import MagrefInputError
@@ -53,9 +53,15 @@ class LoadedModel:
         return self.rank == 0
 
 
-def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path) -> dict:
+class JobCancelled(Exception):
+    """Raised by an `on_step` callback to stop a job at the end of a denoising step; nothing of
+    the job is written."""
+
+
+def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Generate one video to `out_path` (mp4) with its sidecar; returns the sidecar dict ({} on
-    the ranks of a context-parallel run that compute without writing)."""
+    the ranks of a context-parallel run that compute without writing). `on_step(done, total)` is
+    called after every denoising step (progress); it may raise `JobCancelled`."""
     import torch
 
     from .acceleration import job_step_cache
@@ -65,6 +71,10 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
     settings, composition, pipe = request.settings, request.composition, model.pipe
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
+
+    def step_end(pipe, i, t, tensors):  # diffusers' callback_on_step_end signature
+        on_step(i + 1, settings.steps)
+        return {}
     with job_step_cache(pipe, model.acceleration, model.fingerprint, settings.steps, settings.shift, settings.solver) as cache_info:
         result = pipe(
             prompt=settings.prompt,
@@ -81,6 +91,7 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
             drop_first_frames=settings.drop_first_frames,
             output_type="np",
             context_windows=request.context_windows,
+            callback_on_step_end=step_end if on_step is not None else None,
         )
     t_gen = time.perf_counter()
     if not model.writes:
@@ -114,6 +125,7 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
         },
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(pipe._execution_device)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_unix": round(time.time(), 3),
     }
     write_json(sidecar_path(out_path), sidecar)
     return sidecar
