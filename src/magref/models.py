@@ -134,20 +134,31 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
     """Fuse LoRAs (resolve_lora's), each at its scale, into the transformer's weights (diffusers:
     load each as an adapter, weight them, fuse, unload the adapter layers): the model then runs at
     the base model's speed and combines with fp8, compile, offloading and context parallelism like
-    any other weights. Returns what the sidecar records: each LoRA with its file's sha256."""
+    any other weights. The community formats' full weight and bias deltas, which diffusers would
+    drop, are added directly (checkpoints/lora_formats.py); every entry of a file is used or the
+    file is refused. Returns what the sidecar records: each LoRA with its file's sha256."""
+    from safetensors.torch import load_file
+
+    from .checkpoints.lora_formats import apply_deltas, check_consumed, deltas_to_diffusers, lora_pair_count, split_lora
     from .io import sha256_file
 
     fix = "pass a LoRA trained for this base model (`magref train` with mode: lora)."
     peft_log = logging.getLogger("diffusers.loaders.peft")  # logs a failed load in full before raising; we report it in one line
     level = peft_log.level
-    names = [f"lora{i}" for i in range(len(loras))]
-    for name, lora in zip(names, loras):
-        f = Path(lora["file"])
+    adapters, weights, deltas = [], [], []
+    for i, lora in enumerate(loras):
+        f, name = Path(lora["file"]), f"lora{i}"
+        pairs, file_deltas = split_lora(load_file(f))
+        deltas.append((deltas_to_diffusers(file_deltas, pipe.transformer), lora["scale"]))
+        if not pairs:
+            if not file_deltas:
+                raise CheckpointError(f"{f} holds no weights.", fix)
+            continue
         peft_log.setLevel(logging.CRITICAL)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)  # several adapters are what we ask for
-                pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
+                pipe.load_lora_weights(pairs, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
@@ -155,10 +166,15 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
             peft_log.setLevel(level)
         if name not in (getattr(pipe.transformer, "peft_config", None) or {}):
             raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
-    if names:
-        pipe.set_adapters(names, adapter_weights=[lora["scale"] for lora in loras])
-        pipe.fuse_lora(adapter_names=names)
+        check_consumed(pipe.transformer, name, lora_pair_count(pairs), f)
+        adapters.append(name)
+        weights.append(lora["scale"])
+    if adapters:
+        pipe.set_adapters(adapters, adapter_weights=weights)
+        pipe.fuse_lora(adapter_names=adapters)
         pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+    for converted, scale in deltas:
+        apply_deltas(pipe.transformer, converted, scale)
     return [{**lora, "sha256": sha256_file(lora["file"])} for lora in loras]
 
 
