@@ -109,7 +109,7 @@ class Studio:
 
     def request(self, form: Form):
         """Form -> validated, composed `GenerationRequest` (the CLI's errors, raised here)."""
-        from .request import GenerationRequest
+        from .request import GenerationRequest, with_preset
 
         spec = self.spec(form)
         if not form.refs:
@@ -126,7 +126,8 @@ class Studio:
             layout = {"boxes": [[float(v) for v in b] for b in form.boxes]}
         elif form.layout_mode not in LAYOUT_MODES:
             raise MagrefInputError(f"Unknown layout {form.layout_mode!r}.", f"choose one of {', '.join(LAYOUT_MODES)}.")
-        options = {k: getattr(form, k) for k in ("height", "width", "frames", "steps", "guidance", "shift", "solver", "fps", "negative_prompt")}
+        options = with_preset({k: getattr(form, k) for k in ("height", "width", "frames", "steps", "guidance", "shift", "solver", "fps", "negative_prompt")},
+                              form.preset)
         seed = form.seed if form.seed is not None else random.randrange(2**31)
         settings = spec.settings(options, prompt=form.prompt, refs=list(form.refs), seed=seed, layout=layout, layout_seed=layout_seed)
         return GenerationRequest.prepare(settings, spec)

@@ -47,7 +47,8 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
     w.add_argument("--context-blend", choices=["linear", "pyramid"], default=None, help="how overlapping windows are blended (default linear)")
     a = p.add_argument_group("speed and memory (see docs/speed.md); under torchrun, context parallelism over the processes")
     a.add_argument("--preset", choices=list(PRESETS), default="quality",
-                   help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading")
+                   help="quality: official two eager passes; fast: batched CFG + regional compile (GPU); lowmem: group offloading; "
+                        "turbo: 4 flow-Euler steps, guidance 1 (one pass), shift 5, for step-distilled LoRAs (settings you give win)")
     a.add_argument("--cache", choices=CACHES, default="none",
                    help="step cache (changes the output slightly); magcache: the first video of a model and schedule calibrates it (no speed-up)")
     a.add_argument("--cache-threshold", type=float, default=None,
@@ -67,8 +68,12 @@ ACCELERATION_OPTIONS = ("preset", "cache", "cache_threshold", "cache_interval", 
 
 
 def _options(args) -> dict:
-    """The generate options as given (None: not given, the model's own default applies)."""
-    return {**{k: getattr(args, k) for k in SETTING_OPTIONS}, "keep_first_frames": args.keep_first_frames or None}
+    """The generate options as given (None: not given, the model's own default applies), with
+    `--preset turbo`'s settings where none was given."""
+    from .request import with_preset
+
+    given = {**{k: getattr(args, k) for k in SETTING_OPTIONS}, "keep_first_frames": args.keep_first_frames or None}
+    return with_preset(given, getattr(args, "preset", None))
 
 
 def _model(args):

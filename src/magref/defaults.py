@@ -14,7 +14,7 @@ DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=40, gu
 # `--guidance`); the pipeline keeps diffusers' names above. Every default reads one of these two.
 OFFICIAL_SETTINGS = dict(height=DEFAULTS["height"], width=DEFAULTS["width"], frames=DEFAULTS["num_frames"], steps=DEFAULTS["num_inference_steps"],
                          guidance=DEFAULTS["guidance_scale"], shift=DEFAULTS["shift"], fps=DEFAULTS["fps"], seed=DEFAULTS["seed"], solver="unipc")
-SOLVER_CHOICES = ("unipc", "dpm++")  # the official flow UniPC and DPM++ (schedulers.py)
+SOLVER_CHOICES = ("unipc", "dpm++", "euler")  # the official flow UniPC and DPM++; flow Euler for turbo (schedulers.py)
 
 # Speed presets and step caches (acceleration.py applies them); here so the CLI lists them
 # without importing torch.
@@ -22,7 +22,13 @@ PRESETS = {
     "quality": dict(batched_cfg=False, compile=False, offload=False),
     "fast": dict(batched_cfg=True, compile=True, offload=False),
     "lowmem": dict(batched_cfg=False, compile=False, offload=True),
+    # a step-distilled LoRA's settings (TURBO_SETTINGS): guidance 1 runs no unconditional pass
+    "turbo": dict(batched_cfg=False, compile=False, offload=False),
 }
+# What `--preset turbo` sets unless the user gives it: the few-step, guidance-free sampling that
+# step-distilled Wan LoRAs (e.g. the 4-step I2V distillations) are made for. Without such a LoRA a
+# base model's turbo video is a fast draft, not its quality.
+TURBO_SETTINGS = dict(steps=4, guidance=1.0, shift=5.0, solver="euler")
 CACHES = ("none", "fbcache", "taylorseer", "magcache")
 DROP_FIRST_FRAMES = 4  # the first decoded frames reproduce the canvas; the official output drops them
 

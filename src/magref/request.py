@@ -179,6 +179,16 @@ class GenerationSettings:
         return ContextWindows(frames, self._overlap(frames), self.context_blend)
 
 
+def with_preset(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    """User options (None: not given) with a preset's settings filling what was not given: only
+    `turbo` has settings (defaults.TURBO_SETTINGS); the other presets change speed, not output."""
+    from .defaults import TURBO_SETTINGS
+
+    if preset != "turbo":
+        return options
+    return {**options, **{k: v for k, v in TURBO_SETTINGS.items() if options.get(k) is None}}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The model a request is for: a `--model` value and its LoRAs (resolved, not yet loaded)."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, SchedulerMixin, UniPCMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, SchedulerMixin, UniPCMultistepScheduler
 
 # diffusers loads a saved component ["magref.schedulers", name] by looking up its base classes
 # (SchedulerMixin, ...) as attributes of this module, so SchedulerMixin must be importable here.
-__all__ = ["FlowUniPCScheduler", "FlowDPMSolverScheduler", "SchedulerMixin", "make_scheduler"]
+__all__ = ["FlowUniPCScheduler", "FlowDPMSolverScheduler", "FlowEulerScheduler", "SchedulerMixin", "make_scheduler"]
 
 _FLOW_DEFAULTS = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000)
 
@@ -62,7 +62,26 @@ class FlowDPMSolverScheduler(DPMSolverMultistepScheduler):
             _install(self, "dpm++", num_inference_steps, device)
 
 
-SOLVERS = {"unipc": FlowUniPCScheduler, "dpm++": FlowDPMSolverScheduler}
+class FlowEulerScheduler(FlowMatchEulerDiscreteScheduler):
+    """First-order flow-matching Euler (x += (sigma_next - sigma) v) on the DPM++ grid shifted by
+    `flow_shift`: the sampler step-distilled Wan LoRAs are run with (few steps, guidance 1; the
+    `turbo` preset). Not an official MAGREF solver."""
+
+    def __init__(self, flow_shift: float = 5.0, **kwargs):
+        super().__init__(**{"num_train_timesteps": 1000, **kwargs, "shift": 1.0})  # the grid is shifted in set_timesteps
+        self.register_to_config(flow_shift=flow_shift)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is not None or timesteps is not None:
+            return super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+        grid = official_sigmas("dpm++", num_inference_steps, self.config.flow_shift, self.config.num_train_timesteps)
+        self.sigmas = torch.from_numpy(np.concatenate([grid, [0.0]]).astype(np.float32)).to(device)
+        self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).to(device)
+        self.num_inference_steps = num_inference_steps
+        self._step_index, self._begin_index = None, None
+
+
+SOLVERS = {"unipc": FlowUniPCScheduler, "dpm++": FlowDPMSolverScheduler, "euler": FlowEulerScheduler}
 
 
 def make_scheduler(solver: str = "unipc", shift: float = 3.0):
@@ -74,4 +93,6 @@ def make_scheduler(solver: str = "unipc", shift: float = 3.0):
 
 
 def solver_name(scheduler) -> str:
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return "euler"
     return "dpm++" if isinstance(scheduler, DPMSolverMultistepScheduler) else "unipc"
