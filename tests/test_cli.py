@@ -569,3 +569,66 @@ def test_default_model_draws_the_bundled_example_subject(tmp_path):
             assert learnt_hit, f"the learnt test does not recognise the character (margin {learnt[name]:.3f})"
     assert margins["character"] > margins["other"] + 0.05, margins
     assert learnt["other"] < 0 < learnt["character"], learnt  # with the other sprite, the character is not recognised
+
+
+def _torchrun_batch(batch, out, *extra, wait=True):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "magref.cli", "batch", str(batch),
+           "--out-dir", str(out), *SMALL, "--device", "cpu", *map(str, extra)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_item_parallel_batch_splits_items_and_a_killed_run_resumes(tmp_path):
+    """torchrun with --parallel items: each process makes whole videos of its own, none twice, one
+    summary; a run killed mid-way and rerun ends with every item once, and what was finished
+    before the kill is kept, not made again."""
+    import contextlib
+    import signal
+    import time
+
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("".join(json.dumps({"id": f"v{i}", "prompt": f"a mug number {i}", "refs": [str(MUG)], "seed": i}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    run = _torchrun_batch(batch, out, "--parallel", "items")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("batch:") == 1 and "4 generated over 2 processes (items)" in run.stdout, run.stdout
+    sidecars = {p.stem: json.loads(p.read_text()) for p in out.glob("v*.json")}
+    assert sorted(sidecars) == ["v0", "v1", "v2", "v3"]
+    ranks = [s["acceleration"]["item_parallel"]["rank"] for s in sidecars.values()]
+    assert sorted(ranks) == [0, 0, 1, 1] and all("context_parallel" not in s["acceleration"] for s in sidecars.values())
+    again = _torchrun_batch(batch, out, "--parallel", "items")
+    assert again.returncode == 0 and "0 generated over 2 processes (items), 4 already complete" in again.stdout, again.stdout + again.stderr[-2000:]
+
+    # killed after the first videos, then rerun: every item once, the finished ones kept
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"id": f"m{i}", "prompt": f"a mug number {i}", "refs": [str(MUG)], "seed": i, "steps": 12}) + "\n"
+                            for i in range(8)))
+    out2 = tmp_path / "out2"
+    proc = _torchrun_batch(many, out2, "--parallel", "items", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out2.glob("m*.json"))) < 2:
+        time.sleep(0.2)
+    tree, todo = [], [proc.pid]  # torchrun's workers run in sessions of their own: kill the whole tree, as a crash would
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    kept = {p.stem: json.loads(p.read_text())["created_unix"] for p in out2.glob("m*.json")}
+    assert 2 <= len(kept) < 8, kept
+    rerun = _torchrun_batch(many, out2, "--parallel", "items")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    final = {p.stem: json.loads(p.read_text()) for p in out2.glob("m*.json")}
+    assert sorted(final) == [f"m{i}" for i in range(8)] and not list(out2.glob(".*.part*"))
+    assert all(final[k]["created_unix"] == t for k, t in kept.items())  # finished before the kill: kept
+    assert f"{8 - len(kept)} generated over 2 processes" in rerun.stdout

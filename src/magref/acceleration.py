@@ -318,6 +318,9 @@ class AccelerationOptions:
     attention: str | None = None  # diffusers' dispatcher backend; None: its default
     device: str | None = None  # default: cuda when available
     fp8: str | None = None  # "weights" or "compute"
+    # under torchrun: split each video over the processes (Ulysses); False: each process runs whole
+    # videos of its own (a batch's item-parallel mode), so the group is not used by the model
+    context_parallel: bool = True
 
     def output_key(self) -> dict:
         """The options that change the video itself (a step cache, fp8), for a batch's
@@ -363,7 +366,9 @@ def accelerate(pipe, options: AccelerationOptions) -> tuple[int, dict]:
         applied.update(cache="magcache", cache_threshold=cache_threshold("magcache", options.cache_threshold))
     else:
         applied.update(enable_step_cache(pipe, options.cache, threshold=options.cache_threshold, cache_interval=options.cache_interval))
-    if world > 1:
+    if world > 1 and not options.context_parallel:
+        applied["item_parallel"] = {"rank": rank, "world_size": world}
+    elif world > 1:
         applied["context_parallel"] = {"ulysses_degree": enable_context_parallel(pipe), "world_size": world}
         if not PRESETS[options.preset]["offload"]:  # lowmem streams the encoders from host memory instead
             applied["sharded_encoders"] = shard_encoders(pipe)

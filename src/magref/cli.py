@@ -139,12 +139,48 @@ def _run_items(args, spec, items) -> int:
     check_output_dir(args.out_dir)
     prepare_items(items, spec)
     _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
-    writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes, and prints one summary
+    writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 locks the folder and prints one summary
     with batch_lock(args.out_dir, writes):
         options = _acceleration(args, [it.request for it in items])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return _run_items_parallel(args, spec, items, options)
         todo = pending(items, args.out_dir, options.output_key())
         model = _load(spec, options) if todo else None
         run_batch(model, items, args.out_dir, writes=writes)
+    return 0
+
+
+def _run_items_parallel(args, spec, items, options) -> int:
+    """A batch under torchrun. `--parallel items`: each process generates whole videos of its own
+    (pending items dealt round-robin, so none is made twice), the throughput mode for many videos;
+    `sequence`: every video split over all processes (Ulysses); `auto`: items when there are at
+    least as many pending items as processes. Rank 0 holds the folder's lock and has removed a
+    killed run's half-written files before anyone starts; a rerun resumes like one process's."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from .distributed import init_from_env
+    from .jobs import pending, run_batch
+
+    rank, world = init_from_env()
+    dist.barrier()  # rank 0 holds the lock and has cleaned up
+    todo = pending(items, args.out_dir, options.output_key())
+    parallel = getattr(args, "parallel", "auto")  # `bench generate` has no --parallel: auto
+    mode = parallel if parallel != "auto" else ("items" if len(todo) >= world else "sequence")
+    if mode == "sequence":
+        model = _load(spec, options) if todo else None
+        run_batch(model, items, args.out_dir, writes=rank == 0)
+        return 0
+    mine = todo[rank::world]
+    model = _load(spec, dataclasses.replace(options, context_parallel=False)) if mine else None
+    counts = run_batch(model, mine, args.out_dir, writes=None)
+    generated = torch.tensor([counts["generated"]])
+    dist.all_reduce(generated)
+    if rank == 0:
+        print(f"batch: {int(generated)} generated over {world} processes (items), {len(items) - len(todo)} already complete, "
+              f"{len(items)} total in {args.out_dir}")
     return 0
 
 
@@ -313,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="resumable batch from a name@@prompt@@img... or JSONL file")
     p.add_argument("file")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--parallel", choices=["auto", "items", "sequence"], default="auto",
+                   help="under torchrun: items = each process makes videos of its own (throughput); sequence = each video split over "
+                        "all processes (Ulysses); auto = items when there are at least as many pending items as processes")
     _add_generation_options(p, batch=True)
     p.set_defaults(func=cmd_batch)
 

@@ -36,6 +36,7 @@ class LoadedModel:
     acceleration: dict  # what acceleration.accelerate applied
     rank: int = 0  # under torchrun only rank 0 writes
     output_options: dict = dataclasses.field(default_factory=dict)  # AccelerationOptions.output_key: part of each request's fingerprint
+    own_videos: bool = False  # under torchrun: this process makes whole videos of its own (item-parallel batches)
 
     @classmethod
     def load(cls, spec: ModelSpec, options=None) -> "LoadedModel":
@@ -46,11 +47,13 @@ class LoadedModel:
         options.resolve_device()  # a bad --device is input, refused before the weights load
         pipe, fingerprint, records = load_model(spec)
         rank, applied = accelerate(pipe, options)
-        return cls(pipe, spec, fingerprint, records, applied, rank, options.output_key())
+        return cls(pipe, spec, fingerprint, records, applied, rank, options.output_key(), own_videos=not options.context_parallel)
 
     @property
     def writes(self) -> bool:
-        return self.rank == 0
+        """Whether this process writes its videos: rank 0 of a context-parallel group; every
+        process when each makes videos of its own."""
+        return self.own_videos or self.rank == 0
 
 
 class JobCancelled(Exception):
@@ -279,7 +282,8 @@ def batch_lock(out_dir: str | Path, writes: bool = True):
 def run_batch(model: LoadedModel | None, items: list[BatchItem], out_dir: str | Path, log=print, writes: bool = True) -> dict:
     """Generate every prepared item (`prepare_items`) not yet complete; returns counts. `model`
     may be None when every item is complete (a finished batch rerun loads nothing); `writes`
-    then says whether this process prints the summary (rank 0 under torchrun)."""
+    says whether this process prints the summary (rank 0 under torchrun; None: nobody, the
+    caller sums the processes' counts)."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -291,6 +295,6 @@ def run_batch(model: LoadedModel | None, items: list[BatchItem], out_dir: str | 
             continue
         run_job(model, it.request, batch_video(out_dir, it))
         done += 1
-    if (model.writes if model is not None else writes):
+    if writes is not None and (model.writes if model is not None and not model.own_videos else writes):
         log(f"batch: {done} generated, {skipped} already complete, {len(items)} total in {out_dir}")
     return {"generated": done, "skipped": skipped, "total": len(items)}
