@@ -209,7 +209,12 @@ pipe.transformer.blocks[0].norm2.register_forward_pre_hook(lambda m, args: token
 refs = [Image.new("RGB", (40, 60), (200, 30, 30)), Image.new("RGB", (50, 50), (20, 200, 30))]
 out = pipe(prompt="a red block", references=refs, height=64, width=96, num_frames=9, num_inference_steps=3,
            output_type="latent", generator=torch.Generator().manual_seed(0)).frames
-torch.save({"frames": out, "tokens": torch.tensor(tokens)}, f"{sys.argv[1]}.rank{rank}.pt")
+n_tokens = list(tokens)
+# sliding context windows: several transformer calls per step, each window's sequence split over the ranks
+from magref.context_windows import ContextWindows
+windowed = pipe(prompt="a red block", references=refs, height=64, width=96, num_frames=17, num_inference_steps=2, output_type="latent",
+                generator=torch.Generator().manual_seed(0), context_windows=ContextWindows(9, 4)).frames
+torch.save({"frames": out, "tokens": torch.tensor(n_tokens), "windowed": windowed}, f"{sys.argv[1]}.rank{rank}.pt")
 if dist.is_initialized():
     dist.destroy_process_group()
 """
@@ -241,3 +246,4 @@ def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
         got = torch.load(tmp_path / f"two.rank{rank}.pt", weights_only=True)
         assert set(got["tokens"].tolist()) == {3 * 4 * 6 // 2}, got["tokens"]  # each rank's blocks see half the sequence
         torch.testing.assert_close(got["frames"], ref["frames"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got["windowed"], ref["windowed"], atol=1e-5, rtol=0)  # windows under Ulysses: the one-process windowed video

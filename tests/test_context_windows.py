@@ -76,3 +76,16 @@ def test_generate_longer_than_trained_uses_windows_records_them_and_refuses_a_st
     assert rc == 0 and json.loads((tmp_path / "o.json").read_text())["context_windows"] is None
     rc, _, err = run_cli("generate", *small, "--frames", "21", "--context-frames", "9", "--cache", "fbcache", "--out", tmp_path / "c.mp4")
     assert rc == 2 and "does not combine with context windows" in err and not (tmp_path / "c.mp4").exists()
+
+
+def test_windows_under_lowmem_offloading_give_the_same_video():
+    """Group offloading moves weights per block; windows call the transformer several times per
+    step: together they give the windowed video of the plain pipeline."""
+    from magref import acceleration as acc
+
+    kw = dict(prompt="a red block", references=REFS, height=32, width=32, num_frames=21, num_inference_steps=2, output_type="latent",
+              context_windows=ContextWindows(9, 4))
+    plain = tiny_random_pipeline()(**kw, generator=torch.Generator().manual_seed(0)).frames
+    pipe = tiny_random_pipeline()
+    acc.apply_preset(pipe, "lowmem", torch.device("cpu"))
+    torch.testing.assert_close(pipe(**kw, generator=torch.Generator().manual_seed(0)).frames, plain, atol=1e-5, rtol=0)
