@@ -235,7 +235,7 @@ def cmd_prepare(args) -> int:
     settings = PrepareSettings(
         frames=args.frames, fps=args.fps, height=args.height, width=args.width,
         max_clips_per_video=args.max_clips_per_video, samples_per_shard=args.samples_per_shard, extractor=args.extractor,
-        detector=args.detector, segmenter=args.segmenter, detector_threshold=args.detector_threshold,
+        detector=args.detector, segmenter=args.segmenter, detector_threshold=args.detector_threshold, clip_codec=args.clip_codec,
     )
     prepare(args.videos_dir, args.out_dir, settings)
     return 0
@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, help="detect-segment: OWLv2/OWL-ViT/Grounding-DINO weights (folder or hub id)")
     p.add_argument("--segmenter", default=None, help="detect-segment: SAM weights (folder or hub id)")
     p.add_argument("--detector-threshold", type=float, default=0.2)
+    p.add_argument("--clip-codec", default="h264", help="how shards store clips: h264 (4:4:4, CRF 14; default), ffv1 (lossless), raw (uint8 frames)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train (full or LoRA) with region-aware dynamic masking; torchrun for several processes")

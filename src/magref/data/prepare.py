@@ -37,6 +37,7 @@ class PrepareSettings:
     detector: str | None = None  # detect-segment: detection weights (folder or hub id)
     segmenter: str | None = None  # detect-segment: SAM weights
     detector_threshold: float = 0.2
+    clip_codec: str = "h264"  # how shards store clips (shards.CLIP_CODECS): h264 (default), ffv1 (lossless), raw
 
     def validate(self) -> None:
         check_num_frames(self.frames)
@@ -48,6 +49,10 @@ class PrepareSettings:
                 raise MagrefInputError(f"--{name} {v} is not a multiple of 16 between 16 and 2048.", f"use e.g. --{name} 64.")
         if self.max_clips_per_video < 1 or self.samples_per_shard < 1:
             raise MagrefInputError("--max-clips-per-video and --samples-per-shard must be at least 1.", "use e.g. --max-clips-per-video 4.")
+        from .shards import CLIP_CODECS
+
+        if self.clip_codec not in CLIP_CODECS:
+            raise MagrefInputError(f"--clip-codec {self.clip_codec!r} is not one of {', '.join(CLIP_CODECS)}.", "use --clip-codec h264.")
         if not (math.isfinite(self.detector_threshold) and 0 <= self.detector_threshold <= 1):
             raise MagrefInputError(f"--detector-threshold {self.detector_threshold} is not between 0 and 1.", "use e.g. --detector-threshold 0.2.")
 
@@ -114,7 +119,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     manifest_path = out_dir / MANIFEST
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
                 else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []})
-    if manifest["settings"] != asdict(settings):
+    if {"clip_codec": "raw", **manifest["settings"]} != asdict(settings):  # datasets from before codecs stored raw frames
         raise MagrefInputError(
             f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
         )
@@ -138,7 +143,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
                 f.write(json.dumps({"video": v}) + "\n")
         buffered_videos.clear()
 
-    writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished)
+    writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished, clip_codec=settings.clip_codec)
 
     skipped_now = 0
     for video in tqdm(videos, desc="prepare", unit="video", file=sys.stderr):

@@ -110,7 +110,8 @@ class Trainer(Checkpointing):
             from .cache import EncodingCache, cache_key
 
             settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
-                        "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index}
+                        "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
+                        **({"clip_codec": settings["clip_codec"]} if settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
             root = Path(cfg.data) / "encodings" / cache_key(settings, [self.pipe.vae, self.pipe.image_encoder])
             self.cache = EncodingCache(root, cfg.cache_layouts, len(self.dataset), self.encode_clips, cfg.first_frame == "clip",
                                        self.rank, self.world_size, log)

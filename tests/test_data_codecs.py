@@ -1,0 +1,68 @@
+"""Clips stored as video in the shards: round trip within a stated PSNR (lossless for FFV1),
+datasets mixing codecs load, old raw datasets keep loading, a changed codec is a new cache."""
+
+import numpy as np
+import pytest
+
+from magref.data.shards import ClipDataset, Sample, ShardWriter, decode_clip, encode_clip
+from magref.world.clips import make_clip
+from magref.world.render import identity
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _clip(seed: int = 0, frames: int = 17, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return make_clip([identity(3), identity(8)], rng, frames, size, size).frames
+
+
+def test_codecs_round_trip():
+    clip = _clip()
+    raw, h264, ffv1 = (encode_clip(clip, c) for c in ("raw", "h264", "ffv1"))
+    assert np.array_equal(decode_clip(ffv1, ".frames.mkv"), clip)  # lossless
+    assert np.array_equal(decode_clip(raw, ".frames.npy"), clip)
+    back = decode_clip(h264, ".frames.mp4")
+    assert back.shape == clip.shape and psnr(back, clip) >= 40, psnr(back, clip)
+    assert len(h264) * 8 < len(raw)  # measured on this clip: about 1/20
+
+
+def test_a_dataset_mixing_codecs_loads_every_clip(tmp_path):
+    clips = [_clip(s) for s in range(6)]
+    manifest = {"format": "magref-clips-v1", "settings": {"frames": 17, "height": 64, "width": 64}, "shards": [], "skipped": []}
+    for k, codec in enumerate(("raw", "h264", "ffv1")):  # an old raw shard beside new ones
+        writer = ShardWriter(tmp_path, manifest, 2, clip_codec=codec)
+        for j in (2 * k, 2 * k + 1):
+            writer.add(Sample(f"c{j}", clips[j], "a caption", [], {"fps": 8.0}, masks=np.zeros((17, 64, 64), np.uint8)))
+        writer.close()
+    ds = ClipDataset(tmp_path)
+    assert len(ds) == 6
+    for j in range(6):
+        frames = ds[j].frames
+        assert frames.shape == clips[j].shape and (np.array_equal(frames, clips[j]) if j not in (2, 3) else psnr(frames, clips[j]) >= 40)
+        assert ds.masks(j) is not None
+
+
+def test_prepare_refuses_an_unknown_codec_and_resumes_an_old_raw_dataset_with_raw(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from magref.data.prepare import PrepareSettings, prepare
+    from magref.errors import MagrefInputError
+    from videos import moving_subject_video
+
+    with pytest.raises(MagrefInputError, match="--clip-codec 'gif'"):
+        PrepareSettings(clip_codec="gif").validate()
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    moving_subject_video(videos / "a.mp4", colour=(220, 40, 40), seed=0, frames=20, caption="a red ball rolls")
+    out = tmp_path / "ds"
+    out.mkdir()
+    old = {k: v for k, v in asdict(PrepareSettings(frames=9)).items() if k != "clip_codec"}  # a manifest from before codecs
+    (out / "manifest.json").write_text(json.dumps({"format": "magref-clips-v1", "settings": old, "shards": [], "skipped": []}))
+    with pytest.raises(MagrefInputError, match="other settings"):
+        prepare(videos, out, PrepareSettings(frames=9), log=lambda *a: None)  # h264 by default: not what it holds
+    manifest = prepare(videos, out, PrepareSettings(frames=9, clip_codec="raw"), log=lambda *a: None)
+    assert manifest["num_samples"] >= 1 and ClipDataset(out)[0].frames.shape == (9, 64, 64, 3)
