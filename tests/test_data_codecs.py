@@ -66,3 +66,58 @@ def test_prepare_refuses_an_unknown_codec_and_resumes_an_old_raw_dataset_with_ra
         prepare(videos, out, PrepareSettings(frames=9), log=lambda *a: None)  # h264 by default: not what it holds
     manifest = prepare(videos, out, PrepareSettings(frames=9, clip_codec="raw"), log=lambda *a: None)
     assert manifest["num_samples"] >= 1 and ClipDataset(out)[0].frames.shape == (9, 64, 64, 3)
+
+
+def _kill_tree(pid: int) -> None:
+    import contextlib
+    import os
+    import signal
+    import subprocess
+
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [int(c) for c in subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_cli
+    from videos import moving_subject_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(12):
+        moving_subject_video(videos / f"v{i:02d}.mp4", colour=(40 + 15 * i, 200 - 10 * i, 60), seed=i, frames=20, caption=f"ball {i} rolls")
+    out = tmp_path / "ds"
+    args = ["prepare", str(videos), str(out), "--frames", "9", "--samples-per-shard", "2", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "magref.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(len(p.read_text().splitlines()) for p in out.glob("progress.rank*.jsonl")) < 3:
+        time.sleep(0.05)
+    _kill_tree(proc.pid)
+    proc.wait()
+    finished_before = {json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()}
+    assert 3 <= len(finished_before) < 12, finished_before
+    assert not (out / "manifest.json").exists()  # merged only at the end
+    rc, stdout, err = run_cli(*args, isolated=True, timeout=300)  # the rerun, as a user would
+    assert rc == 0, err[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = [s["file"] for s in manifest["shards"]]
+    assert len(files) == len(set(files)) and {f.split("-")[1] for f in files} == {"r0", "r1"}
+    ds = ClipDataset(out)
+    sources = [ds[i].meta["source"] for i in range(len(ds))]
+    assert sorted(set(sources)) == [f"v{i:02d}.mp4" for i in range(12)]  # every video
+    assert len(sources) == len(set(sources)) * 2  # once: 20 frames at 8 fps make two 9-frame clips each, no video twice
+    redone = [json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()]
+    assert len(redone) == 12 and set(redone) == {f"v{i:02d}.mp4" for i in range(12)}  # nothing finished before the kill was done again

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -229,15 +230,47 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_prepare(args) -> int:
-    from .data.prepare import PrepareSettings, prepare
+PREPARE_OPTIONS = ("frames", "fps", "height", "width", "max_clips_per_video", "samples_per_shard", "extractor", "detector", "segmenter",
+                   "detector_threshold", "clip_codec")
 
-    settings = PrepareSettings(
-        frames=args.frames, fps=args.fps, height=args.height, width=args.width,
-        max_clips_per_video=args.max_clips_per_video, samples_per_shard=args.samples_per_shard, extractor=args.extractor,
-        detector=args.detector, segmenter=args.segmenter, detector_threshold=args.detector_threshold, clip_codec=args.clip_codec,
-    )
-    prepare(args.videos_dir, args.out_dir, settings)
+
+def cmd_prepare(args) -> int:
+    """One process, `--workers N` processes on this machine, or torchrun's processes (on many
+    machines): each takes its share of the videos and writes its own shards; one manifest.json
+    is merged at the end. A killed run resumes: finished videos are not redone."""
+    from .data.prepare import PrepareSettings, merge_manifests, prepare
+
+    settings = PrepareSettings(**{k: getattr(args, k) for k in PREPARE_OPTIONS})
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if args.workers < 1:
+        raise MagrefInputError(f"--workers {args.workers} is not a number of processes.", "use --workers 1 or more.")
+    if args.workers > 1 and world == 1:
+        settings.validate()
+        argv = [str(args.videos_dir), str(args.out_dir)]
+        for k in PREPARE_OPTIONS:
+            if getattr(args, k) is not None:
+                argv += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        procs = [subprocess.Popen([sys.executable, "-m", "magref.cli", "prepare", *argv],
+                                  env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(args.workers), "MAGREF_PREPARE_WORKER": "1"})
+                 for r in range(args.workers)]
+        failed = [r for r, p in enumerate(procs) if p.wait() != 0]
+        if failed:
+            raise MagrefInputError(f"prepare worker(s) {failed} failed (see above); finished videos are kept.", "fix the cause and rerun to resume.")
+        merged = merge_manifests(Path(args.out_dir), settings)
+        print(f"prepare: {merged['num_samples']} samples in {len(merged['shards'])} shard(s) from {args.workers} processes, "
+              f"{len(merged['skipped'])} video(s) skipped -> {args.out_dir}")
+        return 0
+    prepare(args.videos_dir, args.out_dir, settings, rank=rank, world=world)
+    if world > 1 and not os.environ.get("MAGREF_PREPARE_WORKER"):  # torchrun: rank 0 merges once every rank is done
+        import torch.distributed as dist
+
+        from .distributed import init_from_env
+
+        init_from_env()
+        dist.barrier()
+        if rank == 0:
+            merged = merge_manifests(Path(args.out_dir), settings)
+            print(f"prepare: {merged['num_samples']} samples in {len(merged['shards'])} shard(s) from {world} processes -> {args.out_dir}")
     return 0
 
 
@@ -399,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, help="detect-segment: OWLv2/OWL-ViT/Grounding-DINO weights (folder or hub id)")
     p.add_argument("--segmenter", default=None, help="detect-segment: SAM weights (folder or hub id)")
     p.add_argument("--detector-threshold", type=float, default=0.2)
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine, each preparing its share of the videos "
+                                                          "(under torchrun: one per rank, over many machines)")
     p.add_argument("--clip-codec", default="h264", help="how shards store clips: h264 (4:4:4, CRF 14; default), ffv1 (lossless), raw (uint8 frames)")
     p.set_defaults(func=cmd_prepare)
 

@@ -108,7 +108,53 @@ def decode(video: Path, fps: float, height: int, width: int) -> tuple[np.ndarray
     return np.stack(out), idx
 
 
-def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettings, log=print) -> dict:
+def _check_settings(manifest: dict, settings: PrepareSettings, out_dir: Path) -> None:
+    if {"clip_codec": "raw", **manifest["settings"]} != asdict(settings):  # datasets from before codecs stored raw frames
+        raise MagrefInputError(
+            f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
+        )
+
+
+def finished_videos(out_dir: Path) -> set[str]:
+    """Videos finished by any run or process (progress.jsonl and every progress.rank<r>.jsonl);
+    a skipped one (no caption yet, unreadable) is tried again on every rerun."""
+    done: set[str] = set()
+    for progress in sorted(out_dir.glob("progress*.jsonl")):
+        for line in progress.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                (done.discard if entry.get("skipped") else done.add)(entry["video"])
+    return done
+
+
+def merge_manifests(out_dir: Path, settings: PrepareSettings) -> dict:
+    """One manifest.json from the processes' manifest.rank<r>.json (and what manifest.json held
+    before): every shard once, the skips of videos that no process finished."""
+    from ..io import write_json
+
+    base_path = out_dir / MANIFEST
+    merged = (json.loads(base_path.read_text()) if base_path.is_file()
+              else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []})
+    _check_settings(merged, settings, out_dir)
+    seen = {s["file"] for s in merged["shards"]}
+    skipped = {s["video"]: s for s in merged["skipped"]}
+    for part in sorted(out_dir.glob("manifest.rank*.json")):
+        m = json.loads(part.read_text())
+        merged["shards"] += [s for s in m["shards"] if s["file"] not in seen]
+        seen |= {s["file"] for s in m["shards"]}
+        skipped.update({s["video"]: s for s in m["skipped"]})
+    done = finished_videos(out_dir)
+    merged["skipped"] = [s for v, s in sorted(skipped.items()) if v not in done]
+    merged["num_samples"] = sum(len(s["keys"]) for s in merged["shards"])
+    write_json(base_path, merged)
+    return merged
+
+
+def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettings, log=print, rank: int = 0, world: int = 1) -> dict:
+    """Videos -> a shard dataset, resumable. With `world` > 1 this process (`rank`) takes every
+    world-th video not yet finished and writes shards, progress and a manifest of its own
+    (shard-r<rank>-*.tar, progress.rank<r>.jsonl, manifest.rank<r>.json); `merge_manifests`
+    then makes the one manifest.json (`magref prepare --workers N` and torchrun do)."""
     from tqdm.auto import tqdm
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
@@ -116,25 +162,21 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
         raise MagrefInputError(f"Video folder {videos_dir} does not exist.", "pass the folder holding your videos.")
     settings.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
+    if (out_dir / MANIFEST).is_file():
+        _check_settings(json.loads((out_dir / MANIFEST).read_text()), settings, out_dir)
+    suffix = f".rank{rank}" if world > 1 else ""
+    manifest_path = out_dir / (f"manifest{suffix}.json" if world > 1 else MANIFEST)
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
                 else {"format": FORMAT, "settings": asdict(settings), "shards": [], "skipped": []})
-    if {"clip_codec": "raw", **manifest["settings"]} != asdict(settings):  # datasets from before codecs stored raw frames
-        raise MagrefInputError(
-            f"{out_dir} was prepared with other settings ({manifest['settings']}).", "use a new OUT_DIR, or the same settings to resume."
-        )
-    progress = out_dir / "progress.jsonl"
-    # finished videos only: a skipped one (no caption yet, unreadable) is tried again on every rerun
-    done = set()
-    if progress.is_file():
-        for line in progress.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                (done.discard if entry.get("skipped") else done.add)(entry["video"])
+    _check_settings(manifest, settings, out_dir)
+    progress = out_dir / f"progress{suffix}.jsonl"
+    done = finished_videos(out_dir)
     options = {"detector": settings.detector, "segmenter": settings.segmenter, "threshold": settings.detector_threshold}
     extractor = make_extractor(settings.extractor, **(options if settings.extractor == "detect-segment" else {}))
     captions = load_captions(videos_dir)
     videos = find_videos(videos_dir)
+    if world > 1:  # this process's share of what is left, dealt the same way by every process
+        videos = [v for v in videos if v.relative_to(videos_dir).as_posix() not in done][rank::world]
     buffered_videos: list[str] = []  # finished videos whose clips wait in the writer's buffer
 
     def log_finished():
@@ -143,7 +185,8 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
                 f.write(json.dumps({"video": v}) + "\n")
         buffered_videos.clear()
 
-    writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished, clip_codec=settings.clip_codec)
+    writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished, clip_codec=settings.clip_codec,
+                         manifest_name=manifest_path.name, shard_prefix=f"shard-r{rank}-" if world > 1 else "shard-")
 
     skipped_now = 0
     for video in tqdm(videos, desc="prepare", unit="video", file=sys.stderr):
@@ -182,5 +225,6 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
         manifest["skipped"] = [s for s in manifest["skipped"] if s["video"] != rel]  # skipped before, done now
         writer.flush_if_full()
     writer.close()
-    log(f"prepare: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
+    who = f" (process {rank} of {world})" if world > 1 else ""
+    log(f"prepare{who}: {manifest['num_samples']} samples in {len(manifest['shards'])} shard(s), {len(manifest['skipped'])} video(s) skipped -> {out_dir}")
     return manifest

@@ -123,9 +123,11 @@ class ShardWriter:
     `resumable=False` writes the manifest only at the end (`close`), so its presence means the
     dataset is complete (a build that is redone, not resumed, when interrupted)."""
 
-    def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None, resumable: bool = True, clip_codec: str = "raw"):
+    def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None, resumable: bool = True, clip_codec: str = "raw",
+                 manifest_name: str = MANIFEST, shard_prefix: str = "shard-"):
         self.root, self.manifest, self.samples_per_shard, self.on_flush = Path(root), manifest, samples_per_shard, on_flush
         self.resumable, self.clip_codec = resumable, clip_codec
+        self.manifest_name, self.shard_prefix = manifest_name, shard_prefix  # one process of several writes its own
         self.buffer: list[Sample] = []
 
     def add(self, sample: Sample) -> None:
@@ -141,13 +143,16 @@ class ShardWriter:
         from ..io import write_json
 
         if self.buffer:
-            name = f"shard-{len(self.manifest['shards']):05d}.tar"
+            taken = {sh["file"] for sh in self.manifest["shards"]}
+            n = len(self.manifest["shards"])
+            while (name := f"{self.shard_prefix}{n:05d}.tar") in taken:  # a single-process rerun after a merged multi-process one
+                n += 1
             write_shard(self.root / name, self.buffer, self.clip_codec)
             self.manifest["shards"].append({"file": name, "keys": [s.key for s in self.buffer]})
             self.buffer = []
         self.manifest["num_samples"] = sum(len(s["keys"]) for s in self.manifest["shards"])
         if self.resumable or final:
-            write_json(self.root / MANIFEST, self.manifest)
+            write_json(self.root / self.manifest_name, self.manifest)
         if self.on_flush is not None:
             self.on_flush()
 
