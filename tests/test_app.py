@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import EXAMPLES, run_cli
 from magref.app import Form, Studio, error_field
 from magref.errors import MagrefInputError
+from magref.io import sha256_file
 from magref.jobs import JobCancelled
 
 PROMPT = "A person moves from left to right in a meadow."
@@ -50,6 +51,17 @@ def test_generate_writes_what_magref_generate_writes(studio, tmp_path):
     assert sidecar["output"]["sha256"] == cli["output"]["sha256"]
 
 
+def test_references_are_kept_beside_the_videos(studio, tmp_path):
+    """An upload's temporary file may go; the sidecar names a copy in the output folder."""
+    upload = tmp_path / "upload.png"
+    upload.write_bytes((EXAMPLES / "mug.png").read_bytes())
+    out, sidecar = studio.generate(Form(prompt=PROMPT, refs=[str(upload)], steps=2))
+    upload.unlink()
+    kept = sidecar["settings"]["refs"][0]
+    assert kept.startswith(str(studio.out_dir / "references")) and os.path.isfile(kept)
+    assert studio.preview(studio.restore(out))[0].size == (64, 64)  # history restores a run whose upload is gone
+
+
 def test_random_seed_is_recorded_and_progress_reported(studio):
     seen = []
     out, sidecar = studio.generate(Form(prompt=PROMPT, refs=REFS, steps=3, seed=None), lambda done, total, left: seen.append((done, total)))
@@ -77,7 +89,8 @@ def test_history_newest_first_and_restore(studio):
     history = studio.history()
     assert [h["path"] for h in history[:2]] == [str(b), str(a)]
     form = studio.restore(b)
-    assert (form.prompt, form.refs, form.seed, form.steps, form.layout_mode, form.layout_seed) == ("second", REFS, 2, 2, "official random placement", 9)
+    assert (form.prompt, form.seed, form.steps, form.layout_mode, form.layout_seed) == ("second", 2, 2, "official random placement", 9)
+    assert [sha256_file(r) for r in form.refs] == [sha256_file(r) for r in REFS]  # the kept copies of the references
     (studio.out_dir / "notes.json").write_text("[1, 2]")  # a user's own JSON is not history
     assert len(studio.history()) == len(history)
 

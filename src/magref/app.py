@@ -14,6 +14,7 @@ on its own; `build_ui` lays it out; `serve` applies the server's limits:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -168,6 +169,7 @@ class Studio:
         every step. `cancel()` stops it at the next step end, and nothing is written."""
         from .jobs import JobCancelled, run_job
 
+        form = dataclasses.replace(form, refs=self.keep_references(form.refs))
         request = self.request(form)
         self.warnings = request.warnings()  # allowed, but the page says so (e.g. an extended grid past 8)
         options = self.acceleration(form, request)
@@ -186,6 +188,26 @@ class Studio:
 
             sidecar = run_job(model, request, out, on_step=on_step)
         return out, sidecar
+
+    def keep_references(self, paths: list[str]) -> list[str]:
+        """Uploads live in gradio's temporary folder: a copy under the output folder (named by
+        content) keeps every sidecar's references, so history can restore a run later."""
+        import shutil
+
+        from .io import sha256_file
+
+        kept = []
+        for p in map(Path, paths):
+            if not p.is_file() or p.resolve().is_relative_to(self.out_dir.resolve()):
+                kept.append(str(p))  # missing: the request names it; ours already: as it is
+                continue
+            dst = self.out_dir / "references" / f"{sha256_file(p)[:16]}{p.suffix.lower()}"
+            if not dst.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dst.with_suffix(dst.suffix + ".part"))
+                dst.with_suffix(dst.suffix + ".part").replace(dst)
+            kept.append(str(dst))
+        return kept
 
     def cancel(self) -> None:
         self._cancel.set()
