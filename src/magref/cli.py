@@ -349,7 +349,9 @@ def cmd_world_identifier(args) -> int:
     from .models import WORLD_VAE_PATH
     from .world.identify import train_identifier
 
-    train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed)
+    if args.size < 64 or args.size % 16:
+        raise MagrefInputError(f"--size {args.size} is not a multiple of 16 of at least 64.", "use --size 64 or 128.")
+    train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed, size=args.size)
     return 0
 
 
@@ -506,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="frame size of the videos it will judge (the classifier sees them at 64 px)")
     p.set_defaults(func=cmd_world_identifier)
     p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",

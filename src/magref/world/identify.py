@@ -59,9 +59,10 @@ class IdentityClassifier(nn.Module):
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
 
-def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int = 8, progress=None) -> tuple[np.ndarray, np.ndarray]:
+def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int = 8, progress=None, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Frames of `clips` random clips of 1-3 held-out subjects: (N, 64, 64, 3) uint8 and
-    (N, 80) bool labels; with `vae`, the clips as that VAE encodes and decodes them."""
+    (N, 80) bool labels; with `vae`, the clips as that VAE encodes and decodes them. Clips are
+    made at `size` and resized to the classifier's 64 px as `identify_video` resizes a video."""
     pool = identity_ids("heldout")
     col = {i: k for k, i in enumerate(pool)}
     xs, ys = [], []
@@ -70,16 +71,16 @@ def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int =
         for k in range(start, min(clips, start + batch)):
             rng = np.random.default_rng([23, seed, k])
             ids = [int(i) for i in rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)]
-            clip = make_clip([identity(i) for i in ids], rng, frames, 64, 64)
+            clip = make_clip([identity(i) for i in ids], rng, frames, size, size)
             label = np.zeros((frames, len(pool)), bool)
             for i, m in zip(ids, clip.masks):
-                label[:, col[i]] = m.reshape(frames, -1).sum(1) >= MIN_VISIBLE_PIXELS
+                label[:, col[i]] = m.reshape(frames, -1).sum(1) >= MIN_VISIBLE_PIXELS * (size / 64) ** 2
             group.append(clip.frames)
             ys.append(label)
         video = np.stack(group)  # (B, F, H, W, 3)
         if vae is not None:
             video = vae_round_trip(vae, video)
-        xs.append(video.reshape(-1, 64, 64, 3))
+        xs.append(to_classifier_size(video.reshape(-1, size, size, 3)))
         if progress:
             progress(len(group))
     return np.concatenate(xs), np.concatenate(ys)
@@ -97,12 +98,18 @@ def to_input(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def identify_video(model: IdentityClassifier, frames: np.ndarray) -> dict[int, float]:
-    """{identity id: mean presence logit over the video's frames (F, 64, 64, 3) uint8}."""
-    if frames.shape[1:3] != (64, 64):
-        from PIL import Image
+def to_classifier_size(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames at the classifier's 64x64 (bilinear), as every video is judged."""
+    if frames.shape[1:3] == (64, 64):
+        return frames
+    from PIL import Image
 
-        frames = np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.Resampling.BILINEAR)) for f in frames])
+    return np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.Resampling.BILINEAR)) for f in frames])
+
+
+def identify_video(model: IdentityClassifier, frames: np.ndarray) -> dict[int, float]:
+    """{identity id: mean presence logit over the video's frames (F, H, W, 3) uint8}."""
+    frames = to_classifier_size(frames)
     model.eval()
     with torch.no_grad():
         logits = model(to_input(frames)).mean(0)
@@ -138,7 +145,7 @@ def load_identifier(folder=IDENTIFIER_PATH) -> IdentityClassifier:
     return model.eval()
 
 
-def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1, by_count: bool = False) -> dict:
+def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1, by_count: bool = False, size: int = 64) -> dict:
     """Identity top-1 (7 distractors, frames 4-12 as a video keeps them) on fresh clips of 1-3
     held-out subjects: the world's rendering, and with `vae` that rendering decoded. `by_count`
     adds the top-1 for clips of 1, 2 and 3 subjects apart (a third of the clips each)."""
@@ -151,7 +158,7 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
             rng = np.random.default_rng([29, seed, k])
             n = 1 + k % 3
             ids = [int(i) for i in rng.choice(identity_ids("heldout"), size=n, replace=False)]
-            clip = make_clip([identity(i) for i in ids], rng, 13, 64, 64)
+            clip = make_clip([identity(i) for i in ids], rng, 13, size, size)
             frames = clip.frames if v is None else vae_round_trip(v, clip.frames[None])[0]
             scores = identify_video(model, frames[4:])
             for i in ids:
@@ -163,7 +170,9 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
 
 
 def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                     ceiling_clips: int = 144, log=print) -> dict:
+                     ceiling_clips: int = 144, log=print, size: int = 64) -> dict:
+    """`size`: the frame size of the model it will judge (its VAE decodes at that size; the
+    classifier sees every frame at 64 px)."""
     """Render and VAE-decode the training frames, fit the classifier, report its ceiling, save."""
     import time
 
@@ -174,8 +183,8 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
     t0 = time.time()
     vae = AutoencoderKLWan.from_pretrained(str(vae_path), torch_dtype=torch.float32).eval()
     with tqdm(total=2 * clips, desc="identifier data", unit="clip") as bar:
-        decoded = world_frames(clips, seed, vae, progress=bar.update)
-        rendered = world_frames(clips, seed + 1000, None, progress=bar.update)  # other clips, as rendered
+        decoded = world_frames(clips, seed, vae, progress=bar.update, size=size)
+        rendered = world_frames(clips, seed + 1000, None, progress=bar.update, size=size)  # other clips, as rendered
     x = np.concatenate([decoded[0], rendered[0]])
     y = torch.from_numpy(np.concatenate([decoded[1], rendered[1]])).float()
     model = IdentityClassifier(identity_ids("heldout"))
@@ -199,8 +208,8 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
 
     # no machine paths in the shipped config
     vae_name = "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name
-    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name,
-              "ceiling": ceiling(model, vae, ceiling_clips, by_count=True), "minutes": round((time.time() - t0) / 60, 1)}
+    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name, "size": size,
+              "ceiling": ceiling(model, vae, ceiling_clips, by_count=True, size=size), "minutes": round((time.time() - t0) / 60, 1)}
     save_identifier(model, out, report)
     log(f"world identifier: {report['ceiling']} in {report['minutes']} min -> {out}")
     return report
