@@ -258,11 +258,15 @@ def test_learnt_identity_test_recognises_held_out_subjects_through_the_vae():
     assert identity_hit(identify_video(judge, theirs), me, others)[1] < identity_hit(identify_video(judge, mine), me, others)[1]
 
 
-def test_identifier_training_writes_a_loadable_model_without_machine_paths(tmp_path):
+@pytest.mark.parametrize("size", [64, 128])
+def test_identifier_training_writes_a_loadable_model_without_machine_paths(tmp_path, size):
     from magref.models import WORLD_VAE_PATH
-    from magref.world.identify import load_identifier, train_identifier
+    from magref.world.identify import load_identifier, train_identifier, world_frames
 
-    report = train_identifier(tmp_path / "id", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=2, log=lambda *_: None)
+    report = train_identifier(tmp_path / "id", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=2, log=lambda *_: None, size=size)
+    assert report["size"] == size
+    frames, labels = world_frames(2, 0, size=size)  # made at `size`, seen at 64 px, the same subjects visible
+    assert frames.shape[1:] == (64, 64, 3) and labels.any(1).all()
     judge = load_identifier(tmp_path / "id")
     assert judge.ids == identity_ids("heldout")
     # overall and by subject count (2 clips: one of 1 subject, one of 2)
