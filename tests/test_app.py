@@ -83,6 +83,20 @@ def test_cancel_stops_at_the_next_step_and_writes_nothing(studio):
     studio.generate(Form(prompt=PROMPT, refs=REFS, steps=2))  # a cancel does not stick to the next job
 
 
+def test_a_cancel_stops_only_its_own_sessions_job(studio):
+    seen = []
+
+    def other_cancels(done, total, left):
+        seen.append(done)
+        if done == 1:
+            studio.cancel("someone else")  # another session's Cancel: not this job
+
+    out, _ = studio.generate(Form(prompt=PROMPT, refs=REFS, steps=3), other_cancels, owner="me")
+    assert out.is_file() and seen == [1, 2, 3]
+    with pytest.raises(JobCancelled, match="before it started"):  # that session's next job was cancelled while it waited
+        studio.generate(Form(prompt=PROMPT, refs=REFS, steps=3), owner="someone else")
+
+
 def test_history_newest_first_and_restore(studio):
     a, _ = studio.generate(Form(prompt="first", refs=REFS[:1], steps=2, seed=1))
     b, _ = studio.generate(Form(prompt="second", refs=REFS, steps=2, seed=2, layout_mode="official random placement", layout_seed=9))
@@ -103,12 +117,13 @@ def test_history_newest_first_and_restore(studio):
     (Form(prompt=PROMPT, refs=REFS, layout_mode="my boxes", boxes=[[0, 0, 10, 10]]), "layout", "1 of 2 rows have a box"),
     (Form(prompt=PROMPT, refs=REFS, layout_mode="official random placement"), "layout", "needs a layout seed"),
     (Form(prompt=PROMPT, refs=REFS, guidance=float("nan")), "settings", "not a finite number"),
-    (Form(prompt=PROMPT, refs=REFS, loras="a.safetensors x"), "model", "is not a scale"),
+    (Form(prompt=PROMPT, refs=REFS, loras="/no/such dir/a.safetensors 0.5"), "model", "LoRA /no/such dir/a.safetensors does not exist"),
+    (Form(prompt=PROMPT, refs=REFS, layout_mode="my boxes", boxes=[[0, 0, 500, 10], [0, 0, 10, 10]]), "layout", ""),
 ])
 def test_bad_input_is_one_line_beside_its_field(studio, form, field, needle):
     with pytest.raises(MagrefInputError) as e:
         studio.request(form)
-    assert needle in str(e.value) and "\n" not in str(e.value) and error_field(str(e.value)) == field, str(e.value)
+    assert needle in str(e.value) and "\n" not in str(e.value) and error_field(e.value) == field == error_field(str(e.value)), str(e.value)
 
 
 def test_a_corrupt_image_is_named(studio, tmp_path):

@@ -14,7 +14,6 @@ on its own; `build_ui` lays it out; `serve` applies the server's limits:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import sys
@@ -41,11 +40,17 @@ ERROR_FIELDS = (
     ("model", ("model", "lora", "checkpoint", "--device", "preset", "--cache")),
     ("settings", ("",)),
 )
+# the order words are looked for in (a layout error often names its references; a count of references is the references')
+_MATCH_ORDER = ("prompt", "model", "layout", "refs", "settings")
 
 
-def error_field(message: str) -> str:
-    low = message.lower()
-    return next(name for name, words in ERROR_FIELDS if any(w in low for w in words))
+def error_field(error: str | MagrefInputError) -> str:
+    """The field an error concerns, from its problem sentence (not its fix)."""
+    text = (error.problem if isinstance(error, MagrefInputError) else str(error).split(" Fix: ")[0]).lower()
+    if "references were given" in text or "no reference image" in text:
+        return "refs"
+    words = dict(ERROR_FIELDS)
+    return next(name for name in _MATCH_ORDER if any(w in text for w in words[name]))
 
 
 @dataclass
@@ -75,14 +80,17 @@ class Form:
     def lora_args(self) -> tuple[list[str], list[float]]:
         paths, scales = [], []
         for line in self.loras.splitlines():
-            parts = line.split()
-            if not parts:
+            line = line.strip()
+            if not line:
                 continue
-            try:
-                scale = float(parts[1]) if len(parts) > 1 else 1.0
+            head, _, last = line.rpartition(" ")
+            try:  # "path with spaces 0.8": the last word is the scale when it is a number
+                scale, path = float(last), head.strip()
             except ValueError:
-                raise MagrefInputError(f"LoRA line {line!r}: {parts[1]!r} is not a scale.", "write one LoRA per line as PATH_OR_HUB_ID [SCALE].") from None
-            paths.append(parts[0])
+                scale, path = 1.0, line
+            if not path:
+                raise MagrefInputError(f"LoRA line {line!r} names no LoRA.", "write one LoRA per line as PATH_OR_HUB_ID [SCALE].")
+            paths.append(path)
             scales.append(scale)
         return paths, scales
 
@@ -100,6 +108,9 @@ class Studio:
         self._loaded: tuple[Any, Any] | None = None  # (key, jobs.LoadedModel)
         self._job_lock = threading.Lock()
         self._cancel = threading.Event()
+        self._owner_lock = threading.Lock()
+        self._running: str | None = None  # the session whose job runs
+        self._pending_cancel: set[str] = set()  # sessions that cancelled a job still queued
         self.warnings: list[str] = []
 
     # -- one request path ---------------------------------------------------------------------
@@ -121,8 +132,9 @@ class Studio:
                 raise MagrefInputError("Official random placement needs a layout seed.", "press Shuffle or type a seed.")
             layout_seed = int(form.layout_seed)
         elif form.layout_mode == "my boxes":
-            if not form.boxes or len(form.boxes) != len(form.refs):
-                raise MagrefInputError(f"My boxes: {len(form.boxes or [])} of {len(form.refs)} rows have a box.",  # worded for the layout field
+            filled = [b for b in (form.boxes or []) if b is not None and None not in b]
+            if len(filled) != len(form.refs) or len(form.boxes or []) != len(form.refs):
+                raise MagrefInputError(f"My boxes: {len(filled)} of {len(form.refs)} rows have a box.",  # worded for the layout field
                                        "fill x0, y0, x1, y1 in every row of the table.")
             layout = {"boxes": [[float(v) for v in b] for b in form.boxes]}
         elif form.layout_mode not in LAYOUT_MODES:
@@ -152,7 +164,14 @@ class Studio:
 
         key = (spec, json.dumps(asdict(options), sort_keys=True))
         if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None  # free the old model before the new one loads
+            self._loaded = None  # free the old model before the new one loads (hooks can hold cycles)
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             self._loaded = (key, LoadedModel.load(spec, options))
         return self._loaded[1]
 
@@ -164,17 +183,23 @@ class Studio:
                 return path
         raise MagrefInputError(f"{self.out_dir} has no free name for a video this second.", "try again in a second.")
 
-    def generate(self, form: Form, progress=None) -> tuple[Path, dict]:
-        """One video: validated and composed first, then the job; `progress(done, total)` after
-        every step. `cancel()` stops it at the next step end, and nothing is written."""
+    def generate(self, form: Form, progress=None, owner: str | None = None) -> tuple[Path, dict]:
+        """One video: validated and composed first, then the job; `progress(done, total, s_left)`
+        after every step. `cancel(owner)` stops it at the next step end, and nothing is written;
+        `owner` (the page's session) makes a cancel stop that session's job only."""
         from .jobs import JobCancelled, run_job
 
-        form = dataclasses.replace(form, refs=self.keep_references(form.refs))
-        request = self.request(form)
+        request = self.request(form)  # refused input costs nothing, not even a copy of its uploads
+        request.settings.refs = self.keep_references(form.refs)  # the same bytes (the request holds their hashes), kept for history
         self.warnings = request.warnings()  # allowed, but the page says so (e.g. an extended grid past 8)
         options = self.acceleration(form, request)
         with self._job_lock:  # one generation at a time, whichever face asked
-            self._cancel.clear()
+            with self._owner_lock:
+                self._running, cancelled_early = owner, owner is not None and owner in self._pending_cancel
+                self._pending_cancel.discard(owner)
+                self._cancel.clear()
+            if cancelled_early:
+                raise JobCancelled("cancelled before it started")
             model = self.model(request.model, options)
             out = self.next_output()
             started = time.perf_counter()
@@ -209,23 +234,28 @@ class Studio:
             kept.append(str(dst))
         return kept
 
-    def cancel(self) -> None:
-        self._cancel.set()
+    def cancel(self, owner: str | None = None) -> None:
+        """Stop the running job if it is `owner`'s (any job when owner is None); a job of
+        `owner` still waiting in the queue is stopped as it starts."""
+        with self._owner_lock:
+            if owner is None or owner == self._running:
+                self._cancel.set()
+            else:
+                self._pending_cancel.add(owner)
 
     # -- history --------------------------------------------------------------------------------
     def history(self) -> list[dict]:
         """Finished videos in the output folder, newest first: their sidecars (with `path`)."""
-        from .io import is_complete
-
         rows = []
         for sidecar in self.out_dir.glob("*.json"):
             try:
                 data = json.loads(sidecar.read_text())
-            except (OSError, ValueError):
+                video = sidecar.with_suffix(".mp4")
+                # the sidecar and the file's size (hashing every video on each page load would not scale)
+                if data.get("status") == "complete" and video.is_file() and video.stat().st_size == data["output"]["bytes"]:
+                    rows.append({**data, "path": str(video)})
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 continue
-            video = sidecar.with_suffix(".mp4")
-            if isinstance(data, dict) and data.get("status") == "complete" and is_complete(video):
-                rows.append({**data, "path": str(video)})
         return sorted(rows, key=lambda d: (d.get("created_unix", 0), d["path"]), reverse=True)
 
     def restore(self, video: str | Path) -> Form:
@@ -264,7 +294,7 @@ def _ordered(paths: list[str], table) -> tuple[list[str], list[list[float]] | No
         return paths, None
     order = sorted(range(len(paths)), key=lambda i: (_num(rows[i][0], i + 1), i))
     boxes = [[_num(v, None) for v in rows[i][2:6]] for i in order]
-    return [paths[i] for i in order], (boxes if all(None not in b for b in boxes) else None)
+    return [paths[i] for i in order], (boxes if any(None not in b for b in boxes) else None)  # partial: the request counts them
 
 
 def _table_rows(table) -> list[list]:
@@ -308,7 +338,7 @@ def build_ui(studio: Studio, model: str = "miniature"):
                     layout_seed=_int(layout_seed), boxes=boxes, preset=preset, cache=cache, fps=_num(fps, None))
 
     def errors(message: str | None = None) -> list:
-        where = error_field(message) if message else None
+        where = error_field(message) if message else None  # message: str(MagrefInputError)
         return [gr.update(value=f"⚠ {message}" if where == name else "", visible=where == name) for name, _ in ERROR_FIELDS]
 
     with gr.Blocks(title="magref") as page:
@@ -395,12 +425,13 @@ def build_ui(studio: Studio, model: str = "miniature"):
             table_rows = [[r.get("created", ""), r["settings"]["prompt"], r["settings"]["seed"], Path(r["path"]).name] for r in rows]
             return table_rows, gr.update(choices=[Path(r["path"]).name for r in rows], value=None)
 
-        def on_generate(*values, progress=gr.Progress()):
+        def on_generate(*values, request: gr.Request, progress=gr.Progress()):
             from .jobs import JobCancelled
 
             form = form_from(*values)
             try:
-                out, sidecar = studio.generate(form, lambda done, total, left: progress((done, total), desc=f"step {done}/{total}, about {left:.0f} s left"))
+                out, sidecar = studio.generate(form, lambda done, total, left: progress((done, total), desc=f"step {done}/{total}, about {left:.0f} s left"),
+                                               owner=request.session_hash if request else None)
             except JobCancelled as e:
                 return None, None, f"Cancelled ({e}); nothing was written.", gr.update(), *errors(), *history_view()
             except MagrefInputError as e:
@@ -423,7 +454,11 @@ def build_ui(studio: Studio, model: str = "miniature"):
             trigger(on_preview, form_inputs, [canvas, mask, *error_boxes], queue=False)
         shuffle.click(on_shuffle, None, [layout_seed, layout_mode], queue=False)
         generate.click(on_generate, form_inputs, [video, files, status, seed, *error_boxes, history, pick], concurrency_limit=1)
-        cancel.click(lambda: studio.cancel() or "Cancelling at the end of this step…", None, status, queue=False)
+        def on_cancel(request: gr.Request):
+            studio.cancel(request.session_hash if request else None)
+            return "Cancelling at the end of this step…"
+
+        cancel.click(on_cancel, None, status, queue=False)
         restore.click(on_restore, pick, form_inputs, queue=False)
         page.load(history_view, None, [history, pick], queue=False)
     return page

@@ -177,7 +177,9 @@ def _run_items_parallel(args, spec, items, options) -> int:
     mine = todo[rank::world]
     model = _load(spec, dataclasses.replace(options, context_parallel=False)) if mine else None
     counts = run_batch(model, mine, args.out_dir, writes=None)
-    generated = torch.tensor([counts["generated"]])
+    from .distributed import default_device
+
+    generated = torch.tensor([counts["generated"]], device=default_device())  # NCCL reduces GPU tensors only
     dist.all_reduce(generated)
     if rank == 0:
         print(f"batch: {int(generated)} generated over {world} processes (items), {len(items) - len(todo)} already complete, "
@@ -260,13 +262,17 @@ def cmd_prepare(args) -> int:
         print(f"prepare: {merged['num_samples']} samples in {len(merged['shards'])} shard(s) from {args.workers} processes, "
               f"{len(merged['skipped'])} video(s) skipped -> {args.out_dir}")
         return 0
-    prepare(args.videos_dir, args.out_dir, settings, rank=rank, world=world)
-    if world > 1 and not os.environ.get("MAGREF_PREPARE_WORKER"):  # torchrun: rank 0 merges once every rank is done
+    torchrun = world > 1 and not os.environ.get("MAGREF_PREPARE_WORKER")
+    if torchrun:  # the group meets now, while every rank is up; the final barrier may wait for hours of uneven shares
+        import datetime
+
         import torch.distributed as dist
 
         from .distributed import init_from_env
 
-        init_from_env()
+        init_from_env(timeout=datetime.timedelta(days=7))
+    prepare(args.videos_dir, args.out_dir, settings, rank=rank, world=world)
+    if torchrun:  # rank 0 merges once every rank is done
         dist.barrier()
         if rank == 0:
             merged = merge_manifests(Path(args.out_dir), settings)

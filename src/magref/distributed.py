@@ -10,11 +10,12 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env() -> tuple[int, int]:
+def init_from_env(timeout=None) -> tuple[int, int]:
     """(rank, world size); initialises the default group (NCCL on GPUs, else gloo) when torchrun
-    started us, and binds each rank to its GPU."""
+    started us, and binds each rank to its GPU. `timeout`: how long a collective may wait
+    (torch's default otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **({"timeout": timeout} if timeout else {}))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return rank_and_world()

@@ -145,11 +145,12 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
     fix = "pass a LoRA trained for this base model (`magref train` with mode: lora)."
     peft_log = logging.getLogger("diffusers.loaders.peft")  # logs a failed load in full before raising; we report it in one line
     level = peft_log.level
-    adapters, weights, deltas = [], [], []
-    for i, lora in enumerate(loras):
-        f, name = Path(lora["file"]), f"lora{i}"
-        pairs, file_deltas = split_lora(load_file(f))
-        deltas.append((deltas_to_diffusers(file_deltas, pipe.transformer), lora["scale"]))
+    # every file read and its deltas checked against the bare transformer before any adapter wraps its layers
+    files = [(Path(lora["file"]), *split_lora(load_file(lora["file"]))) for lora in loras]
+    deltas = [(deltas_to_diffusers(file_deltas, pipe.transformer), lora["scale"]) for (_, _, file_deltas), lora in zip(files, loras)]
+    adapters, weights = [], []
+    for i, ((f, pairs, file_deltas), lora) in enumerate(zip(files, loras)):
+        name = f"lora{i}"
         if not pairs:
             if not file_deltas:
                 raise CheckpointError(f"{f} holds no weights.", fix)
@@ -158,7 +159,8 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)  # several adapters are what we ask for
-                pipe.load_lora_weights(pairs, adapter_name=name)
+                converted = pipe.lora_state_dict(pairs)  # diffusers' reading of the community formats
+                pipe.load_lora_weights(dict(converted), adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"{f} is not a LoRA of this model's transformer ({type(e).__name__}: {first})", fix) from None
@@ -166,7 +168,7 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
             peft_log.setLevel(level)
         if name not in (getattr(pipe.transformer, "peft_config", None) or {}):
             raise CheckpointError(f"{f} holds no LoRA weights for the MAGREF transformer.", fix)
-        check_consumed(pipe.transformer, name, lora_pair_count(pairs), f)
+        check_consumed(pipe.transformer, name, converted, f, lora_pair_count(pairs))
         adapters.append(name)
         weights.append(lora["scale"])
     if adapters:

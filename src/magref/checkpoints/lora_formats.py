@@ -79,10 +79,17 @@ def lora_pair_count(state_dict: dict[str, torch.Tensor]) -> int:
     return sum(1 for k in state_dict if k.endswith((".lora_down.weight", ".lora_A.weight")) or (".lora_A." in k and k.endswith(".weight")))
 
 
-def check_consumed(transformer, adapter: str, expected_pairs: int, file) -> None:
-    """Every low-rank pair of the file became a LoRA layer of `adapter` (diffusers may add zero
-    pairs, e.g. for the image cross-attention when a text-to-video LoRA meets an I2V model)."""
-    placed = sum(1 for _, m in transformer.named_modules() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict) and adapter in m.lora_A)
-    if placed < expected_pairs:
-        raise CheckpointError(f"{file}: {expected_pairs} low-rank pairs, but {placed} were placed on the transformer.",
+def check_consumed(transformer, adapter: str, converted: dict, file, pairs_in_file: int) -> None:
+    """Every low-rank pair of the file became a LoRA layer of `adapter`: diffusers' conversion
+    yields as many pairs as the file holds, and each names a module that now carries the adapter
+    (diffusers may add zero pairs of its own, e.g. for the image cross-attention of an I2V model,
+    which are not counted)."""
+    modules = {k.removeprefix("transformer.").split(".lora_A")[0] for k in converted if ".lora_A" in k}
+    if len(modules) < pairs_in_file:
+        raise CheckpointError(f"{file}: {pairs_in_file} low-rank pairs, but diffusers read {len(modules)} of them.",
+                              "pass a LoRA in a format diffusers reads (diffusers/peft, ComfyUI/Kijai, musubi).")
+    carrying = {n for n, m in transformer.named_modules() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict) and adapter in m.lora_A}
+    missing = sorted(modules - carrying)
+    if missing:
+        raise CheckpointError(f"{file}: {len(missing)} low-rank pair(s) were not placed on the transformer (first: {missing[0]}).",
                               "pass a LoRA made for this model (some of its layers do not exist here).")

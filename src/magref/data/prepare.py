@@ -123,7 +123,8 @@ def finished_videos(out_dir: Path) -> set[str]:
         for line in progress.read_text().splitlines():
             if line.strip():
                 entry = json.loads(line)
-                (done.discard if entry.get("skipped") else done.add)(entry["video"])
+                if not entry.get("skipped"):  # a finish is for good, whichever process skipped it before
+                    done.add(entry["video"])
     return done
 
 
@@ -164,6 +165,8 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / MANIFEST).is_file():
         _check_settings(json.loads((out_dir / MANIFEST).read_text()), settings, out_dir)
+    if world == 1 and any(out_dir.glob("manifest.rank*.json")):  # a run of several processes left shards unmerged
+        merge_manifests(out_dir, settings)
     suffix = f".rank{rank}" if world > 1 else ""
     manifest_path = out_dir / (f"manifest{suffix}.json" if world > 1 else MANIFEST)
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.is_file()

@@ -46,14 +46,19 @@ class Checkpointing:
     def local_params(self) -> list[torch.Tensor]:
         return [p.to_local() if hasattr(p, "to_local") else p for p in self.params]
 
-    def ema_full_params(self) -> list[torch.Tensor]:
-        """The EMA weights whole, on every rank (a collective under FSDP)."""
+    def ema_full_params(self) -> list[torch.Tensor | None]:
+        """The EMA weights whole on rank 0 (None elsewhere; a collective under FSDP, gathered one
+        weight at a time so no rank holds a second model)."""
         if self.world_size == 1:
             return [s.detach().cpu() for s in self.ema.shadow_params]
         from torch.distributed.tensor import DTensor
 
-        return [DTensor.from_local(s, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor().cpu()
-                for s, p in zip(self.ema.shadow_params, self.params)]
+        out = []
+        for s, p in zip(self.ema.shadow_params, self.params):
+            full = DTensor.from_local(s, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
+            out.append(full.cpu() if is_main() else None)
+            del full
+        return out
 
     def ema_state(self) -> dict:
         return {**self.ema.state_dict(), "shadow_params": self.ema_full_params()}
@@ -128,7 +133,7 @@ class Checkpointing:
             self.optimizer.load_state_dict(optim)
         self.lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
         if self.ema is not None:
-            self.load_ema_state(torch.load(ckpt / "ema.pt", weights_only=True))
+            self.load_ema_state(torch.load(ckpt / "ema.pt", weights_only=True, mmap=True))  # each rank reads its shards' bytes
         self.step = state["step"]
         self.log(f"resumed from {ckpt} at step {self.step}")
 
