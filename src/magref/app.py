@@ -425,13 +425,12 @@ def build_ui(studio: Studio, model: str = "miniature"):
             table_rows = [[r.get("created", ""), r["settings"]["prompt"], r["settings"]["seed"], Path(r["path"]).name] for r in rows]
             return table_rows, gr.update(choices=[Path(r["path"]).name for r in rows], value=None)
 
-        def on_generate(*values, request: gr.Request, progress=gr.Progress()):
+        def on_generate(*values, progress=gr.Progress()):
             from .jobs import JobCancelled
 
             form = form_from(*values)
             try:
-                out, sidecar = studio.generate(form, lambda done, total, left: progress((done, total), desc=f"step {done}/{total}, about {left:.0f} s left"),
-                                               owner=request.session_hash if request else None)
+                out, sidecar = studio.generate(form, lambda done, total, left: progress((done, total), desc=f"step {done}/{total}, about {left:.0f} s left"))
             except JobCancelled as e:
                 return None, None, f"Cancelled ({e}); nothing was written.", gr.update(), *errors(), *history_view()
             except MagrefInputError as e:
@@ -454,8 +453,9 @@ def build_ui(studio: Studio, model: str = "miniature"):
             trigger(on_preview, form_inputs, [canvas, mask, *error_boxes], queue=False)
         shuffle.click(on_shuffle, None, [layout_seed, layout_mode], queue=False)
         generate.click(on_generate, form_inputs, [video, files, status, seed, *error_boxes, history, pick], concurrency_limit=1)
-        def on_cancel(request: gr.Request):
-            studio.cancel(request.session_hash if request else None)
+        def on_cancel():
+            # any running job: the page does not yet pass its session to Studio (its owner argument)
+            studio.cancel()
             return "Cancelling at the end of this step…"
 
         cancel.click(on_cancel, None, status, queue=False)
