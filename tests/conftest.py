@@ -22,6 +22,22 @@ def golden(*parts) -> Path:
     return path
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, as a crash would (torchrun's workers and
+    `prepare --workers` children run in sessions of their own, so a process group is not enough)."""
+    import contextlib
+    import signal
+
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [int(c) for c in subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
 def golden_canvas(case: dict) -> Path:
     """The case's official canvas for the installed Pillow: its LANCZOS downscale changed between
     12 and 13 (by one level in a few pixels), and the golden set has both (MANIFEST.md)."""

@@ -589,9 +589,9 @@ def test_item_parallel_batch_splits_items_and_a_killed_run_resumes(tmp_path):
     """torchrun with --parallel items: each process makes whole videos of its own, none twice, one
     summary; a run killed mid-way and rerun ends with every item once, and what was finished
     before the kill is kept, not made again."""
-    import contextlib
-    import signal
     import time
+
+    from conftest import kill_tree
 
     batch = tmp_path / "b.jsonl"
     batch.write_text("".join(json.dumps({"id": f"v{i}", "prompt": f"a mug number {i}", "refs": [str(MUG)], "seed": i}) + "\n" for i in range(4)))
@@ -615,14 +615,7 @@ def test_item_parallel_batch_splits_items_and_a_killed_run_resumes(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out2.glob("m*.json"))) < 2:
         time.sleep(0.2)
-    tree, todo = [], [proc.pid]  # torchrun's workers run in sessions of their own: kill the whole tree, as a crash would
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_tree(proc.pid)
     proc.wait()
     kept = {p.stem: json.loads(p.read_text())["created_unix"] for p in out2.glob("m*.json")}
     assert 2 <= len(kept) < 8, kept

@@ -68,22 +68,6 @@ def test_prepare_refuses_an_unknown_codec_and_resumes_an_old_raw_dataset_with_ra
     assert manifest["num_samples"] >= 1 and ClipDataset(out)[0].frames.shape == (9, 64, 64, 3)
 
 
-def _kill_tree(pid: int) -> None:
-    import contextlib
-    import os
-    import signal
-    import subprocess
-
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += [int(c) for c in subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()]
-    for p in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_path):
     import json
     import os
@@ -91,7 +75,7 @@ def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_
     import sys
     import time
 
-    from conftest import run_cli
+    from conftest import kill_tree, run_cli
     from videos import moving_subject_video
 
     videos = tmp_path / "videos"
@@ -105,7 +89,7 @@ def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_
     deadline = time.time() + 120
     while time.time() < deadline and sum(len(p.read_text().splitlines()) for p in out.glob("progress.rank*.jsonl")) < 3:
         time.sleep(0.05)
-    _kill_tree(proc.pid)
+    kill_tree(proc.pid)
     proc.wait()
     finished_before = {json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()}
     assert 3 <= len(finished_before) < 12, finished_before
