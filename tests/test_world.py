@@ -451,3 +451,34 @@ def test_vae_stage_can_start_from_the_shipped_4x_vae(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].float()) for k in a)
     with pytest.raises(MagrefInputError, match="not a VAE of spatial stride 4"):
         train_vae(tmp_path / "b", 0, vae_stride=4, init=WORLD_VAE_PATH)
+
+
+def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
+    """--size 128 (8x8 tokens per latent frame with the shipped 8x VAE): the clips, the recorded
+    run, the export's generation defaults and the evaluation's videos are all 128 px; a resume at
+    another size is refused."""
+    from conftest import run_cli
+    from magref.io import read_video
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.train import export_run
+
+    out = tmp_path / "w"
+    args = ["world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "3", "--dit-steps", "1", "--batch-size", "1"]
+    rc, _, err = run_cli(*args, "--size", "128")
+    assert rc == 0, err[-2000:]
+    assert ClipDataset(out / "data")[0].frames.shape[1:3] == (128, 128)
+    assert json.loads((out / "run.json").read_text())["size"] == 128
+    rc, _, err = run_cli(*args)  # the default, 64
+    assert rc == 2 and "128 px" in err and "--size 128" in err
+    defaults = json.loads((export_run(out, tmp_path / "export") / "generation_defaults.json").read_text())
+    assert (defaults["height"], defaults["width"]) == (128, 128)
+    rc, _, err = run_cli("world", "evaluate", "--model", f"w={out}", "--out", tmp_path / "e", "--subjects", "1", "--cases", "1", "--seeds", "0",
+                         "--steps", "1")
+    assert rc == 0, err[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
+    assert {r["size"] for r in rows} == {128}
+    for name in ("ground_truth", "w"):
+        assert read_video(tmp_path / "e" / "videos" / name / "1s_0_seed0.mp4").shape[1:3] == (128, 128)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "e" / "sheets" / "1s_0.png").width >= 6 * 256  # canvas + 5 frames, each >= 256 px

@@ -340,8 +340,14 @@ def cmd_world_train(args) -> int:
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
-        vae_init=args.vae_init)
+        vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every)
     return 0
+
+
+def _world_size(size: int) -> int:
+    if size < 64 or size % 16:
+        raise MagrefInputError(f"--size {size} is not a multiple of 16 of at least 64.", "use --size 64 or 128.")
+    return size
 
 
 def cmd_world_export(args) -> int:
@@ -352,12 +358,12 @@ def cmd_world_export(args) -> int:
 
 
 def cmd_world_identifier(args) -> int:
+    from .distributed import default_device
     from .models import WORLD_VAE_PATH
     from .world.identify import train_identifier
 
-    if args.size < 64 or args.size % 16:
-        raise MagrefInputError(f"--size {args.size} is not a multiple of 16 of at least 64.", "use --size 64 or 128.")
-    train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed, size=args.size)
+    train_identifier(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed,
+                     size=_world_size(args.size), device=args.device or default_device())
     return 0
 
 
@@ -371,7 +377,8 @@ def cmd_world_evaluate(args) -> int:
             raise MagrefInputError(f"--model {item!r} is not NAME=SPEC.", "write e.g. --model magref=~/.cache/magref/world@1500.")
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
-             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier, case_seed=args.case_seed)
+             guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier, case_seed=args.case_seed,
+             size=args.size, device=args.device)
     return 0
 
 
@@ -501,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training clips: single subject (the paper's setting) or 1-3 subjects each (beyond the paper)")
     p.add_argument("--device", default=None, help="where VAE stage 1 runs, the 4x recipe's only stage (default: cuda when available, else cpu); "
                    "the transformer stage picks cuda by itself")
+    p.add_argument("--size", type=int, default=64, help="clip height and width: 64 (the shipped miniature) or 128 (8x8 tokens per latent frame "
+                   "with the 8x VAE; pair it with --vae src/magref/assets/models/miniature/vae)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="transformer steps between checkpoints (each kept, ~140 MB)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")
@@ -515,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="frame size of the videos it will judge (the classifier sees them at 64 px)")
+    p.add_argument("--device", default=None, help="where the VAE and the classifier run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_identifier)
     p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
@@ -531,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one, assets/world/identifier)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
+    p.add_argument("--size", type=int, default=None, help="video height and width (default: what the models were trained at)")
+    p.add_argument("--device", default=None, help="where the models run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_evaluate)
     return parser
 

@@ -144,12 +144,26 @@ def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, 
     return to_uint8_frames(out.frames[0])
 
 
-def truth_case(case: EvalCase, seed: int, frames: int = 9) -> np.ndarray:
+def truth_case(case: EvalCase, seed: int, frames: int = 9, size: int = 64) -> np.ndarray:
     """The world's own rendering of the case: the ceiling of every metric."""
     from .clips import make_clip
 
-    return make_clip([identity(i) for i in case.ids], np.random.default_rng([case.seed, seed]), frames=frames,
+    return make_clip([identity(i) for i in case.ids], np.random.default_rng([case.seed, seed]), frames=frames, height=size, width=size,
                      motions=case.motions, scene=case.scene).frames
+
+
+def model_size(spec: str) -> int:
+    """The frame size a model was trained at: a run's `run.json`, a folder's generation defaults, else 64."""
+    import json
+    from pathlib import Path
+
+    from .train import run_size
+
+    path = Path(spec.partition("@")[0]).expanduser()
+    if (path / "dit").is_dir():
+        return run_size(path)
+    defaults = path / "generation_defaults.json"
+    return int(json.loads(defaults.read_text()).get("height", 64)) if defaults.is_file() else 64
 
 
 def load_model_spec(spec: str):
@@ -202,11 +216,11 @@ def table_markdown(summary: dict, chance: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown: int = 5, scale: int = 2) -> Image.Image:
-    """One row per model: label, the reference canvas, then evenly spaced frames of its video."""
+def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown: int = 5, cell: int = 256) -> Image.Image:
+    """One row per model: label, the reference canvas, then evenly spaced frames of its video,
+    each upscaled (nearest) to `cell` px so that a person can judge a 64 px frame."""
     from PIL import ImageDraw
 
-    cell = 64 * scale
     label_w = 120
     sheet = Image.new("RGB", (label_w + cell * (frames_shown + 1) + 8, cell * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -220,11 +234,14 @@ def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown:
 
 
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
-             truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind", identifier=None) -> dict:
+             truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind", identifier=None, size: int | None = None,
+             device=None) -> dict:
     """Generate every (model, case, seed) video, score it against the truth, and write
     results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
     sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/.
-    `identifier`: a folder of the learnt identity test (default: the shipped one)."""
+    `identifier`: a folder of the learnt identity test (default: the shipped one). `size`: the
+    videos' height and width (default: what the models were trained at; they must agree).
+    `device`: where the models run (default: cuda when available)."""
     import json
     from pathlib import Path
 
@@ -242,6 +259,21 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
         from ..errors import MagrefInputError
 
         raise MagrefInputError(f"{out} holds videos of case seed {other[0]}, not {case_seed}.", "use another --out for another --case-seed.")
+    if size is None:
+        sizes = {model_size(spec) for spec in models.values()} or {64}
+        if len(sizes) > 1:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"The models were trained at different sizes ({sorted(sizes)} px).", "evaluate them apart, or pass --size.")
+        size = sizes.pop()
+    other = sorted({r.get("size", 64) for r in rows} - {size})
+    if other:
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"{out} holds {other[0]} px videos, not {size} px.", "use another --out for another size.")
+    from ..distributed import default_device
+
+    device = device or default_device()
     done = {(r["model"], r["case"], r["seed"]) for r in rows}
     all_cases = {k: eval_cases(k, cases, seed=case_seed, caption_style=caption_style) for k in subjects}
     sources = ({"ground truth": None} if truth else {}) | models
@@ -254,17 +286,17 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
         for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
             case = all_cases[k][j]
             if sources[name] is None:
-                frames = truth_case(case, s)
+                frames = truth_case(case, s, size=size)
             else:
                 if name not in pipes:
                     pipes.clear()  # one model in memory at a time
-                    pipes[name] = load_model_spec(sources[name])
+                    pipes[name] = load_model_spec(sources[name]).to(device)
                     pipes[name].set_progress_bar_config(disable=True)
-                frames = generate_case(pipes[name], case, s, steps, guidance)
+                frames = generate_case(pipes[name], case, s, steps, guidance, size=size)
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
-            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "subjects": k, "seed": s, "ids": case.ids,
+            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
                    "steps": steps, "guidance": guidance, **score_video(frames, case, identifier=judge)}
             f.write(json.dumps(row) + "\n")
@@ -272,14 +304,14 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance,
-                                                    "case_seed": case_seed, "captions": caption_style, "models": models}, "summary": summary})
+                                                    "case_seed": case_seed, "size": size, "captions": caption_style, "models": models}, "summary": summary})
     chance = 1.0 / 8
     (out / "table.md").write_text(table_markdown(summary, chance))
     # pictures: the first case of each subject count, first seed, every model
     (out / "sheets").mkdir(exist_ok=True)
     for k in subjects:
         case = all_cases[k][0]
-        canvas = compose_references([sprite_on_white(i, 96) for i in case.ids], 64, 64).canvas
+        canvas = compose_references([sprite_on_white(i, 96) for i in case.ids], size, size).canvas
         sheet_rows = []
         for name in sources:
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_0_seed{seeds[0]}.mp4"

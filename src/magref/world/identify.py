@@ -88,10 +88,10 @@ def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int =
 
 def vae_round_trip(vae, video: np.ndarray) -> np.ndarray:
     """(B, F, H, W, 3) uint8 clips as `vae` encodes and decodes them (the latent's mode)."""
-    x = torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    x = torch.from_numpy(video).permute(0, 4, 1, 2, 3).float().to(next(vae.parameters()).device) / 127.5 - 1
     with torch.no_grad():
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-    return ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    return ((rec.permute(0, 2, 3, 4, 1).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
 
 
 def to_input(frames: np.ndarray) -> torch.Tensor:
@@ -170,10 +170,10 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
 
 
 def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                     ceiling_clips: int = 144, log=print, size: int = 64) -> dict:
-    """`size`: the frame size of the model it will judge (its VAE decodes at that size; the
-    classifier sees every frame at 64 px)."""
-    """Render and VAE-decode the training frames, fit the classifier, report its ceiling, save."""
+                     ceiling_clips: int = 144, log=print, size: int = 64, device: str | torch.device = "cpu") -> dict:
+    """Render and VAE-decode the training frames, fit the classifier, report its ceiling, save.
+    `size`: the frame size of the model it will judge (its VAE decodes at that size; the
+    classifier sees every frame at 64 px). `device`: where the VAE and the classifier run."""
     import time
 
     from diffusers import AutoencoderKLWan
@@ -181,13 +181,14 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
 
     torch.manual_seed(seed)
     t0 = time.time()
-    vae = AutoencoderKLWan.from_pretrained(str(vae_path), torch_dtype=torch.float32).eval()
+    device = torch.device(device)
+    vae = AutoencoderKLWan.from_pretrained(str(vae_path), torch_dtype=torch.float32).eval().to(device)
     with tqdm(total=2 * clips, desc="identifier data", unit="clip") as bar:
         decoded = world_frames(clips, seed, vae, progress=bar.update, size=size)
         rendered = world_frames(clips, seed + 1000, None, progress=bar.update, size=size)  # other clips, as rendered
     x = np.concatenate([decoded[0], rendered[0]])
     y = torch.from_numpy(np.concatenate([decoded[1], rendered[1]])).float()
-    model = IdentityClassifier(identity_ids("heldout"))
+    model = IdentityClassifier(identity_ids("heldout")).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     g = np.random.default_rng(seed)
@@ -197,13 +198,13 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
         idx = g.integers(0, len(x), batch)
         inp = to_input(x[idx])
         inp = (inp * torch.empty(batch, 3, 1, 1).uniform_(0.9, 1.1) + torch.randn_like(inp) * 0.02).clamp(0, 1)  # light colour and noise jitter
-        loss = nn.functional.binary_cross_entropy_with_logits(model(inp), y[idx])
+        loss = nn.functional.binary_cross_entropy_with_logits(model(inp.to(device)), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    model.eval()
+    model.eval().cpu()  # it judges videos on the CPU
     from ..models import WORLD_VAE_PATH
 
     # no machine paths in the shipped config

@@ -386,15 +386,18 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
-        vae_init: str | Path | None = None) -> Path:
-    """`vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
+        vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100) -> Path:
+    """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
+    8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
+    `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
     is the whole recipe, the later VAE stages are the 8x recipe's repairs and are skipped).
     `recipe`: the training clips' subjects (`RECIPES`): "single", the paper's claim (single-subject
     clips only), or "multi", beyond the paper (1-3 subjects per clip, each cut out of it).
     `device`: where the VAE stages run (default: CUDA when there is one); the transformer stage
     picks CUDA by itself. `stop_after_vae`: return the VAE folder once the VAE stages are done.
     `vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
-    stages 1, 1b and 1c, the serial part of a run (~2.5 h here).
+    stages 1, 1b and 1c, the serial part of a run (~2.5 h here). `checkpoint_every`: transformer
+    steps between checkpoints (each is kept, ~140 MB: a fast GPU run wants fewer).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
     from the full model only in the transformer's conditioning."""
     from diffusers import AutoencoderKLWan
@@ -406,6 +409,14 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    settings = {"size": size, "recipe": recipe, "ablation": ablation}
+    if (out / "run.json").is_file():  # runs before it was written were 64 px
+        saved = {"size": SIZE} | json.loads((out / "run.json").read_text())
+        if saved["size"] != size:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{out} is a run at {saved['size']} px, not {size}.", f"pass --size {saved['size']}, or use another --out.")
+    (out / "run.json").write_text(json.dumps(settings, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     if reuse_from is not None:
@@ -462,6 +473,11 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             stale.append("without per-frame subject masks")
         if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
             stale.append("with captions that name colours")
+        if data.manifest["settings"]["height"] != size:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{out / 'data'} holds {data.manifest['settings']['height']} px clips, not {size} px.",
+                                   "pass the --size of the run whose data it is, or use another --out.")
         if data.manifest["world"].get("subjects") != _json_subjects(RECIPES[recipe]):
             from ..errors import MagrefInputError
 
@@ -478,7 +494,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         else:
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
-        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=SIZE, width=SIZE, subjects=RECIPES[recipe],
+        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
                             samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS)
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -491,7 +507,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": 1e-3, "lr_scheduler": "constant_with_warmup",
         "warmup_steps": 100, "ema_decay": 0.999,
         # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
-        "cache_layouts": 2, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": 100,
+        "cache_layouts": 2, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
         # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
         # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
         # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
@@ -555,8 +571,14 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
         _to_storage_dtype(getattr(pipe, name), dtype)
     pipe.save_pretrained(dest)
     _drop_source_paths(dest)
-    write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS)
+    write_json(dest / "generation_defaults.json", MINIATURE_DEFAULTS | dict(height=run_size(run), width=run_size(run)))
     return dest
+
+
+def run_size(run: str | Path) -> int:
+    """The frame size a `world train` run trained at (runs from before `--size`: 64)."""
+    path = Path(run).expanduser() / "run.json"
+    return int(json.loads(path.read_text()).get("size", SIZE)) if path.is_file() else SIZE
 
 
 def export_vae(run: str | Path, dest: str | Path, dtype=torch.bfloat16) -> Path:
