@@ -445,21 +445,23 @@ def test_encoding_cache_matches_live_encoding_and_is_shared(tmp_path, dataset):
     data = tmp_path / "ds"
     shutil.copytree(dataset, data)
     trainer = Trainer(load_config(_cfg(tmp_path, data, "c1", cache_layouts=2, first_frame="clip")), log=lambda *a: None)
-    parts = sorted((data / "encodings").glob("*/part-*.safetensors"))
-    assert len(parts) == 1 and trainer.cache.condition.shape[:2] == (len(trainer.dataset), 2)
+    parts = sorted((data / "encodings").glob("[!t]*/part-*.safetensors"))
+    assert len(parts) == 1 and trainer.cache.rows("condition", [0])[0].shape[0] == 2
     for index, k in [(0, 0), (3, 1)]:
         live = trainer.encode_visual([trainer.example(index, cache_mod.layout_rng(0, index, k))])
         cached = trainer.cache.batch([index], [k], "cpu")
         for name in ("x0", "condition", "image_embeds"):
             torch.testing.assert_close(cached[name], live[name], rtol=0, atol=1e-6)
     # two layouts of one clip differ (else the cache would freeze the layout)
-    assert not torch.equal(trainer.cache.condition[0, 0], trainer.cache.condition[0, 1])
+    condition = trainer.cache.rows("condition", list(range(len(trainer.dataset))))
+    assert not torch.equal(condition[0][0], condition[0][1])
 
     stamp = parts[0].stat().st_mtime_ns
     again = Trainer(load_config(_cfg(tmp_path, data, "c2", cache_layouts=2, first_frame="clip", learning_rate=3e-3)), log=lambda *a: None)
-    assert parts[0].stat().st_mtime_ns == stamp and torch.equal(again.cache.condition, trainer.cache.condition)
+    assert parts[0].stat().st_mtime_ns == stamp
+    assert all(torch.equal(a, b) for a, b in zip(again.cache.rows("condition", list(range(len(again.dataset)))), condition))
     Trainer(load_config(_cfg(tmp_path, data, "c3", cache_layouts=1, first_frame="clip")), log=lambda *a: None)
-    assert len(list((data / "encodings").iterdir())) == 2
+    assert len(list((data / "encodings").glob("[!t]*"))) == 2 and len(list((data / "encodings").glob("text-*"))) == 1  # captions shared
 
     rc, _, err = run_cli("train", _cfg(tmp_path, data, "c4", cache_layouts=2, first_frame="clip", max_steps=40, checkpoint_every=40,
                                        ema_decay=0.99))
@@ -469,6 +471,60 @@ def test_encoding_cache_matches_live_encoding_and_is_shared(tmp_path, dataset):
     ckpt = tmp_path / "c4" / "checkpoints" / "step-0000040"
     ema, raw = load_file(ckpt / "ema.safetensors"), load_file(ckpt / "trainable.safetensors")
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_training_from_the_stored_cache_is_bit_equal_to_live_encoding(tmp_path, dataset):
+    """The cache (K layouts per clip, caption embeddings, the empty caption for dropout) is a
+    faithful substitute for the encoders: a run that reads it and a run that encodes the same
+    layouts and captions live every step take bit-equal steps. Stored in bfloat16 it is not."""
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(dataset, data)
+    common = dict(cache_layouts=2, first_frame="canvas", caption_dropout=0.5, max_steps=6, checkpoint_every=6, learning_rate=3e-3)
+    assert run_cli("train", _cfg(tmp_path, data, "live", cache_encodings=False, **common))[0] == 0
+    assert not (data / "encodings").exists()  # live: nothing stored
+    assert run_cli("train", _cfg(tmp_path, data, "stored", **common))[0] == 0
+    assert len(list((data / "encodings").glob("text-*/part-*.safetensors"))) == 1
+    assert _losses(tmp_path / "stored") == _losses(tmp_path / "live")
+    a, b = (load_file(tmp_path / r / "checkpoints" / "step-0000006" / "trainable.safetensors") for r in ("stored", "live"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert run_cli("train", _cfg(tmp_path, data, "bf16", cache_dtype="bfloat16", **common))[0] == 0
+    assert _losses(tmp_path / "bf16") != _losses(tmp_path / "live")
+    assert len(list((data / "encodings").glob("[!t]*"))) == 2  # the bfloat16 cache has its own key
+
+
+def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_path, dataset):
+    """`magref encode` under torchrun: each of 2 gloo processes writes its own parts, and the
+    cache equals the one a single process writes, part for part; `magref train` then reads it
+    without encoding anything."""
+    import shutil
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        shutil.copytree(dataset, d)
+    common = dict(cache_layouts=2, first_frame="clip", cache_part_clips=2, max_steps=2)
+    rc, out, err = run_cli("encode", _cfg(tmp_path, one, "e1", **common))
+    assert rc == 0 and "encoded:" in out, err
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "magref.cli", "encode",
+           str(_cfg(tmp_path, two, "e2", **common))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = (len(ClipDataset(two)) + 1) // 2
+    for what in ("encoding cache", "caption cache"):  # rank 0 builds parts 0, 2, ..., rank 1 parts 1, 3, ...
+        built = sorted(int(m.group(1)) for m in re.finditer(what + r"[^:]*: (\d+) part\(s\)", proc.stdout))
+        assert built == [parts // 2, (parts + 1) // 2], proc.stdout
+    files = sorted(p.relative_to(one) for p in (one / "encodings").rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(two) for p in (two / "encodings").rglob("*.safetensors")) and len(files) > 3
+    for f in files:
+        x, y = load_file(one / f), load_file(two / f)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f
+    stamps = {f: (two / f).stat().st_mtime_ns for f in files}
+    rc, _, err = run_cli("train", _cfg(tmp_path, two, "t2", **common))
+    assert rc == 0, err
+    assert "part(s)" not in err and {f: (two / f).stat().st_mtime_ns for f in files} == stamps
+    rc, _, err = run_cli("encode", _cfg(tmp_path, two, "t3", cache_layouts=0))
+    assert rc == 2 and "cache_layouts: 2" in err
 
 
 def test_latent_subject_mask_follows_the_causal_vae_grouping():

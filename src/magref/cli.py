@@ -280,10 +280,8 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _config_overrides(args) -> dict:
     import yaml
-
-    from .training.trainer import run
 
     overrides = {}
     for item in args.set or []:
@@ -291,8 +289,23 @@ def cmd_train(args) -> int:
             raise MagrefInputError(f"--set {item!r} is not KEY=VALUE.", "write e.g. --set max_steps=200.")
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    result = run(args.config, resume=args.resume, overrides=overrides)
+    return overrides
+
+
+def cmd_train(args) -> int:
+    from .training.trainer import run
+
+    result = run(args.config, resume=args.resume, overrides=_config_overrides(args))
     print(f"trained to step {result['step']}, last loss {result['loss']:.5f}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .training.trainer import encode
+
+    roots = encode(args.config, overrides=_config_overrides(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("encoded: " + ", ".join(str(r) for r in roots))
     return 0
 
 
@@ -457,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level config value")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("encode", help="write a training config's encoding cache (VAE latents, CLIP features, caption embeddings) ahead of "
+                       "training; torchrun splits it over processes")
+    p.add_argument("config", help="YAML config with cache_layouts: K (see docs/training.md)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level config value")
+    p.set_defaults(func=cmd_encode)
 
     bench = sub.add_parser("bench", help="the multi-subject benchmark").add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("generate", help="generate <id>.mp4 for every case (resumable, as magref batch)")

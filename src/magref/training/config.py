@@ -24,6 +24,7 @@ CHOICES = {
     "mixed_precision": ("no", "bf16"),
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
     "first_frame": ("canvas", "clip"),
+    "cache_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -77,6 +78,11 @@ class TrainConfig:
     # > 0: encode every clip once with this many fixed layouts (VAE latents, condition, CLIP
     # features, kept beside the data) and train from those; steps cost the transformer alone.
     cache_layouts: int = 0
+    # false: the same K layouts per clip encoded live every step (what the stored cache is tested
+    # against: training from either is bit-equal); true: stored once and read back.
+    cache_encodings: bool = True
+    cache_part_clips: int = 250  # clips per cache file
+    cache_dtype: str = "float32"  # bfloat16 halves a large model's cache (and rounds what it trains on)
     # > 1: the flow loss of latent cells where a subject is (any pixel of the frames the cell
     # codes) counts this many times a background cell's; needs datasets with per-frame masks.
     subject_loss_weight: float = 1.0
@@ -84,8 +90,10 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """What must not change across a resume (everything but the step budget and cadence)."""
         d = asdict(self)
-        for k in ("max_steps", "checkpoint_every", "log_every", "output_dir"):
+        for k in ("max_steps", "checkpoint_every", "log_every", "output_dir", "cache_encodings", "cache_part_clips"):  # same steps either way
             d.pop(k)
+        if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
+            d.pop("cache_dtype")
         if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume
             d.pop("gradient_accumulation_steps")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -143,7 +151,7 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise MagrefInputError(f"{where}: subject_loss_weight must be >= 1 (got {cfg.subject_loss_weight}).", "set subject_loss_weight: 1 (off) or e.g. 5.")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
-    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every")
+    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise MagrefInputError(f"{where}: {key} must be >= 1 (got {getattr(cfg, key)}).", f"set {key}: 1 or more.")

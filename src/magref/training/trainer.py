@@ -50,7 +50,8 @@ def world() -> tuple[int, int]:
 
 
 class Trainer(Checkpointing):
-    def __init__(self, cfg: TrainConfig, log=print):
+    def __init__(self, cfg: TrainConfig, log=print, encode_only: bool = False):
+        """`encode_only`: build the encoding caches and stop (`magref encode`): no optimizer."""
         from ..models import load_pipeline
 
         self.cfg, self.log = cfg, log
@@ -71,6 +72,19 @@ class Trainer(Checkpointing):
         self.pipe.to(self.device)
         for frozen in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
             frozen.requires_grad_(False).eval()
+        if cfg.subject_loss_weight != 1 and self.dataset.masks(0) is None:
+            raise MagrefInputError(f"subject_loss_weight = {cfg.subject_loss_weight} needs per-frame subject masks, and {cfg.data} has none.",
+                                   "set subject_loss_weight: 1, or use a dataset with masks (e.g. `magref world build`).")
+        self.step = 0
+        self.cache = self.text_cache = None
+        if cfg.cache_layouts:
+            self.setup_caches()
+        if encode_only and not (cfg.cache_layouts and cfg.cache_encodings):
+            setting = "cache_layouts: 0" if not cfg.cache_layouts else "cache_encodings: false"
+            raise MagrefInputError(f"{cfg.data}: nothing to store, the config has {setting}.",
+                                   "set cache_layouts: 2 (layouts per clip) and cache_encodings: true in the config.")
+        if encode_only:
+            return
         self.transformer = self.pipe.transformer
         self.transformer.train()
         if cfg.mode == "lora":
@@ -101,20 +115,37 @@ class Trainer(Checkpointing):
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.local_params(), decay=cfg.ema_decay)
-        if cfg.subject_loss_weight != 1 and self.dataset.masks(0) is None:
-            raise MagrefInputError(f"subject_loss_weight = {cfg.subject_loss_weight} needs per-frame subject masks, and {cfg.data} has none.",
-                                   "set subject_loss_weight: 1, or use a dataset with masks (e.g. `magref world build`).")
-        self.step = 0
-        self.cache = None
-        if cfg.cache_layouts:
-            from .cache import EncodingCache, cache_key
 
-            settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
-                        "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
-                        **({"clip_codec": settings["clip_codec"]} if settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
-            root = Path(cfg.data) / "encodings" / cache_key(settings, [self.pipe.vae, self.pipe.image_encoder])
-            self.cache = EncodingCache(root, cfg.cache_layouts, len(self.dataset), self.encode_clips, cfg.first_frame == "clip",
-                                       self.rank, self.world_size, log)
+    def setup_caches(self) -> None:
+        """The K-layout encodings (`cache_layouts`) and the caption embeddings, built where missing
+        and read from `<data>/encodings/`; with `cache_encodings: false` the same encodings are
+        computed live each step. Once both are stored, the encoders leave the accelerator."""
+        from .cache import PART, EncodingCache, TextCache, cache_key
+
+        cfg, n = self.cfg, len(self.dataset)
+        data_settings = self.dataset.manifest["settings"]
+        settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
+                    "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
+                    **({"clip_codec": data_settings["clip_codec"]} if data_settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
+        storage = {**({"dtype": cfg.cache_dtype} if cfg.cache_dtype != "float32" else {}),
+                   **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {})}  # older caches keep their keys
+        if not cfg.cache_encodings:
+            return
+        dtype, where = getattr(torch, cfg.cache_dtype), dict(rank=self.rank, world_size=self.world_size, log=self.log, part_clips=cfg.cache_part_clips)
+        root = Path(cfg.data) / "encodings"
+        self.cache = EncodingCache(root / cache_key(settings | storage, [self.pipe.vae, self.pipe.image_encoder]), cfg.cache_layouts, n,
+                                   self.encode_clips, cfg.first_frame == "clip", dtype=dtype, **where)
+        import hashlib
+
+        captions = hashlib.sha256(json.dumps([self.dataset.caption(i) for i in range(n)]).encode()).hexdigest()
+        text_key = cache_key({"captions": captions, "text_len": self.pipe.config.text_len, **storage}, [self.pipe.text_encoder])
+        self.text_cache = TextCache(root / f"text-{text_key}", n, self.encode_captions, lambda: self.encode_text([""])[0], self.pipe.config.text_len,
+                                    dtype=dtype, **where)
+        if self.device.type != "cpu":  # nothing runs them any more: their memory goes to the transformer
+            for frozen in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
+                frozen.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -157,8 +188,14 @@ class Trainer(Checkpointing):
         return {"video": video, "canvas": canvas, "latent_mask": torch.from_numpy(comp.latent_mask), "caption": caption}
 
     @torch.no_grad()
-    def encode_visual(self, examples: list[dict], with_target: bool = True, with_condition: bool = True) -> dict:
-        """Frozen encoders, through the pipeline's own methods (one code path with inference)."""
+    def encode_visual(self, examples: list[dict], with_target: bool = True, with_condition: bool = True, one_at_a_time: bool = False) -> dict:
+        """Frozen encoders, through the pipeline's own methods (one code path with inference).
+        `one_at_a_time`: one example per encoder call, so that an encoding does not depend on
+        which examples share its batch (the VAE's convolutions differ in the last bits with the
+        batch size): the cache and the live K-layout path then agree bit for bit."""
+        if one_at_a_time and len(examples) > 1:
+            parts = [self.encode_visual([e], with_target, with_condition) for e in examples]
+            return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         pipe, dev, out = self.pipe, self.device, {}
         if with_target:
             out["x0"] = pipe.encode_video(torch.stack([e["video"] for e in examples])).to(dev)
@@ -176,12 +213,26 @@ class Trainer(Checkpointing):
 
         examples = [self.example(i, layout_rng(self.cfg.seed, i, j)) for i in indices for j in range(k)]
         per_clip_target = self.cfg.first_frame == "clip"
-        enc = self.encode_visual(examples, with_target=not per_clip_target)
+        enc = self.encode_visual(examples, with_target=not per_clip_target, one_at_a_time=True)
         if per_clip_target:
-            enc["x0"] = self.encode_visual(examples[::k], with_condition=False)["x0"]
+            enc["x0"] = self.encode_visual(examples[::k], with_condition=False, one_at_a_time=True)["x0"]
         n = len(indices)
         return {"x0": enc["x0"].unflatten(0, (n, -1)), "condition": enc["condition"].unflatten(0, (n, k)),
                 "image_embeds": enc["image_embeds"].unflatten(0, (n, k))}
+
+    def encode_layouts(self, indices: list[int], layouts: list[int]) -> dict:
+        """What the cache holds for each clip at its chosen layout, computed live
+        (`cache_encodings: false`)."""
+        from .cache import layout_rng
+
+        return self.encode_visual([self.example(i, layout_rng(self.cfg.seed, i, k)) for i, k in zip(indices, layouts)], one_at_a_time=True)
+
+    def encode_captions(self, indices: list[int]) -> dict:
+        """The clips' caption embeddings for the caption cache, trimmed after the longest caption's
+        tokens (the text encoder's output is zero beyond each caption's, as Wan pads)."""
+        text = self.encode_text([self.dataset.caption(i) for i in indices])
+        used = int(text.abs().amax(dim=(0, 2)).nonzero().max()) + 1 if text.abs().amax() > 0 else 1
+        return {"text": text[:, :used]}
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -193,12 +244,16 @@ class Trainer(Checkpointing):
 
     def batch(self, step: int, rng: random.Random, shard: int | None = None) -> dict:
         indices = self.sample_indices(step, shard)
-        if self.cache is None:
+        if not self.cfg.cache_layouts:
             out = self.encode([self.example(i, rng) for i in indices])
         else:
-            captions = ["" if rng.random() < self.cfg.caption_dropout else self.dataset.caption(i) for i in indices]
+            dropped = [rng.random() < self.cfg.caption_dropout for _ in indices]
             layouts = [rng.randrange(self.cfg.cache_layouts) for _ in indices]
-            out = {**self.cache.batch(indices, layouts, self.device), "text": self.encode_text(captions)}
+            if self.cache is not None:
+                out = {**self.cache.batch(indices, layouts, self.device), "text": self.text_cache.batch(indices, dropped, self.device)}
+            else:
+                out = {**self.encode_layouts(indices, layouts),
+                       "text": self.encode_text(["" if d else self.dataset.caption(i) for i, d in zip(indices, dropped)])}
         if self.cfg.subject_loss_weight != 1:
             ts, ss = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
             marked = torch.stack([latent_subject_mask(self.dataset.masks(i), ts, ss) for i in indices]).to(self.device)
@@ -324,3 +379,15 @@ def run(config_path: str, resume: bool = False, overrides: dict | None = None) -
             dist.destroy_process_group()
 
 
+def encode(config_path: str, overrides: dict | None = None) -> list[Path]:
+    """`magref encode`: build the config's encoding caches (this process's share under torchrun)
+    and return their folders; `magref train` with the same config then reads them."""
+    from .config import load_config
+
+    cfg = load_config(config_path, overrides)
+    try:
+        trainer = Trainer(cfg, encode_only=True)
+        return [trainer.cache.root, trainer.text_cache.root] if trainer.cache is not None else []
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
