@@ -527,6 +527,45 @@ def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_pa
     assert rc == 2 and "cache_layouts: 2" in err
 
 
+def test_clip_stream_reads_each_shard_once_per_epoch_in_a_seeded_order(dataset):
+    """The stream: every sample once per epoch, rank r's shards only (two ranks cover the dataset
+    without overlap), an order that depends on the seed and the epoch and not on the file order,
+    and `skip(n)` puts a new stream where an old one was after n samples."""
+    from magref.data.stream import ClipStream
+
+    data = ClipDataset(dataset)
+    keys = [k for _, k in data.index]
+    n = len(keys)
+    stream = ClipStream(str(dataset), seed=3, buffer=4)
+    first, second = [s.key for s in stream.take(n)], [s.key for s in stream.take(n)]
+    assert sorted(first) == sorted(keys) == sorted(second) and first != keys and first != second
+    assert [s.key for s in ClipStream(str(dataset), seed=3, buffer=4).take(n)] == first
+    assert [s.key for s in ClipStream(str(dataset), seed=4, buffer=4).take(n)] != first
+    halves = [{s.key for s in ClipStream(str(dataset), seed=3, rank=r, world_size=2).take(n // 2)} for r in (0, 1)]
+    shards = data.manifest["shards"]
+    assert halves[0].isdisjoint(halves[1]) and halves[0] <= {k for s in shards[0::2] for k in s["keys"]}
+    later = ClipStream(str(dataset), seed=3, buffer=4)
+    later.skip(n + 3)
+    assert [s.key for s in later.take(4)] == second[3:7]
+    sample = ClipStream(str(dataset), seed=3, buffer=4).take(1)[0]
+    assert sample.frames.shape == data[keys.index(sample.key)].frames.shape and sample.caption == data.caption(keys.index(sample.key))
+
+
+def test_training_from_a_stream_resumes_where_it_stopped(tmp_path, dataset):
+    """data_loading: stream trains, and a run stopped at step 4 and resumed to 8 takes the steps
+    of an uninterrupted run (the stream is skipped to where it was, not restarted)."""
+    common = dict(data_loading="stream", shuffle_buffer=4, checkpoint_every=4, caption_dropout=0.0)
+    assert run_cli("train", _cfg(tmp_path, dataset, "whole", max_steps=8, **common))[0] == 0
+    assert run_cli("train", _cfg(tmp_path, dataset, "parts", max_steps=4, **common))[0] == 0
+    rc, _, err = run_cli("train", _cfg(tmp_path, dataset, "parts", max_steps=4, **common), "--resume", "--set", "max_steps=8")
+    assert rc == 0, err
+    assert _losses(tmp_path / "parts") == _losses(tmp_path / "whole") and len(_losses(tmp_path / "whole")) == 8
+    assert run_cli("train", _cfg(tmp_path, dataset, "random", max_steps=8, caption_dropout=0.0, checkpoint_every=4))[0] == 0
+    assert _losses(tmp_path / "random") != _losses(tmp_path / "whole")  # another order of samples
+    rc, _, err = run_cli("train", _cfg(tmp_path, dataset, "bad", data_loading="stream", cache_layouts=2))
+    assert rc == 2 and "cache_layouts: 0" in err
+
+
 def test_latent_subject_mask_follows_the_causal_vae_grouping():
     """Frame 0 is its own latent frame, then 4 frames per latent frame; 8x8 pixels per cell."""
     from magref.training.flow import latent_subject_mask

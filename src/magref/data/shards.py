@@ -173,6 +173,17 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def decode_sample(key: str, meta: dict, frames: np.ndarray, subject_files: list[bytes], masks: np.ndarray | None) -> Sample:
+    """A sample from its shard members: `meta` as in `<key>.json`, the cut-outs' PNG bytes in its order."""
+    meta = dict(meta)
+    subjects = []
+    for sub, data in zip(meta.pop("subjects"), subject_files):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        subjects.append(Subject(image, tuple(sub["box"]), sub["kind"]))
+    return Sample(key, frames, meta.pop("caption"), subjects, meta, masks)
+
+
 class ClipDataset:
     """Random access to the samples of a shard folder (tar indexes are built once per shard)."""
 
@@ -197,13 +208,8 @@ class ClipDataset:
         tar = self._tar(shard)
         read = lambda member: tar.extractfile(member).read()  # noqa: E731
         meta = json.loads(read(f"{key}.json"))
-        frames = self._frames(tar, key)
-        subjects = []
-        for sub in meta.pop("subjects"):
-            image = Image.open(io.BytesIO(read(sub["file"])))
-            image.load()
-            subjects.append(Subject(image, tuple(sub["box"]), sub["kind"]))
-        return Sample(key, frames, meta.pop("caption"), subjects, meta, self.masks(i))
+        subjects = [read(sub["file"]) for sub in meta["subjects"]]
+        return decode_sample(key, meta, self._frames(tar, key), subjects, self.masks(i))
 
     @staticmethod
     def _frames(tar: tarfile.TarFile, key: str) -> np.ndarray:

@@ -25,6 +25,7 @@ CHOICES = {
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
     "first_frame": ("canvas", "clip"),
     "cache_dtype": ("float32", "bfloat16"),
+    "data_loading": ("random", "stream"),
 }
 
 
@@ -83,6 +84,10 @@ class TrainConfig:
     cache_encodings: bool = True
     cache_part_clips: int = 250  # clips per cache file
     cache_dtype: str = "float32"  # bfloat16 halves a large model's cache (and rounds what it trains on)
+    # random: any sample at any step (a local dataset); stream: this rank's shards read front to
+    # back, shuffled by shard and within `shuffle_buffer` samples (data on network or object storage)
+    data_loading: str = "random"
+    shuffle_buffer: int = 100
     # > 1: the flow loss of latent cells where a subject is (any pixel of the frames the cell
     # codes) counts this many times a background cell's; needs datasets with per-frame masks.
     subject_loss_weight: float = 1.0
@@ -94,6 +99,8 @@ class TrainConfig:
             d.pop(k)
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
+        if d["data_loading"] == "random":
+            d.pop("data_loading"), d.pop("shuffle_buffer")
         if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume
             d.pop("gradient_accumulation_steps")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -149,9 +156,12 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
             raise MagrefInputError(f"{where}: {key} = {getattr(cfg, key)!r} is not one of {', '.join(options)}.", f"set {key}: {options[0]}.")
     if not cfg.subject_loss_weight >= 1:
         raise MagrefInputError(f"{where}: subject_loss_weight must be >= 1 (got {cfg.subject_loss_weight}).", "set subject_loss_weight: 1 (off) or e.g. 5.")
+    if cfg.data_loading == "stream" and cfg.cache_layouts:
+        raise MagrefInputError(f"{where}: data_loading: stream reads each sample in passing, and the encoding cache is looked up by sample.",
+                               "set cache_layouts: 0 to stream, or data_loading: random to use the cache.")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
-    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips")
+    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips", "shuffle_buffer")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise MagrefInputError(f"{where}: {key} must be >= 1 (got {getattr(cfg, key)}).", f"set {key}: 1 or more.")

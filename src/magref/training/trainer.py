@@ -59,10 +59,18 @@ class Trainer(Checkpointing):
         self.device = default_device()
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
-        self.dataset = ClipDataset(cfg.data)
-        if len(self.dataset) == 0:
+        self.dataset = self.stream = None
+        if cfg.data_loading == "stream":
+            from ..data.stream import ClipStream
+
+            self.stream = ClipStream(cfg.data, cfg.seed, cfg.shuffle_buffer, self.rank, self.world_size)
+            manifest = self.stream.manifest
+        else:
+            self.dataset = ClipDataset(cfg.data)
+            manifest = self.dataset.manifest
+        if not manifest.get("num_samples", sum(len(s["keys"]) for s in manifest["shards"])):
             raise MagrefInputError(f"Dataset {cfg.data} has no samples.", "prepare more videos.")
-        settings = self.dataset.manifest["settings"]
+        settings = manifest["settings"]
         self.frames, self.height, self.width = settings["frames"], settings["height"], settings["width"]
         self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale,
                                      p_source_boxes=cfg.layout.p_source_boxes)
@@ -72,7 +80,7 @@ class Trainer(Checkpointing):
         self.pipe.to(self.device)
         for frozen in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
             frozen.requires_grad_(False).eval()
-        if cfg.subject_loss_weight != 1 and self.dataset.masks(0) is None:
+        if cfg.subject_loss_weight != 1 and (self.dataset.masks(0) if self.dataset is not None else self.stream.first().masks) is None:
             raise MagrefInputError(f"subject_loss_weight = {cfg.subject_loss_weight} needs per-frame subject masks, and {cfg.data} has none.",
                                    "set subject_loss_weight: 1, or use a dataset with masks (e.g. `magref world build`).")
         self.step = 0
@@ -176,7 +184,9 @@ class Trainer(Checkpointing):
         return self._order
 
     def example(self, index: int, rng: random.Random) -> dict:
-        sample = self.dataset[index]
+        return self.example_of(self.dataset[index], rng)
+
+    def example_of(self, sample, rng: random.Random) -> dict:
         keep, layout = self.layouts(len(sample.subjects), self.height, self.width, rng, [s.box for s in sample.subjects])
         stride, patch = self.pipe.spatial_geometry()
         comp = compose_references([sample.subjects[i].image for i in keep], self.height, self.width, layout=layout, spatial_stride=stride, patch_size=patch)
@@ -243,6 +253,9 @@ class Trainer(Checkpointing):
         return {**self.encode_visual(examples), "text": self.encode_text([e["caption"] for e in examples])}
 
     def batch(self, step: int, rng: random.Random, shard: int | None = None) -> dict:
+        if self.stream is not None:  # the next samples of this rank's stream
+            samples = self.stream.take(self.cfg.batch_size)
+            return self.with_loss_weight(self.encode([self.example_of(s, rng) for s in samples]), [s.masks for s in samples])
         indices = self.sample_indices(step, shard)
         if not self.cfg.cache_layouts:
             out = self.encode([self.example(i, rng) for i in indices])
@@ -254,9 +267,15 @@ class Trainer(Checkpointing):
             else:
                 out = {**self.encode_layouts(indices, layouts),
                        "text": self.encode_text(["" if d else self.dataset.caption(i) for i, d in zip(indices, dropped)])}
+        return self.with_loss_weight(out, [self.dataset.masks(i) for i in indices] if self.cfg.subject_loss_weight != 1 else None)
+
+    def with_loss_weight(self, out: dict, masks: list | None) -> dict:
+        """`subject_loss_weight`: the latent cells where a subject is count more."""
         if self.cfg.subject_loss_weight != 1:
+            if any(m is None for m in masks):
+                raise MagrefInputError(f"A sample of {self.cfg.data} has no subject masks.", "set subject_loss_weight: 1, or use a dataset with masks.")
             ts, ss = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
-            marked = torch.stack([latent_subject_mask(self.dataset.masks(i), ts, ss) for i in indices]).to(self.device)
+            marked = torch.stack([latent_subject_mask(m, ts, ss) for m in masks]).to(self.device)
             out["loss_weight"] = 1 + (self.cfg.subject_loss_weight - 1) * marked  # (B, F_lat, h, w)
         return out
 
@@ -310,6 +329,8 @@ class Trainer(Checkpointing):
         cfg = self.cfg
         if resume:
             self.load_checkpoint()
+            if self.stream is not None:  # the same stream, past what the run has read
+                self.stream.skip(self.step * cfg.gradient_accumulation_steps * cfg.batch_size)
         elif is_main() and (self.out / "checkpoints").exists():
             raise MagrefInputError(f"{self.out} already holds a training run.", "pass --resume to continue it, or choose a new output_dir.")
         if is_main():
