@@ -65,6 +65,14 @@ def candidates(device: str) -> dict:
 
     flex = torch.compile(flex_attention, dynamic=False)
     out["flex_attention, compiled"] = lambda q, k, v: flex(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    if device == "cuda":  # FlashAttention 4 from the flash-attn-4 wheel (`--attention flash4`); a missing wheel is a row saying so
+        def flash4(q, k, v):
+            from flash_attn.cute import flash_attn_func
+
+            out = flash_attn_func(q, k, v)
+            return out[0] if isinstance(out, tuple) else out
+
+        out["flash-attn-4 (CuTe DSL, `--attention flash4`)"] = flash4
     try:
         from sageattention import sageattn
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-ROWS = "batched,cudnn,lowmem,fast,fp8,components"
+ROWS = "batched,cudnn,flash4,lowmem,fast,fp8,components"
 
 
 def transformer_config(scaled: bool) -> dict:
@@ -200,6 +200,17 @@ def main() -> None:
                 backend = "_native_cudnn"
         except Exception as e:  # noqa: BLE001
             print(f"| batched CFG, cuDNN attention | failed: {failure(e)} | | | | |")
+        model.set_attention_backend("native")
+    if gpu and "flash4" in only:  # FlashAttention 4 from its wheel (`--attention flash4`), same batched CFG step
+        try:
+            from types import SimpleNamespace
+
+            from magref import acceleration as acc
+
+            acc._route_to_local_kernel(SimpleNamespace(transformer=model), "flash4")
+            row("batched CFG, flash4 attention", True)
+        except Exception as e:  # noqa: BLE001
+            print(f"| batched CFG, flash4 attention | failed: {failure(e)} | | | | |")
         model.set_attention_backend("native")
     if "lowmem" in only:  # weights in host memory, streamed block by block (CUDA streams overlap copies and compute)
         lowmem = model.to("cpu") if gpu else build(cfg, "cpu", dtype)

@@ -127,6 +127,48 @@ def test_attention_backend_is_tried_where_it_will_run():
     torch.testing.assert_close(_latents(pipe), math, atol=1e-5, rtol=0)  # the refused backend did not stick
 
 
+def test_flash4_refuses_without_its_wheel_and_routes_attention_through_it_when_installed(monkeypatch):
+    """--attention flash4: without the flash-attn-4 wheel a clear refusal (and the default stays);
+    with it (here a stand-in `flash_attn.cute` that counts its calls and computes SDPA, since the
+    real kernel needs a Hopper GPU) every attention of the transformer runs through its
+    flash_attn_func, with no Hub download, and the video is the native one."""
+    import sys
+    import types
+
+    from magref.errors import MagrefInputError
+
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+    monkeypatch.setattr(_HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB], "kernel_fn", None)  # restored afterwards
+    pipe = tiny_random_pipeline()
+    reference = _latents(pipe)
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed, whatever this machine has
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)
+    with pytest.raises(MagrefInputError, match="pip install flash-attn-4"):
+        acc.set_attention_backend(pipe, "flash4", torch.device("cpu"))
+    torch.testing.assert_close(_latents(pipe), reference, atol=1e-5, rtol=0)
+
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):  # (B, L, heads, dim), as FlashAttention takes them
+        calls.append(q.shape)
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale,
+                                                                is_causal=causal)
+        return out.transpose(1, 2), None
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    acc.set_attention_backend(pipe, "flash4", torch.device("cpu"))
+    calls.clear()
+    latents = _latents(pipe)
+    blocks = len(pipe.transformer.blocks)
+    assert len(calls) >= 2 * blocks  # self- and cross-attention of every block, every pass
+    torch.testing.assert_close(latents, reference, atol=1e-5, rtol=0)
+    acc.set_attention_backend(pipe, "native", torch.device("cpu"))
+
+
 def test_lowmem_preset_runs_and_matches():
     """lowmem is really on: group-offload hooks on every transformer block and on the encoders'
     layers, VAE tiling on; and the video is the same."""

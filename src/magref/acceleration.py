@@ -221,6 +221,38 @@ def disable_step_cache(pipe) -> None:
         pipe.transformer.disable_cache()
 
 
+# Attention kernels installed as wheels that diffusers' dispatcher knows only as Hub downloads:
+# our name -> (its backend, module, function, how to install). FlashAttention 4 (CuTe DSL; the
+# Hopper and Blackwell kernels are compiled at run time by nvidia-cutlass-dsl) is diffusers'
+# `flash_4_hub`, which fetches the kernel through the `kernels` package at run time; `flash4`
+# gives that backend the installed wheel's function instead: nothing is downloaded.
+LOCAL_KERNELS = {"flash4": ("flash_4_hub", "flash_attn.cute", "flash_attn_func", "pip install flash-attn-4 (needs a Hopper or Blackwell GPU)")}
+
+
+def _route_to_local_kernel(pipe, name: str) -> str:
+    """Point the transformer's attention at an installed kernel (`LOCAL_KERNELS`); returns the
+    dispatcher's backend name. As diffusers' `ModelMixin.set_attention_backend`, without its
+    check for the `kernels` package and its Hub download, which an installed wheel needs neither of."""
+    import importlib
+
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName, _AttentionBackendRegistry
+
+    backend_name, module, attr, install = LOCAL_KERNELS[name]
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise MagrefInputError(f"Attention backend {name!r} needs {module}.{attr}, which is not installed ({e}).",
+                               f"{install}, or leave --attention out.") from None
+    backend = AttentionBackendName(backend_name)
+    _HUB_KERNELS_REGISTRY[backend].kernel_fn = fn
+    for module_ in pipe.transformer.modules():
+        processor = getattr(module_, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = backend
+    _AttentionBackendRegistry.set_active_backend(backend)
+    return backend_name
+
+
 def set_attention_backend(pipe, backend: str | None, device: torch.device | None = None) -> None:
     """Route the transformer's attention through `backend` of diffusers' dispatcher, and try it
     once on a small input of the transformer's dtype on `device`: a backend that cannot run there
@@ -234,10 +266,18 @@ def set_attention_backend(pipe, backend: str | None, device: torch.device | None
     # diffusers also makes the backend the process-wide default; a refused one must not linger there
     previous, _ = _AttentionBackendRegistry.get_active_backend()
     try:
-        pipe.transformer.set_attention_backend(backend)
+        if backend in LOCAL_KERNELS:
+            dispatcher_name = _route_to_local_kernel(pipe, backend)
+        else:
+            pipe.transformer.set_attention_backend(backend)
+            dispatcher_name = backend
         cfg = pipe.transformer.config  # the model's own head shape: some kernels support only some
         q = torch.zeros(1, 16, cfg.num_attention_heads, cfg.attention_head_dim, device=device, dtype=dtype)  # (B, L, heads, dim)
-        dispatch_attention_fn(q, q, q, backend=backend)
+        dispatch_attention_fn(q, q, q, backend=dispatcher_name)
+    except MagrefInputError:
+        pipe.transformer.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(previous)
+        raise
     except Exception as e:
         pipe.transformer.reset_attention_backend()
         _AttentionBackendRegistry.set_active_backend(previous)

@@ -56,7 +56,8 @@ def _add_generation_options(p: argparse.ArgumentParser, batch: bool = False) -> 
                    help="first-block cache / MagCache threshold (default 0.05 / 0.06, acceleration.CACHE_THRESHOLDS)")
     a.add_argument("--cache-interval", type=int, default=None, help="TaylorSeer: a full transformer pass every N steps, extrapolated between "
                    "(default acceleration.TAYLORSEER_INTERVAL)")
-    a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...)")
+    a.add_argument("--attention", default=None, help="attention backend of diffusers' dispatcher (native, flash, sage, flex, ...), or flash4 "
+                   "(FlashAttention 4 from the flash-attn-4 wheel, Hopper/Blackwell)")
     a.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a.add_argument("--fp8", nargs="?", const="weights", default=None, choices=["weights", "compute"],
                    help="float8 transformer through torchao (pip install 'magref[fp8]'): weights (default; half the memory) "
