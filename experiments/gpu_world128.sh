@@ -20,18 +20,18 @@ left() { echo $((DEADLINE - SECONDS)); }
 M="$PY -m magref.cli world"
 train() {  # name, extra args
   local name=$1; shift
-  timeout $(( $(left) - 25 )) $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --checkpoint-every 500 "$@" > $R/$name.log 2>&1
+  timeout $(( $(left) - 25 )) $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --checkpoint-every 250 "$@" > $R/$name.log 2>&1
   echo "$name: rc $? at $((SECONDS - START)) s"
 }
 timeout $(( $(left) - 25 )) $M identifier --out $R/id128 --size 128 --clips ${ID_CLIPS:-1500} --steps ${ID_STEPS:-4000} > $R/id128.log 2>&1 &
 train single --recipe single &
-train multi --recipe multi &
+train multi --recipe multi & MULTI=$!
 # the ablations share recipe 2's clips and encodings: start them once its transformer trains
-until [ -f $R/multi/dit/metrics.jsonl ] || [ $(left) -lt 60 ]; do sleep 2; done
+until [ -f $R/multi/dit/metrics.jsonl ] || [ $(left) -lt 60 ] || ! kill -0 $MULTI 2>/dev/null; do sleep 2; done
 echo "multi encodings ready at $((SECONDS - START)) s"
 train multi-nomask --recipe multi --ablation no-mask --reuse-from $R/multi &
 train multi-tokens --recipe multi --ablation tokens --reuse-from $R/multi &
 while [ -n "$(jobs -r)" ]; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; sleep 30; done
 wait
 echo "identifier: $(tail -c 300 $R/id128.log | tr '\r' '\n' | tail -2)"
-$PY experiments/pack_world_runs.py $R "$OUT"
+$PY experiments/pack_world_runs.py $R "$OUT"  # here: python experiments/pack_world_runs.py --unpack FILES_AT MODELS

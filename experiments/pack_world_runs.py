@@ -1,32 +1,69 @@
-"""Pack `world train` runs for the trip back from a lent GPU (at most 8 files of 16 MB): each
-run's latest averaged transformer weights in bf16 (7M parameters: 14 MB) and one archive of the
-logs, settings and the identity test. unpack: `tar xzf logs.tar.gz`, then place each
-<run>.safetensors as <run>/dit/checkpoints/step-N/ema.safetensors (N in the run's state.json)."""
+"""Pack `world train` runs for the trip back from a lent GPU (at most 8 files of 16 MB each): every
+run exported as `magref world export` writes it (bf16, the latest checkpoint's averaged weights,
+its generation defaults), the parts all runs share (VAE, encoders, tokenizer, scheduler) once in
+shared.tar.gz, each run's transformer weights as <run>.safetensors (~14 MB), and one archive of
+the logs, settings, transformer configs and the identity test.
 
-import json
+    python experiments/pack_world_runs.py RUNS_DIR OUT_DIR        # on the GPU machine
+    python experiments/pack_world_runs.py --unpack OUT_DIR MODELS   # here: MODELS/<run>/ are pipeline folders
+
+then e.g. `magref world evaluate --model single=MODELS/single --model multi=MODELS/multi ...`.
+"""
+
+import shutil
 import sys
 import tarfile
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+TRANSFORMER = "transformer/diffusion_pytorch_model.safetensors"
 
-runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-out.mkdir(parents=True, exist_ok=True)
-with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
-    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
-        for name in ("run.json", "dit.yaml", "timings.json", "dit/metrics.jsonl", "base/transformer/config.json"):
-            if (run / name).is_file():
-                tar.add(run / name, f"{run.name}/{name}")
-        ckpts = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*") if (p / "state.json").is_file() and (p / "ema.safetensors").is_file())
-        if ckpts:
-            weights = {k: v.to(torch.bfloat16) for k, v in load_file(ckpts[-1] / "ema.safetensors").items()}
-            save_file(weights, out / f"{run.name}.safetensors", metadata={"step": ckpts[-1].name})
-            tar.add(ckpts[-1] / "state.json", f"{run.name}/dit/checkpoints/{ckpts[-1].name}/state.json")
-            print(f"{run.name}: {ckpts[-1].name}")
-        elif run.name == "id128" and (run / "model.safetensors").is_file():
-            tar.add(run, "id128")
-            print("id128: packed")
-    for log in runs.glob("*.log"):
-        tar.add(log, f"logs/{log.name}")
-print(json.dumps({p.name: p.stat().st_size for p in out.iterdir()}))
+
+def pack(runs: Path, out: Path) -> None:
+    from magref.world.train import export_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    exports = out.parent / (out.name + "-exports")
+    shared = False
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as logs:
+        for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+            for name in ("run.json", "dit.yaml", "timings.json", "dit/metrics.jsonl"):
+                if (run / name).is_file():
+                    logs.add(run / name, f"{run.name}/{name}")
+            if run.name == "id128" and (run / "model.safetensors").is_file():
+                logs.add(run, "id128")
+                print("id128: packed")
+                continue
+            try:
+                dest = export_run(run, exports / run.name)
+            except Exception as e:  # noqa: BLE001  (a run without a checkpoint yet)
+                print(f"{run.name}: not exported ({e})")
+                continue
+            shutil.copy(dest / TRANSFORMER, out / f"{run.name}.safetensors")
+            logs.add(dest / "transformer" / "config.json", f"{run.name}/transformer_config.json")
+            if not shared:
+                with tarfile.open(out / "shared.tar.gz", "w:gz") as tar:
+                    tar.add(dest, ".", filter=lambda info: None if info.name == "./" + TRANSFORMER else info)
+                shared = True
+            print(f"{run.name}: packed")
+        for log in runs.glob("*.log"):
+            logs.add(log, f"logs/{log.name}")
+    print({p.name: p.stat().st_size for p in out.iterdir()})
+
+
+def unpack(packed: Path, models: Path) -> None:
+    with tarfile.open(packed / "logs.tar.gz") as tar:
+        tar.extractall(models / "_logs", filter="data")
+    for weights in sorted(packed.glob("*.safetensors")):
+        dest = models / weights.stem
+        with tarfile.open(packed / "shared.tar.gz") as tar:
+            tar.extractall(dest, filter="data")
+        shutil.copy(weights, dest / TRANSFORMER)
+        shutil.copy(models / "_logs" / weights.stem / "transformer_config.json", dest / "transformer" / "config.json")
+        print(f"{dest}: a pipeline folder")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--unpack":
+        unpack(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        pack(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -549,12 +549,24 @@ def test_clip_stream_reads_each_shard_once_per_epoch_in_a_seeded_order(dataset):
     assert [s.key for s in later.take(4)] == second[3:7]
     sample = ClipStream(str(dataset), seed=3, buffer=4).take(1)[0]
     assert sample.frames.shape == data[keys.index(sample.key)].frames.shape and sample.caption == data.caption(keys.index(sample.key))
+    far = ClipStream(str(dataset), seed=3, buffer=4)
+    far.skip(5 * n + 2)  # whole epochs are jumped, not read
+    assert [s.key for s in far.take(3)] == [d["__key__"] for d in ClipStream(str(dataset), seed=3, buffer=4).epoch(5)][2:5]
+
+    # from object storage: any fsspec URL (here its in-memory file system), the same stream
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for path in dataset.iterdir():
+        if path.is_file():
+            memory.pipe(f"/streamed/{path.name}", path.read_bytes())
+    assert [s.key for s in ClipStream("memory://streamed", seed=3, buffer=4).take(n)] == first
 
 
 def test_training_from_a_stream_resumes_where_it_stopped(tmp_path, dataset):
     """data_loading: stream trains, and a run stopped at step 4 and resumed to 8 takes the steps
     of an uninterrupted run (the stream is skipped to where it was, not restarted)."""
-    common = dict(data_loading="stream", shuffle_buffer=4, checkpoint_every=4, caption_dropout=0.0)
+    common = dict(data_loading="stream", shuffle_buffer=4, checkpoint_every=4, caption_dropout=0.0, gradient_accumulation_steps=2)
     assert run_cli("train", _cfg(tmp_path, dataset, "whole", max_steps=8, **common))[0] == 0
     assert run_cli("train", _cfg(tmp_path, dataset, "parts", max_steps=4, **common))[0] == 0
     rc, _, err = run_cli("train", _cfg(tmp_path, dataset, "parts", max_steps=4, **common), "--resume", "--set", "max_steps=8")

@@ -470,6 +470,12 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     assert json.loads((out / "run.json").read_text())["size"] == 128
     rc, _, err = run_cli(*args)  # the default, 64
     assert rc == 2 and "128 px" in err and "--size 128" in err
+    (out / "run.json").unlink()  # as a run from before run.json: its clips tell, and a refusal writes nothing
+    rc, _, err = run_cli(*args)
+    assert rc == 2 and "holds clips at 128 px" in err and not (out / "run.json").exists()
+    (out / "run.json").write_text(json.dumps({"size": 128, "recipe": "single", "ablation": "none"}))
+    rc, _, err = run_cli("world", "train", "--out", tmp_path / "ablation", "--reuse-from", out, "--ablation", "no-mask")
+    assert rc == 2 and "--reuse-from" in err and "--size 128" in err
     defaults = json.loads((export_run(out, tmp_path / "export") / "generation_defaults.json").read_text())
     assert (defaults["height"], defaults["width"]) == (128, 128)
     rc, _, err = run_cli("world", "evaluate", "--model", f"w={out}", "--out", tmp_path / "e", "--subjects", "1", "--cases", "1", "--seeds", "0",

@@ -45,6 +45,20 @@ def read_manifest_any(root: str) -> dict:
     return manifest
 
 
+def _open_through_fsspec(scheme: str) -> None:
+    """webdataset opens local paths, http(s), gs, hf and pipe: URLs itself; any other scheme
+    (s3://, az://, memory://, ...) it is given fsspec's opener for."""
+    import sys
+
+    import webdataset  # noqa: F401  (its gopen module, which the package name shadows)
+
+    schemes = sys.modules["webdataset.gopen"].gopen_schemes
+    if scheme not in schemes:
+        import fsspec
+
+        schemes[scheme] = lambda url, mode="rb", bufsize=8192, **kw: fsspec.open(url, mode).open()
+
+
 def sample_from_files(files: dict) -> Sample:
     """A sample from webdataset's dict of one key's members (`json`, `frames.mp4`, `subject0.png`, ...)."""
     key = files["__key__"]
@@ -73,6 +87,10 @@ class ClipStream:
             raise MagrefInputError(f"{root} has {len(shards)} shard(s) for {world_size} processes: a stream gives each process whole shards.",
                                    "prepare it with a smaller --samples-per-shard, or use data_loading: random.")
         self.shards = shards[rank::world_size]
+        if "://" in self.root:
+            _open_through_fsspec(self.root.split("://")[0])
+        mine = {s["file"] for s in self.manifest["shards"][rank::world_size]}
+        self.epoch_length = sum(len(s["keys"]) for s in self.manifest["shards"] if s["file"] in mine)
         self._samples = self._all()
 
     def epoch(self, epoch: int):
@@ -84,8 +102,8 @@ class ClipStream:
                                   empty_check=False).shuffle(self.buffer, seed=seed)
         return pipeline  # dicts of one key's members each
 
-    def _all(self):
-        for e in count():
+    def _all(self, start: int = 0):
+        for e in count(start):
             yield from self.epoch(e)
 
     def first(self) -> Sample:
@@ -98,6 +116,9 @@ class ClipStream:
         return [sample_from_files(next(self._samples)) for _ in range(n)]
 
     def skip(self, n: int) -> None:
-        """Read past n samples (a resumed run's position), without decoding their clips."""
-        for _ in range(n):
+        """Put a new stream n samples on (a resumed run's position): whole epochs are not read
+        again, only the samples of the last one, without decoding their clips."""
+        epochs, rest = divmod(n, self.epoch_length)
+        self._samples = self._all(epochs)
+        for _ in range(rest):
             next(self._samples)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -36,15 +37,22 @@ def layout_rng(seed: int, index: int, k: int) -> random.Random:
     return random.Random(int(np.random.SeedSequence([seed, index, k, 7]).generate_state(1)[0]))
 
 
-def cache_key(settings: dict, encoders: list[torch.nn.Module]) -> str:
+def cache_key(settings: dict, encoders: list[torch.nn.Module], native: bool = False) -> str:
     """The settings that shape an encoding and the encoders' weights, hashed: a changed one
-    never reads a stale cache."""
+    never reads a stale cache. `native`: the weights' own bytes (and dtype), not a float32 copy:
+    half the bytes of a bf16 UMT5-XXL and no 23 GB of copies (the visual key keeps float32 so
+    that caches written before stay valid)."""
     h = hashlib.sha256()
     h.update(json.dumps(settings, sort_keys=True).encode())
     for model in encoders:
         for name, tensor in sorted(model.state_dict().items()):
             h.update(name.encode())
-            h.update(tensor.detach().float().cpu().numpy().tobytes())
+            t = tensor.detach().cpu().contiguous()
+            if native:
+                h.update(str(t.dtype).encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            else:
+                h.update(t.float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -65,9 +73,7 @@ class PartCache:
             self.build(encode, [p for p in missing if p % world_size == rank], log)
         if world_size > 1:
             torch.distributed.barrier()
-        from safetensors import safe_open
-
-        self.parts = [safe_open(self.part_path(p), framework="pt") for p in parts]  # memory-mapped; tensors read per row
+        self.parts: dict[int, object] = {}  # memory-mapped when first read; tensors read per row
 
     def part_path(self, p: int) -> Path:
         return self.root / f"part-{p:05d}.safetensors"
@@ -93,16 +99,21 @@ class PartCache:
                     longest = max(t.shape[1] for t in parts_of)
                     parts_of = [torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, longest - t.shape[1])) for t in parts_of]
                 tensors[name] = torch.cat(parts_of).to(self.dtype if parts_of[0].is_floating_point() else parts_of[0].dtype).contiguous()
-            tmp = self.root / f"part-{p:05d}.tmp"
+            tmp = self.root / f"part-{p:05d}.{os.getpid()}.tmp"  # two jobs building one cache do not collide
             save_file(tensors, tmp)
             tmp.replace(self.part_path(p))  # a part is complete or absent
         progress.close()
 
     def rows(self, name: str, indices: list[int]) -> list[torch.Tensor]:
         """`name`'s entry of each clip, as stored (float entries in float32)."""
+        from safetensors import safe_open
+
         out = []
         for i in indices:
-            t = self.parts[i // self.part_clips].get_slice(name)[i % self.part_clips]
+            p = i // self.part_clips
+            if p not in self.parts:
+                self.parts[p] = safe_open(self.part_path(p), framework="pt")
+            t = self.parts[p].get_slice(name)[i % self.part_clips]
             out.append(t.float() if t.is_floating_point() else t)
         return out
 
@@ -127,7 +138,7 @@ class EncodingCache(PartCache):
 class TextCache(PartCache):
     """Each clip's caption embedding, trimmed to its tokens (the text encoder's output is zero
     beyond them, as Wan pads) and padded back to `text_len` when read; the empty caption's once,
-    for caption dropout. encode(indices) -> {"text": (clips, L, D), "text_len": (clips,)}."""
+    for caption dropout. encode(indices) -> {"text": (clips, L, D)}, L the longest caption's tokens."""
 
     what = "caption cache"
 
@@ -139,8 +150,9 @@ class TextCache(PartCache):
         empty_file = root / "empty.safetensors"
         if not empty_file.is_file() and rank == 0:
             root.mkdir(parents=True, exist_ok=True)
-            save_file({"text": empty().to(dtype).contiguous()}, root / "empty.tmp")
-            (root / "empty.tmp").replace(empty_file)
+            tmp = root / f"empty.{os.getpid()}.tmp"
+            save_file({"text": empty().to(dtype).contiguous()}, tmp)
+            tmp.replace(empty_file)
         super().__init__(root, num_clips, encode, rank, world_size, log, part_clips, dtype)
         self.empty = load_file(empty_file)["text"].float()
 

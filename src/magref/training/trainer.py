@@ -55,7 +55,15 @@ class Trainer(Checkpointing):
         from ..models import load_pipeline
 
         self.cfg, self.log = cfg, log
-        init_from_env()
+        if encode_only and not (cfg.cache_layouts and cfg.cache_encodings):
+            setting = "cache_layouts: 0" if not cfg.cache_layouts else "cache_encodings: false"
+            raise MagrefInputError(f"{cfg.data}: nothing to store, the config has {setting}.",
+                                   "set cache_layouts: 2 (layouts per clip) and cache_encodings: true in the config.")
+        from datetime import timedelta
+
+        # A rank that has built its share of the encoding cache waits for the others at a barrier,
+        # up to one part's encoding at 14B: longer than NCCL's default 10 minutes.
+        init_from_env(timeout=timedelta(hours=2))
         self.device = default_device()
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
@@ -77,7 +85,11 @@ class Trainer(Checkpointing):
 
         torch.manual_seed(cfg.seed)  # model init (tiny-random) and LoRA init
         self.pipe = load_pipeline(cfg.model)
-        self.pipe.to(self.device)
+        if encode_only:  # the transformer stays where it was loaded: encoding does not use it
+            for encoder in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
+                encoder.to(self.device)
+        else:
+            self.pipe.to(self.device)
         for frozen in (self.pipe.vae, self.pipe.text_encoder, self.pipe.image_encoder):
             frozen.requires_grad_(False).eval()
         if cfg.subject_loss_weight != 1 and (self.dataset.masks(0) if self.dataset is not None else self.stream.first().masks) is None:
@@ -87,10 +99,6 @@ class Trainer(Checkpointing):
         self.cache = self.text_cache = None
         if cfg.cache_layouts:
             self.setup_caches()
-        if encode_only and not (cfg.cache_layouts and cfg.cache_encodings):
-            setting = "cache_layouts: 0" if not cfg.cache_layouts else "cache_encodings: false"
-            raise MagrefInputError(f"{cfg.data}: nothing to store, the config has {setting}.",
-                                   "set cache_layouts: 2 (layouts per clip) and cache_encodings: true in the config.")
         if encode_only:
             return
         self.transformer = self.pipe.transformer
@@ -146,7 +154,7 @@ class Trainer(Checkpointing):
         import hashlib
 
         captions = hashlib.sha256(json.dumps([self.dataset.caption(i) for i in range(n)]).encode()).hexdigest()
-        text_key = cache_key({"captions": captions, "text_len": self.pipe.config.text_len, **storage}, [self.pipe.text_encoder])
+        text_key = cache_key({"captions": captions, "text_len": self.pipe.config.text_len, **storage}, [self.pipe.text_encoder], native=True)
         self.text_cache = TextCache(root / f"text-{text_key}", n, self.encode_captions, lambda: self.encode_text([""])[0], self.pipe.config.text_len,
                                     dtype=dtype, **where)
         if self.device.type != "cpu":  # nothing runs them any more: their memory goes to the transformer
@@ -330,6 +338,11 @@ class Trainer(Checkpointing):
         if resume:
             self.load_checkpoint()
             if self.stream is not None:  # the same stream, past what the run has read
+                saved = json.loads((self.latest_checkpoint() / "state.json").read_text()).get("world_size", 1)
+                if saved != self.world_size:
+                    raise MagrefInputError(f"--resume: {self.out} streamed its data over {saved} process(es), not {self.world_size}: "
+                                           "each process reads its own shards, so the stream would not continue.",
+                                           f"resume with {saved} process(es), or use data_loading: random.")
                 self.stream.skip(self.step * cfg.gradient_accumulation_steps * cfg.batch_size)
         elif is_main() and (self.out / "checkpoints").exists():
             raise MagrefInputError(f"{self.out} already holds a training run.", "pass --resume to continue it, or choose a new output_dir.")

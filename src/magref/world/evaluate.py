@@ -162,6 +162,8 @@ def model_size(spec: str) -> int:
     path = Path(spec.partition("@")[0]).expanduser()
     if (path / "dit").is_dir():
         return run_size(path)
+    if path.name == "final" and (path.parent.parent / "run.json").is_file():  # a run's dit/final pipeline
+        return run_size(path.parent.parent)
     defaults = path / "generation_defaults.json"
     return int(json.loads(defaults.read_text()).get("height", 64)) if defaults.is_file() else 64
 
@@ -296,7 +298,8 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
-            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size, "subjects": k, "seed": s, "ids": case.ids,
+            row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size,
+                   "device": str(device) if sources[name] else None, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
                    "steps": steps, "guidance": guidance, **score_video(frames, case, identifier=judge)}
             f.write(json.dumps(row) + "\n")

@@ -409,14 +409,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    settings = {"size": size, "recipe": recipe, "ablation": ablation}
-    if (out / "run.json").is_file():  # runs before it was written were 64 px
-        saved = {"size": SIZE} | json.loads((out / "run.json").read_text())
-        if saved["size"] != size:
-            from ..errors import MagrefInputError
-
-            raise MagrefInputError(f"{out} is a run at {saved['size']} px, not {size}.", f"pass --size {saved['size']}, or use another --out.")
-    (out / "run.json").write_text(json.dumps(settings, indent=2))
+    _check_size(out, size, reuse_from)  # before anything is written: a refused run stays as it was
+    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     if reuse_from is not None:
@@ -473,11 +467,6 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             stale.append("without per-frame subject masks")
         if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
             stale.append("with captions that name colours")
-        if data.manifest["settings"]["height"] != size:
-            from ..errors import MagrefInputError
-
-            raise MagrefInputError(f"{out / 'data'} holds {data.manifest['settings']['height']} px clips, not {size} px.",
-                                   "pass the --size of the run whose data it is, or use another --out.")
         if data.manifest["world"].get("subjects") != _json_subjects(RECIPES[recipe]):
             from ..errors import MagrefInputError
 
@@ -532,6 +521,23 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     return out / "dit" / "final"
 
 
+def _check_size(out: Path, size: int, reuse_from: str | Path | None) -> None:
+    """The run's frame size agrees with what it already holds (its run.json, its clips) and with
+    the run it reuses; runs from before run.json were 64 px."""
+    from ..errors import MagrefInputError
+
+    have = {}
+    if (out / "run.json").is_file():
+        have[f"{out} is a run"] = run_size(out)
+    if (out / "data" / "manifest.json").is_file():
+        have[f"{out / 'data'} holds clips"] = json.loads((out / "data" / "manifest.json").read_text())["settings"]["height"]
+    if reuse_from is not None:
+        have[f"--reuse-from {reuse_from} is a run"] = run_size(reuse_from)
+    for what, px in have.items():
+        if px != size:
+            raise MagrefInputError(f"{what} at {px} px, not {size}.", f"pass --size {px}, or use another --out.")
+
+
 def pipeline_from_run(run: str | Path, step: int | None = None):
     """The MagrefPipeline of a `magref world train` run at a transformer checkpoint (the latest
     one when `step` is None): the run's base pipeline with the checkpoint's weights. Comparing
@@ -542,7 +548,8 @@ def pipeline_from_run(run: str | Path, step: int | None = None):
     from ..pipeline import MagrefPipeline
 
     run = Path(run).expanduser()
-    ckpts = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*") if (p / "trainable.safetensors").is_file())
+    ckpts = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*")
+                   if (p / "trainable.safetensors").is_file() or (p / "ema.safetensors").is_file())  # a GPU run's packed weights are EMA only
     if step is not None:
         ckpts = [p for p in ckpts if int(p.name.split("-")[1]) == step]
     if not (run / "base" / "model_index.json").is_file() or not ckpts:
