@@ -483,6 +483,9 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     assert rc == 0, err[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "e" / "results.jsonl").read_text().splitlines()]
     assert {r["size"] for r in rows} == {128}
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["settings"]["identifier"] == "identifier128"  # the test made for 128 px
+    truth = next(r for r in rows if r["model"] == "ground truth")
+    assert truth["identity_learnt_top1"] == 1.0  # it recognises the true subject of a 128 px clip
     for name in ("ground_truth", "w"):
         assert read_video(tmp_path / "e" / "videos" / name / "1s_0_seed0.mp4").shape[1:3] == (128, 128)
     from PIL import Image

@@ -558,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
     p.add_argument("--case-seed", type=int, default=2,
                    help="which cases (identities, motions, scenes) are drawn; 2 made the docs' tables, another gives fresh cases (recorded in the results)")
-    p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one, assets/world/identifier)")
+    p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one for the videos' size, "
+                   "assets/world/identifier or identifier128)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.add_argument("--size", type=int, default=None, help="video height and width (default: what the models were trained at)")

@@ -280,9 +280,10 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     all_cases = {k: eval_cases(k, cases, seed=case_seed, caption_style=caption_style) for k in subjects}
     sources = ({"ground truth": None} if truth else {}) | models
     todo = [(name, k, j, s) for name in sources for k in subjects for j in range(cases) for s in seeds if (name, f"{k}s_{j}", s) not in done]
-    from .identify import IDENTIFIER_PATH, load_identifier
+    from .identify import identifier_path, load_identifier
 
-    judge = load_identifier(identifier or IDENTIFIER_PATH)
+    identifier = Path(identifier).expanduser() if identifier else identifier_path(size)
+    judge = load_identifier(identifier)
     pipes: dict = {}
     with open(results, "a") as f:
         for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
@@ -307,7 +308,8 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance,
-                                                    "case_seed": case_seed, "size": size, "captions": caption_style, "models": models}, "summary": summary})
+                                                    "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
+                                                    "identifier": identifier.name}, "summary": summary})
     chance = 1.0 / 8
     (out / "table.md").write_text(table_markdown(summary, chance))
     # pictures: the first case of each subject count, first seed, every model

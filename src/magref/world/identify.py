@@ -29,6 +29,20 @@ from .clips import make_clip
 from .render import identity
 
 IDENTIFIER_PATH = Path(__file__).resolve().parent.parent / "assets" / "world" / "identifier"
+# The shipped identity tests by the frame size of the videos they judge: each was trained on clips
+# of that size as the shipped 8x VAE decodes them (64: the current miniature; 128: 8x8 tokens per
+# latent frame, decoded truth 0.98 / 0.93 / 0.83 for 1 / 2 / 3 subjects, docs/miniature-world.md).
+IDENTIFIER_PATHS = {64: IDENTIFIER_PATH, 128: IDENTIFIER_PATH.with_name("identifier128")}
+
+
+def identifier_path(size: int) -> Path:
+    """The shipped identity test for videos of `size` px."""
+    from ..errors import MagrefInputError
+
+    if size not in IDENTIFIER_PATHS:
+        raise MagrefInputError(f"No identity test ships for {size} px videos (only {', '.join(map(str, IDENTIFIER_PATHS))}).",
+                               f"train one with `magref world identifier --size {size} --out FOLDER` and pass --identifier FOLDER.")
+    return IDENTIFIER_PATHS[size]
 MIN_VISIBLE_PIXELS = 30  # a subject counts as shown in a 64x64 frame from this many mask pixels
 
 
