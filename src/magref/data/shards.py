@@ -161,13 +161,25 @@ class ShardWriter:
 
 
 def read_manifest(root: str | Path) -> dict:
+    """The manifest of a dataset folder, or of a dataset at a URL (anything fsspec opens: s3://,
+    https://, ...; what `data_loading: stream` reads)."""
     from ..errors import MagrefInputError
 
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise MagrefInputError(f"{root} has no {MANIFEST}: it is not a magref dataset.", "create one with `magref prepare VIDEOS_DIR OUT_DIR`.")
-    manifest = json.loads(path.read_text())
+    if "://" in str(root):
+        import fsspec
+
+        path = str(root).rstrip("/") + "/" + MANIFEST
+        try:
+            with fsspec.open(path, "rb") as f:
+                manifest = json.loads(f.read())
+        except (OSError, ValueError, ImportError) as e:
+            raise MagrefInputError(f"Could not read {path}: {e}", "check the URL and that fsspec can open it (e.g. pip install s3fs).") from None
+    else:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise MagrefInputError(f"{root} has no {MANIFEST}: it is not a magref dataset.", "create one with `magref prepare VIDEOS_DIR OUT_DIR`.")
+        manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise MagrefInputError(f"{path} is format {manifest.get('format')!r}, expected {FORMAT!r}.", "re-create the dataset with this magref version.")
     return manifest

@@ -18,31 +18,7 @@ from itertools import count
 
 import numpy as np
 
-from .shards import CLIP_CODECS, FORMAT, MANIFEST, Sample, decode_clip, decode_sample
-
-
-def _join(root: str, name: str) -> str:
-    return root.rstrip("/") + "/" + name
-
-
-def read_manifest_any(root: str) -> dict:
-    """The manifest of a dataset folder or URL (anything fsspec opens: s3://, gs://, https://, ...)."""
-    from ..errors import MagrefInputError
-
-    if "://" not in root:
-        from .shards import read_manifest
-
-        return read_manifest(root)
-    import fsspec
-
-    try:
-        with fsspec.open(_join(root, MANIFEST), "rb") as f:
-            manifest = json.loads(f.read())
-    except (OSError, ValueError, ImportError) as e:
-        raise MagrefInputError(f"Could not read {_join(root, MANIFEST)}: {e}", "check the URL and that fsspec can open it (e.g. pip install s3fs).") from None
-    if manifest.get("format") != FORMAT:
-        raise MagrefInputError(f"{root} is format {manifest.get('format')!r}, expected {FORMAT!r}.", "re-create the dataset with this magref version.")
-    return manifest
+from .shards import CLIP_CODECS, Sample, decode_clip, decode_sample, read_manifest
 
 
 def _open_through_fsspec(scheme: str) -> None:
@@ -81,16 +57,16 @@ class ClipStream:
         from ..errors import MagrefInputError
 
         self.root, self.seed, self.buffer = str(root), seed, buffer
-        self.manifest = read_manifest_any(self.root)
-        shards = [_join(self.root, s["file"]) for s in self.manifest["shards"]]
-        if len(shards) < world_size:
-            raise MagrefInputError(f"{root} has {len(shards)} shard(s) for {world_size} processes: a stream gives each process whole shards.",
+        self.manifest = read_manifest(self.root)
+        shard_count = len(self.manifest["shards"])
+        if shard_count < world_size:
+            raise MagrefInputError(f"{root} has {shard_count} shard(s) for {world_size} processes: a stream gives each process whole shards.",
                                    "prepare it with a smaller --samples-per-shard, or use data_loading: random.")
-        self.shards = shards[rank::world_size]
+        own = self.manifest["shards"][rank::world_size]
+        self.shards = [self.root.rstrip("/") + "/" + s["file"] for s in own]
+        self.epoch_length = sum(len(s["keys"]) for s in own)
         if "://" in self.root:
             _open_through_fsspec(self.root.split("://")[0])
-        mine = {s["file"] for s in self.manifest["shards"][rank::world_size]}
-        self.epoch_length = sum(len(s["keys"]) for s in self.manifest["shards"] if s["file"] in mine)
         self._samples = self._all()
 
     def epoch(self, epoch: int):

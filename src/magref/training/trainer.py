@@ -139,14 +139,14 @@ class Trainer(Checkpointing):
         from .cache import PART, EncodingCache, TextCache, cache_key
 
         cfg, n = self.cfg, len(self.dataset)
+        if not cfg.cache_encodings:
+            return
         data_settings = self.dataset.manifest["settings"]
         settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
                     "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
                     **({"clip_codec": data_settings["clip_codec"]} if data_settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
         storage = {**({"dtype": cfg.cache_dtype} if cfg.cache_dtype != "float32" else {}),
                    **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {})}  # older caches keep their keys
-        if not cfg.cache_encodings:
-            return
         dtype, where = getattr(torch, cfg.cache_dtype), dict(rank=self.rank, world_size=self.world_size, log=self.log, part_clips=cfg.cache_part_clips)
         root = Path(cfg.data) / "encodings"
         self.cache = EncodingCache(root / cache_key(settings | storage, [self.pipe.vae, self.pipe.image_encoder]), cfg.cache_layouts, n,
@@ -420,8 +420,8 @@ def encode(config_path: str, overrides: dict | None = None) -> list[Path]:
 
     cfg = load_config(config_path, overrides)
     try:
-        trainer = Trainer(cfg, encode_only=True)
-        return [trainer.cache.root, trainer.text_cache.root] if trainer.cache is not None else []
+        trainer = Trainer(cfg, encode_only=True)  # refuses a config that stores nothing
+        return [trainer.cache.root, trainer.text_cache.root]
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
