@@ -616,3 +616,25 @@ def test_config_max_grad_norm_zero_turns_clipping_off_and_is_accepted(tmp_path, 
     from magref.training.config import load_config
 
     assert load_config(_cfg(tmp_path, dataset, "noclip", max_grad_norm=0.0)).max_grad_norm == 0.0
+
+
+@pytest.mark.parametrize("local_world,gpus,backend,device", [(2, 2, "nccl", 1), (6, 1, "gloo", 0), (6, 4, "gloo", 1), (2, 0, "gloo", None)])
+def test_more_processes_than_gpus_share_them_over_gloo(monkeypatch, local_world, gpus, backend, device):
+    """`torchrun --nproc_per_node 6 magref encode` on one GPU: NCCL refuses two ranks on a GPU, so
+    such ranks meet over gloo and take the GPUs round-robin (local rank 5 of 6 here)."""
+    import torch.distributed as dist
+
+    from magref import distributed
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", str(local_world))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setenv("LOCAL_RANK", str(local_world - 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", d))
+    monkeypatch.setattr(dist, "is_initialized", lambda: "backend" in calls)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.setdefault("backend", backend))
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (local_world - 1, local_world))
+    assert distributed.init_from_env() == (local_world - 1, local_world)
+    assert calls.get("backend") == backend and calls.get("device") == device

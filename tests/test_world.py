@@ -390,6 +390,28 @@ def test_world_train_starts_from_the_bundled_vae(tmp_path):
         caption([identity(j) for j in s.meta["identities"]], s.meta["motions"], s.meta["scene"], "kind") for s in samples]
 
 
+def test_world_train_data_only_leaves_the_cache_to_encode_and_trains_on_it_when_run_again(tmp_path):
+    """--data-only stops at the clips and dit.yaml, so the cache can be built by many processes
+    (`magref encode`); the next run trains on that cache without encoding anything again."""
+    from conftest import run_cli
+    from magref.models import WORLD_VAE_PATH
+
+    out = tmp_path / "w"
+    args = ("world", "train", "--out", out, "--vae", WORLD_VAE_PATH, "--clips", "4", "--dit-steps", "1", "--batch-size", "2")
+    rc, out_text, err = run_cli(*args, "--data-only")
+    assert rc == 0, err[-2000:]
+    assert (out / "dit.yaml").is_file() and len(ClipDataset(out / "data")) == 4 and "magref encode" in out_text
+    assert not (out / "dit").exists() and not (out / "data" / "encodings").exists()
+    rc, encoded, err = run_cli("encode", out / "dit.yaml")
+    assert rc == 0 and "encoded:" in encoded, err[-2000:]
+    cache = sorted((out / "data" / "encodings").rglob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    rc, trained, err = run_cli(*args)
+    assert rc == 0, err[-2000:]
+    assert (out / "dit" / "final").is_dir() and "part(s)" not in trained
+    assert len(cache) >= 2 and [p.stat().st_mtime_ns for p in sorted((out / "data" / "encodings").rglob("*.safetensors"))] == stamps
+
+
 def test_world_evaluate_case_seed_draws_fresh_cases_and_keeps_them_apart(tmp_path):
     """--case-seed N scores cases no table was made from; results record it, and a folder of one
     case seed refuses another (the same case names would be other cases)."""

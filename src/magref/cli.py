@@ -354,7 +354,7 @@ def cmd_world_train(args) -> int:
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
-        vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every)
+        vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only)
     return 0
 
 
@@ -521,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-stride", type=int, choices=[4, 8], default=8,
                    help="the VAE's spatial stride: 8 (the shipped miniature) or 4 (16x16 latents at 64x64, room for several subjects)")
     p.add_argument("--vae-only", action="store_true", help="stop once the VAE stages are done")
+    p.add_argument("--data-only", action="store_true", help="stop once the clips and OUT/dit.yaml are written: build the encoding cache "
+                   "with many processes (torchrun --nproc_per_node N -m magref.cli encode OUT/dit.yaml), then run again to train")
     p.add_argument("--vae-init", default=None, help="a VAE folder whose weights start VAE stage 1 (trained on, not used as finished as --vae is), "
                    "e.g. src/magref/assets/world/vae4x")
     p.add_argument("--recipe", choices=["single", "multi"], default="single",

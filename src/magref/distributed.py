@@ -12,12 +12,16 @@ import torch.distributed as dist
 
 def init_from_env(timeout=None) -> tuple[int, int]:
     """(rank, world size); initialises the default group (NCCL on GPUs, else gloo) when torchrun
-    started us, and binds each rank to its GPU. `timeout`: how long a collective may wait
-    (torch's default otherwise)."""
+    started us, and binds each rank to its GPU. More processes than GPUs on a machine share them
+    round-robin over gloo (NCCL refuses two ranks on one GPU): worth it for `magref encode`, whose
+    small per-clip encodes leave a GPU mostly idle under one process. `timeout`: how long a
+    collective may wait (torch's default otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **({"timeout": timeout} if timeout else {}))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > gpus
+        dist.init_process_group("gloo" if shared else "nccl", **({"timeout": timeout} if timeout else {}))
+        if gpus:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % gpus)
     return rank_and_world()
 
 

@@ -386,7 +386,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
-        vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100) -> Path:
+        vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -395,6 +395,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     clips only), or "multi", beyond the paper (1-3 subjects per clip, each cut out of it).
     `device`: where the VAE stages run (default: CUDA when there is one); the transformer stage
     picks CUDA by itself. `stop_after_vae`: return the VAE folder once the VAE stages are done.
+    `stop_after_data`: return the transformer's training config once the clips are written, so
+    its encoding cache can be built by many processes (`torchrun ... magref encode CONFIG`, one
+    process spends most of a GPU run's minutes there); run again to train on it.
     `vae_from`: a finished VAE folder (e.g. the bundled `assets/models/miniature/vae`) that replaces
     stages 1, 1b and 1c, the serial part of a run (~2.5 h here). `checkpoint_every`: transformer
     steps between checkpoints (each is kept, ~140 MB: a fast GPU run wants fewer).
@@ -512,6 +515,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # caption alone predicts; the world knows where subjects are, so their cells count 5x.
         "subject_loss_weight": 5.0,
     }))
+    if stop_after_data:
+        log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
+        return config
     t = time.time()
     train_run(str(config), resume=(out / "dit" / "checkpoints").is_dir())
     timings["dit_s"] = timings.get("dit_s", 0) + time.time() - t
