@@ -618,23 +618,51 @@ def test_config_max_grad_norm_zero_turns_clipping_off_and_is_accepted(tmp_path, 
     assert load_config(_cfg(tmp_path, dataset, "noclip", max_grad_norm=0.0)).max_grad_norm == 0.0
 
 
-@pytest.mark.parametrize("local_world,gpus,backend,device", [(2, 2, "nccl", 1), (6, 1, "gloo", 0), (6, 4, "gloo", 1), (2, 0, "gloo", None)])
-def test_more_processes_than_gpus_share_them_over_gloo(monkeypatch, local_world, gpus, backend, device):
-    """`torchrun --nproc_per_node 6 magref encode` on one GPU: NCCL refuses two ranks on a GPU, so
-    such ranks meet over gloo and take the GPUs round-robin (local rank 5 of 6 here)."""
+def _fake_gpus(monkeypatch, gpus, world, local_world, local_rank):
     import torch.distributed as dist
 
     from magref import distributed
 
     calls = {}
-    monkeypatch.setenv("WORLD_SIZE", str(local_world))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
-    monkeypatch.setenv("LOCAL_RANK", str(local_world - 1))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", d))
     monkeypatch.setattr(dist, "is_initialized", lambda: "backend" in calls)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.setdefault("backend", backend))
-    monkeypatch.setattr(distributed, "rank_and_world", lambda: (local_world - 1, local_world))
-    assert distributed.init_from_env() == (local_world - 1, local_world)
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (local_rank, world))
+    return calls
+
+
+@pytest.mark.parametrize("world,local_world,gpus,backend,device",
+                         [(2, 2, 2, "nccl", 1), (16, 8, 8, "nccl", 7), (6, 6, 1, "gloo", 0), (6, 6, 4, "gloo", 1), (2, 2, 0, "gloo", None)])
+def test_encoding_processes_beyond_the_gpus_share_them_over_gloo(monkeypatch, world, local_world, gpus, backend, device):
+    """`torchrun --nproc_per_node 6 magref encode` on one GPU: NCCL refuses two ranks on a GPU, so
+    such ranks meet over gloo and take the GPUs round-robin (the last local rank here); a
+    machine with a GPU per process (one node of two here) stays on NCCL."""
+    from magref import distributed
+
+    calls = _fake_gpus(monkeypatch, gpus, world, local_world, local_world - 1)
+    assert distributed.init_from_env(share_gpus=True) == (local_world - 1, world)
     assert calls.get("backend") == backend and calls.get("device") == device
+
+
+def test_training_with_more_processes_than_gpus_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """FSDP over gloo on CUDA tensors is not supported: training (not encoding) with 4 processes
+    on 2 GPUs stops at once with a line that says how many to start."""
+    import yaml
+
+    from magref import distributed
+    from magref.errors import MagrefInputError
+    from magref.training.trainer import run
+
+    calls = _fake_gpus(monkeypatch, 2, 4, 4, 3)
+    with pytest.raises(MagrefInputError, match=r"4 processes on this machine but 2 GPU\(s\).*nproc_per_node 2"):
+        distributed.init_from_env()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tmp_path / "none"), "data": str(tmp_path / "none"), "output_dir": str(tmp_path / "o")}))
+    with pytest.raises(MagrefInputError, match="4 processes on this machine but 2 GPU"):
+        run(str(cfg))
+    assert calls == {}

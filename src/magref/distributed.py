@@ -1,6 +1,6 @@
 """Processes and devices: the one place that starts torch.distributed from torchrun's
-environment and picks the default device, for generation (context parallelism) and training
-(FSDP) alike."""
+environment and picks the default device, for generation (context parallelism), training
+(FSDP) and the encoding cache alike."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env(timeout=None) -> tuple[int, int]:
+def init_from_env(timeout=None, share_gpus: bool = False) -> tuple[int, int]:
     """(rank, world size); initialises the default group (NCCL on GPUs, else gloo) when torchrun
-    started us, and binds each rank to its GPU. More processes than GPUs on a machine share them
-    round-robin over gloo (NCCL refuses two ranks on one GPU): worth it for `magref encode`, whose
-    small per-clip encodes leave a GPU mostly idle under one process. `timeout`: how long a
-    collective may wait (torch's default otherwise)."""
+    started us, and binds each rank to its GPU. `timeout`: how long a collective may wait
+    (torch's default otherwise). `share_gpus`: more processes than GPUs on a machine may share
+    them round-robin over gloo (NCCL refuses two ranks on one GPU). Only `magref encode` asks:
+    its small per-clip encodes leave a GPU mostly idle under one process and it needs nothing
+    but barriers; FSDP and context parallelism over gloo on CUDA tensors are not supported, so
+    every other caller is refused with a line that says how many to start."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > gpus
-        dist.init_process_group("gloo" if shared else "nccl", **({"timeout": timeout} if timeout else {}))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if gpus and local > gpus and not share_gpus:
+            from .errors import MagrefInputError
+
+            raise MagrefInputError(f"{local} processes on this machine but {gpus} GPU(s): this needs one process per GPU.",
+                                   f"start at most {gpus} (torchrun --nproc_per_node {gpus}); only `magref encode` may start more.")
+        dist.init_process_group("nccl" if gpus and local <= gpus else "gloo", **({"timeout": timeout} if timeout else {}))
         if gpus:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % gpus)
     return rank_and_world()

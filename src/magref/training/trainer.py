@@ -63,7 +63,7 @@ class Trainer(Checkpointing):
 
         # A rank that has built its share of the encoding cache waits for the others at a barrier,
         # up to one part's encoding at 14B: longer than NCCL's default 10 minutes.
-        init_from_env(timeout=timedelta(hours=2))
+        init_from_env(timeout=timedelta(hours=2), share_gpus=encode_only)  # `magref encode`: more processes than GPUs
         self.device = default_device()
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
