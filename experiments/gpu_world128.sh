@@ -31,30 +31,29 @@ bounded() {  # margin, command...: runs it until `margin` s before the deadline 
 }
 M="$PY -m magref.cli world"
 stamp() { echo "$1 at $((SECONDS - START)) s"; }
-clips() {  # name, extra args: the clips and dit.yaml only
-  local name=$1; shift
-  bounded 120 $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --checkpoint-every 250 --data-only "$@" > $R/$name.log 2>&1
-  local rc=$?; stamp "$name clips: rc $rc"; return $rc
+world_train() {  # margin, name, extra args: `world train` of run `name` until `margin` s before the deadline
+  local margin=$1 name=$2; shift 2
+  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --checkpoint-every 250 "$@" >> $R/$name.log 2>&1
 }
 encode() {  # name: its cache built by ENCODERS processes (each its share of the parts)
   bounded 60 $PY -m torch.distributed.run --standalone --nproc_per_node $ENCODERS -m magref.cli encode $R/$1/dit.yaml >> $R/$1.log 2>&1
-  local rc=$?; stamp "$1 encoded: rc $rc"; [ $rc = 0 ] && touch $R/$1.encoded; return $rc
+  local rc=$?; stamp "$1 encoded: rc $rc"; [ $rc = 0 ] && touch $R/$1.encoded
 }
-train() {  # name, extra args: resumes the run, whose cache is built, and trains until the deadline
-  local name=$1; shift
-  bounded 25 $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --checkpoint-every 250 "$@" >> $R/$name.log 2>&1
-  stamp "$name: rc $?"
+stages() {  # name, "encode" or "" (a run that reads another's cache), extra args: clips, cache, transformer
+  local name=$1 own=$2; shift 2
+  world_train 120 $name --data-only "$@"; local rc=$?; stamp "$name clips: rc $rc"; [ $rc = 0 ] || return $rc
+  [ -n "$own" ] && encode $name  # a failed parallel encode leaves the missing parts to the training process (slower)
+  world_train 25 $name "$@"; stamp "$name: rc $?"
 }
-rm -f $R/*.encoded  # a warm machine keeps /tmp
+rm -f $R/*.encoded $R/*.log  # a warm machine keeps /tmp
 for name in $RECIPES; do
-  # a failed parallel encode leaves the missing parts to the training process (one encoder, slower)
-  ( clips $name --recipe $name || exit; encode $name; train $name --recipe $name ) &
+  stages $name encode --recipe $name &
 done
 if [ "${ABLATIONS:-0}" = 1 ] && [[ " $RECIPES " == *" multi "* ]]; then
   until [ -f $R/multi.encoded ] || [ $(left) -lt 90 ]; do sleep 2; done
   if [ -f $R/multi.encoded ]; then
     for ab in no-mask tokens; do
-      ( clips multi-$ab --recipe multi --ablation $ab --reuse-from $R/multi && train multi-$ab --recipe multi --ablation $ab --reuse-from $R/multi ) &
+      stages multi-$ab "" --recipe multi --ablation $ab --reuse-from $R/multi &
     done
   fi
 fi

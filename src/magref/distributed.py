@@ -21,12 +21,13 @@ def init_from_env(timeout=None, share_gpus: bool = False) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if gpus and local > gpus and not share_gpus:
+        shared = 0 < gpus < local
+        if shared and not share_gpus:
             from .errors import MagrefInputError
 
             raise MagrefInputError(f"{local} processes on this machine but {gpus} GPU(s): this needs one process per GPU.",
                                    f"start at most {gpus} (torchrun --nproc_per_node {gpus}); only `magref encode` may start more.")
-        dist.init_process_group("nccl" if gpus and local <= gpus else "gloo", **({"timeout": timeout} if timeout else {}))
+        dist.init_process_group("nccl" if gpus and not shared else "gloo", **({"timeout": timeout} if timeout else {}))
         if gpus:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % gpus)
     return rank_and_world()
