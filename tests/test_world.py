@@ -73,6 +73,19 @@ def test_world_dataset_loads_and_is_heldout_clean(tmp_path):
             assert s.masks.dtype == np.uint8 and np.array_equal(s.masks, clip.masks.any(0)) and s.masks.sum() > 0
 
 
+def test_world_dataset_is_the_same_rendered_by_several_processes(tmp_path):
+    """Clips rendered by 2 worker processes are written in order and equal the serial ones."""
+    a = build_world_dataset(tmp_path / "one", 7, "train", frames=5, subjects=(1, 2), samples_per_shard=3, log=lambda *a: None)
+    b = build_world_dataset(tmp_path / "two", 7, "train", frames=5, subjects=(1, 2), samples_per_shard=3, log=lambda *a: None, workers=2)
+    assert a == b and len(a["shards"]) == 3
+    one, two = ClipDataset(tmp_path / "one"), ClipDataset(tmp_path / "two")
+    for i in range(len(one)):
+        s, t = one[i], two[i]
+        assert (s.key, s.caption, s.meta) == (t.key, t.caption, t.meta)
+        assert np.array_equal(s.frames, t.frames) and np.array_equal(s.masks, t.masks)
+        assert [np.asarray(x.image).tobytes() for x in s.subjects] == [np.asarray(x.image).tobytes() for x in t.subjects]
+
+
 def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_path):
     """Recipe 2 (beyond the paper): clips of 1-3 training identities, a cut-out of each visible
     subject, the counts recorded in the manifest; a run refuses data of the other recipe."""
@@ -513,3 +526,38 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "e" / "sheets" / "1s_0.png").width >= 6 * 256  # canvas + 5 frames, each >= 256 px
+
+
+def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_run_keeps_its_own(tmp_path):
+    """--transformer-init: the run's transformer starts from another run's weights (a lent GPU's
+    packed run goes on here), recorded; unfitting weights are refused, and a run that has trained
+    from one start refuses another."""
+    from safetensors.torch import load_file, save_file
+
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.train import run
+
+    quiet = dict(log=lambda *a: None, clips=4, batch_size=2, dit_steps=1)
+    run(tmp_path / "a", vae_from=WORLD_VAE_PATH, stop_after_data=True, **quiet)
+    random_init = load_file(tmp_path / "a" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    trained = {k: (v + 0.5).to(torch.bfloat16) for k, v in random_init.items()}  # as packed from a GPU: other values, bf16
+    weights = tmp_path / "gpu.safetensors"
+    save_file(trained, weights)
+    run(tmp_path / "b", reuse_from=tmp_path / "a", transformer_init=weights, stop_after_data=True, **quiet)
+    base = load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert base.keys() == trained.keys() and all(torch.equal(base[k], trained[k].float()) for k in trained)
+    assert json.loads((tmp_path / "b" / "base" / "init.json").read_text())["transformer_init"] == str(weights.resolve())
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v for k, v in list(trained.items())[1:]}, bad)
+    with pytest.raises(MagrefInputError, match="do not fit"):
+        run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=bad, stop_after_data=True, **quiet)
+    with pytest.raises(MagrefInputError, match="no transformer weights"):
+        run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=tmp_path / "nothing", stop_after_data=True, **quiet)
+
+    (tmp_path / "b" / "dit" / "checkpoints" / "step-0000001").mkdir(parents=True)  # b has trained from a's weights
+    with pytest.raises(MagrefInputError, match="has trained its transformer from"):
+        run(tmp_path / "b", transformer_init=tmp_path / "a" / "base", stop_after_data=True, **quiet)
+    run(tmp_path / "b", stop_after_data=True, **quiet)  # a resume need not repeat the option: the base stays
+    assert load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors").keys() == base.keys()
+    assert all(torch.equal(load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")[k], base[k]) for k in base)

@@ -344,7 +344,8 @@ def cmd_bench_score(args) -> int:
 def cmd_world_build(args) -> int:
     from .world.build import build_world_dataset
 
-    build_world_dataset(args.out, args.clips, args.split, seed=args.seed, frames=args.frames, subjects=args.subjects, caption_style=args.captions)
+    build_world_dataset(args.out, args.clips, args.split, seed=args.seed, frames=args.frames, subjects=args.subjects, caption_style=args.captions,
+                        workers=args.workers)
     return 0
 
 
@@ -354,7 +355,8 @@ def cmd_world_train(args) -> int:
     run(args.out, vae_steps=args.vae_steps, clips=args.clips, dit_steps=args.dit_steps, batch_size=args.batch_size,
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
-        vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only)
+        vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
+        transformer_init=args.transformer_init)
     return 0
 
 
@@ -501,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=1)
     p.add_argument("--frames", type=int, default=13)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes that render clips (the same dataset for any count)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.set_defaults(func=cmd_world_build)
@@ -532,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="clip height and width: 64 (the shipped miniature) or 128 (8x8 tokens per latent frame "
                    "with the 8x VAE; pair it with --vae src/magref/assets/models/miniature/vae)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="transformer steps between checkpoints (each kept, ~140 MB)")
+    p.add_argument("--transformer-init", default=None, help="weights that start the transformer (a model folder or a .safetensors, e.g. a "
+                   "lent GPU's packed run), with a fresh optimizer; a resume reuses the run's own")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

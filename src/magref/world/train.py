@@ -18,6 +18,7 @@ bundled model folder. Default budgets: `defaults.MINIATURE_BUDGET`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -386,7 +387,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         ablation: str = "none", reuse_from: str | Path | None = None, decoder_steps: int = MINIATURE_BUDGET["decoder_steps"],
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
-        vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False) -> Path:
+        vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
+        transformer_init: str | Path | None = None) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -402,7 +404,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     stages 1, 1b and 1c, the serial part of a run (~2.5 h here). `checkpoint_every`: transformer
     steps between checkpoints (each is kept, ~140 MB: a fast GPU run wants fewer).
     `reuse_from`: another run's folder whose VAE and data to reuse, so an ablation differs
-    from the full model only in the transformer's conditioning."""
+    from the full model only in the transformer's conditioning. `transformer_init`: weights that
+    start the transformer instead of a random init (a model folder, e.g. `world export`'s, or a
+    transformer .safetensors such as a lent GPU's packed run), with a fresh optimizer: a run
+    can go on where a short GPU session stopped, on this run's own clips."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -458,12 +463,17 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     if stop_after_vae:
         return run_vae(out)
-    if not (out / "base" / "model_index.json").is_file():
+    init = _check_transformer_init(out, transformer_init)
+    if not (out / "base" / "model_index.json").is_file() or init != _base_init(out):
         vae = AutoencoderKLWan.from_pretrained(run_vae(out))
         comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim)
+        if init is not None:
+            load_transformer_init(comps["transformer"], init)
         comps["vae"] = vae
         shutil.rmtree(out / "base", ignore_errors=True)
         MagrefPipeline(**comps).save_pretrained(out / "base")
+        (out / "base" / "init.json").write_text(json.dumps({"transformer_init": init}))
+        log(f"transformer: starts from {init}" if init else "transformer: random init")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
         stale, data = [], ClipDataset(out / "data")
         if data.masks(0) is None:
@@ -487,7 +497,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
         build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
-                            samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS)
+                            samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
+                            workers=max(1, min(os.cpu_count() or 1, clips // 250, 16)))
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
@@ -525,6 +536,55 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
     return out / "dit" / "final"
+
+
+def _transformer_weights(init: str | Path) -> Path:
+    """The transformer .safetensors of `init`: the file itself, or a model folder's transformer."""
+    path = Path(init).expanduser()
+    for candidate in (path, path / "transformer" / "diffusion_pytorch_model.safetensors", path / "diffusion_pytorch_model.safetensors"):
+        if candidate.is_file():
+            return candidate.resolve()
+    from ..errors import MagrefInputError
+
+    raise MagrefInputError(f"--transformer-init {init}: no transformer weights there.",
+                           "pass a .safetensors of transformer weights or a model folder with transformer/diffusion_pytorch_model.safetensors.")
+
+
+def _base_init(out: Path) -> str | None:
+    """What the run's base transformer started from (None: a random init, also for runs from before init.json)."""
+    f = out / "base" / "init.json"
+    return json.loads(f.read_text())["transformer_init"] if f.is_file() else None
+
+
+def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> str | None:
+    """The run's transformer start as recorded: the requested weights' path, or, when none is
+    requested, what the run already started from (a resume need not repeat the option). A run
+    whose transformer has trained from one start refuses another."""
+    if transformer_init is None:
+        return _base_init(out)
+    init = str(_transformer_weights(transformer_init))
+    trained = (out / "dit" / "checkpoints").is_dir() and any((out / "dit" / "checkpoints").iterdir())
+    if trained and init != _base_init(out):
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"{out} has trained its transformer from {_base_init(out) or 'a random init'}, not {init}.",
+                               "resume without --transformer-init, or use another --out.")
+    return init
+
+
+def load_transformer_init(transformer, init: str | Path) -> None:
+    """Load the weights at `init` into `transformer` (float32), refusing any that do not fit."""
+    from safetensors.torch import load_file
+
+    from ..errors import MagrefInputError
+
+    state = load_file(str(_transformer_weights(init)))
+    own = transformer.state_dict()
+    wrong = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if wrong:
+        raise MagrefInputError(f"--transformer-init {init}: its weights do not fit this run's transformer ({len(wrong)} names or shapes differ, "
+                               f"e.g. {wrong[0]}).", "pass weights of a run with the same ablation and model size.")
+    transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 def _check_size(out: Path, size: int, reuse_from: str | Path | None) -> None:
