@@ -543,7 +543,11 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
     trained = {k: (v + 0.5).to(torch.bfloat16) for k, v in random_init.items()}  # as packed from a GPU: other values, bf16
     weights = tmp_path / "gpu.safetensors"
     save_file(trained, weights)
-    run(tmp_path / "b", reuse_from=tmp_path / "a", transformer_init=weights, stop_after_data=True, **quiet)
+    run(tmp_path / "b", reuse_from=tmp_path / "a", transformer_init=weights, stop_after_data=True, learning_rate=2e-4, lr_schedule="cosine", **quiet)
+    import yaml
+
+    assert {k: v for k, v in yaml.safe_load((tmp_path / "b" / "dit.yaml").read_text()).items() if k in ("learning_rate", "lr_scheduler")} == {
+        "learning_rate": 2e-4, "lr_scheduler": "cosine"}  # finishing a started transformer: annealed
     base = load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert base.keys() == trained.keys() and all(torch.equal(base[k], trained[k].float()) for k in trained)
     assert json.loads((tmp_path / "b" / "base" / "init.json").read_text())["transformer_init"] == str(weights.resolve())

@@ -388,7 +388,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
-        transformer_init: str | Path | None = None) -> Path:
+        transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup") -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -407,7 +407,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     from the full model only in the transformer's conditioning. `transformer_init`: weights that
     start the transformer instead of a random init (a model folder, e.g. `world export`'s, or a
     transformer .safetensors such as a lent GPU's packed run), with a fresh optimizer: a run
-    can go on where a short GPU session stopped, on this run's own clips."""
+    can go on where a short GPU session stopped, on this run's own clips. `learning_rate`,
+    `lr_schedule`: the transformer's (a diffusers schedule name; "cosine" anneals to 0 by
+    `dit_steps`, e.g. to finish a started transformer)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -507,7 +509,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
     config.write_text(yaml.safe_dump({
         "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
-        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": 1e-3, "lr_scheduler": "constant_with_warmup",
+        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": learning_rate, "lr_scheduler": lr_schedule,
         "warmup_steps": 100, "ema_decay": 0.999,
         # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
         "cache_layouts": 2, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
