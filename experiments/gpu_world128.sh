@@ -39,7 +39,7 @@ M="$PY -m magref.cli world"
 stamp() { echo "$1 at $((SECONDS - START)) s"; }
 world_train() {  # margin, name, extra args: `world train` of run `name` until `margin` s before the deadline
   local margin=$1 name=$2; shift 2
-  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 "${INIT_ARGS[@]}" "$@" >> $R/$name.log 2>&1
+  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} "$@" >> $R/$name.log 2>&1
 }
 encode() {  # name: its cache built by ENCODERS processes (each its share of the parts)
   bounded 60 $PY -m torch.distributed.run --standalone --nproc_per_node $ENCODERS -m magref.cli encode $R/$1/dit.yaml >> $R/$1.log 2>&1

@@ -29,6 +29,8 @@ def encode_image(self, image, device=None):
 
 
 def conditioned_velocity(self, latents, condition, timestep, text_embeds, image_embeds, attention_kwargs=None, cache_context="cond"):
+    if self._blank_condition.shape[2:] != condition.shape[2:]:
+        raise SystemExit("reference_guidance.py: context windows are not supported (the blank condition covers the whole video)")
     if cache_context == "uncond":
         condition, image_embeds = self._blank_condition.to(condition), self._blank_image.to(image_embeds)
     elif cache_context == "cfg":  # batched: the second half is the unconditional pass

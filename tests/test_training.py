@@ -133,6 +133,21 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_resume_that_changes_the_config_is_refused_naming_what_changed(tmp_path, dataset):
+    """A resume may extend max_steps, except under a decaying learning-rate schedule (whose
+    shape it sets: a cosine would jump back up); the refusal names each setting that changed."""
+    cfg = _cfg(tmp_path, dataset, "cos", max_steps=2, checkpoint_every=2, lr_scheduler="cosine")
+    assert run_cli("train", cfg)[0] == 0
+    rc, _, err = run_cli("train", cfg, "--resume", "--set", "max_steps=4")
+    assert rc != 0 and "max_steps was 2, is now 4" in err, err[-2000:]
+    rc, _, err = run_cli("train", cfg, "--resume", "--set", "learning_rate=0.0005")
+    assert rc != 0 and "learning_rate was 0.001, is now 0.0005" in err and "max_steps" not in err.split("Fix")[0], err[-2000:]
+    const = _cfg(tmp_path, dataset, "const", max_steps=2, checkpoint_every=2, lr_scheduler="constant")
+    assert run_cli("train", const)[0] == 0
+    rc, _, err = run_cli("train", const, "--resume", "--set", "max_steps=3")  # a constant schedule: more steps are the same run
+    assert rc == 0, err[-2000:]
+
+
 @pytest.mark.parametrize("mode,lr", [("full", 1e-3), ("lora", 5e-3)])
 def test_loss_goes_down(tmp_path, dataset, mode, lr):
     cfg = _cfg(tmp_path, dataset, mode, mode=mode, learning_rate=lr, max_steps=40, checkpoint_every=40, lora={"rank": 4, "alpha": 4})

@@ -550,7 +550,8 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
         "learning_rate": 2e-4, "lr_scheduler": "cosine"}  # finishing a started transformer: annealed
     base = load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert base.keys() == trained.keys() and all(torch.equal(base[k], trained[k].float()) for k in trained)
-    assert json.loads((tmp_path / "b" / "base" / "init.json").read_text())["transformer_init"] == str(weights.resolve())
+    record = json.loads((tmp_path / "b" / "base" / "init.json").read_text())["transformer_init"]
+    assert record["path"] == str(weights.resolve()) and len(record["sha256"]) == 64
 
     bad = tmp_path / "bad.safetensors"
     save_file({k: v for k, v in list(trained.items())[1:]}, bad)
@@ -559,9 +560,20 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
     with pytest.raises(MagrefInputError, match="no transformer weights"):
         run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=tmp_path / "nothing", stop_after_data=True, **quiet)
 
-    (tmp_path / "b" / "dit" / "checkpoints" / "step-0000001").mkdir(parents=True)  # b has trained from a's weights
-    with pytest.raises(MagrefInputError, match="has trained its transformer from"):
-        run(tmp_path / "b", transformer_init=tmp_path / "a" / "base", stop_after_data=True, **quiet)
-    run(tmp_path / "b", stop_after_data=True, **quiet)  # a resume need not repeat the option: the base stays
-    assert load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors").keys() == base.keys()
-    assert all(torch.equal(load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")[k], base[k]) for k in base)
+    # the same file overwritten in place is another start: before training, the base is rebuilt from it
+    save_file({k: v + 1 for k, v in trained.items()}, weights)
+    run(tmp_path / "b", transformer_init=weights, stop_after_data=True, **quiet)
+    rebuilt = load_file(tmp_path / "b" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(rebuilt[k], (trained[k] + 1).float()) for k in trained)
+
+    ckpt = tmp_path / "b" / "dit" / "checkpoints" / "step-0000001"  # b has trained from those weights
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    stamp = (tmp_path / "b" / "base" / "model_index.json").stat().st_mtime_ns
+    for other in (tmp_path / "a" / "base", bad):  # other weights, also ones that would not even fit
+        with pytest.raises(MagrefInputError, match="has trained its transformer from"):
+            run(tmp_path / "b", transformer_init=other, stop_after_data=True, **quiet)
+    save_file({k: v + 1 for k, v in trained.items()}, tmp_path / "copy.safetensors")  # the same weights elsewhere: the same start
+    for same in (None, tmp_path / "copy.safetensors"):  # a resume need not repeat the option; the base stays as it is
+        run(tmp_path / "b", transformer_init=same, stop_after_data=True, **quiet)
+        assert (tmp_path / "b" / "base" / "model_index.json").stat().st_mtime_ns == stamp

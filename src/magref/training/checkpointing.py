@@ -105,6 +105,18 @@ class Checkpointing:
         ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
         return ckpts[-1] if ckpts else None
 
+    def _config_changes(self) -> str:
+        """': key was -> is now, ...' against the run's recorded config.json ('' without one)."""
+        from .config import config_dict
+
+        try:
+            was = json.loads((self.out / "config.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        now = config_dict(self.cfg)
+        changed = [f"{k} was {was[k]!r}, is now {now[k]!r}" for k in sorted(now) if k in was and was[k] != now[k] and k != "output_dir"]
+        return ": " + "; ".join(changed) if changed else ""
+
     def load_checkpoint(self) -> None:
         from safetensors.torch import load_file
 
@@ -114,8 +126,9 @@ class Checkpointing:
         state = json.loads((ckpt / "state.json").read_text())
         if state["fingerprint"] != self.cfg.fingerprint():
             raise MagrefInputError(
-                f"--resume: the config differs from the one {ckpt} was trained with.",
-                "resume with the same config (only max_steps, checkpoint_every and log_every may change).",
+                f"--resume: the config differs from the one {ckpt} was trained with{self._config_changes()}.",
+                "resume with the same config (only max_steps, checkpoint_every and log_every may change; max_steps not under a "
+                "decaying lr_scheduler, whose shape it sets).",
             )
         weights = load_file(ckpt / "trainable.safetensors")
         optim = torch.load(ckpt / "optimizer.pt", weights_only=True)

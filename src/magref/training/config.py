@@ -93,10 +93,13 @@ class TrainConfig:
     subject_loss_weight: float = 1.0
 
     def fingerprint(self) -> str:
-        """What must not change across a resume (everything but the step budget and cadence)."""
+        """What must not change across a resume (everything but the step budget, unless a decaying
+        learning-rate schedule is shaped by it, and the cadence)."""
         d = asdict(self)
-        for k in ("max_steps", "checkpoint_every", "log_every", "output_dir", "cache_encodings", "cache_part_clips"):  # same steps either way
+        for k in ("checkpoint_every", "log_every", "output_dir", "cache_encodings", "cache_part_clips"):  # same steps either way
             d.pop(k)
+        if d["lr_scheduler"] in ("constant", "constant_with_warmup"):  # a decaying schedule's shape is set by max_steps
+            d.pop("max_steps")
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
         if d["data_loading"] == "random":

@@ -41,7 +41,7 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
                      mid=mid, caption_style=caption_style)
     # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else _Serial() as ex:
-        for sample in ex.map(render, range(num_clips), chunksize=16):
+        for sample in ex.map(render, range(num_clips), chunksize=max(1, min(16, num_clips // (4 * workers)))):
             if sample is not None:
                 writer.add(sample)
                 writer.flush_if_full()

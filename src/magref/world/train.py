@@ -420,6 +420,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     _check_size(out, size, reuse_from)  # before anything is written: a refused run stays as it was
+    init = _check_transformer_init(out, transformer_init)
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
@@ -465,17 +466,19 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     if stop_after_vae:
         return run_vae(out)
-    init = _check_transformer_init(out, transformer_init)
     if not (out / "base" / "model_index.json").is_file() or init != _base_init(out):
         vae = AutoencoderKLWan.from_pretrained(run_vae(out))
         comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim)
         if init is not None:
-            load_transformer_init(comps["transformer"], init)
+            load_transformer_init(comps["transformer"], init["path"])
         comps["vae"] = vae
+        tmp = out / "base.tmp"  # the base and the record of its start appear together
+        shutil.rmtree(tmp, ignore_errors=True)
+        MagrefPipeline(**comps).save_pretrained(tmp)
+        (tmp / "init.json").write_text(json.dumps({"transformer_init": init}))
         shutil.rmtree(out / "base", ignore_errors=True)
-        MagrefPipeline(**comps).save_pretrained(out / "base")
-        (out / "base" / "init.json").write_text(json.dumps({"transformer_init": init}))
-        log(f"transformer: starts from {init}" if init else "transformer: random init")
+        tmp.rename(out / "base")
+        log(f"transformer: starts from {init['path']}" if init else "transformer: random init")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
         stale, data = [], ClipDataset(out / "data")
         if data.masks(0) is None:
@@ -500,7 +503,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
         build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
                             samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
-                            workers=max(1, min(os.cpu_count() or 1, clips // 250, 16)))
+                            workers=max(1, min(len(os.sched_getaffinity(0)), clips // 250, 16)))
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
@@ -552,26 +555,45 @@ def _transformer_weights(init: str | Path) -> Path:
                            "pass a .safetensors of transformer weights or a model folder with transformer/diffusion_pytorch_model.safetensors.")
 
 
-def _base_init(out: Path) -> str | None:
-    """What the run's base transformer started from (None: a random init, also for runs from before init.json)."""
+def _base_init(out: Path) -> dict | None:
+    """What the run's base transformer started from, {path, sha256} (None: a random init, also
+    for runs from before init.json)."""
     f = out / "base" / "init.json"
-    return json.loads(f.read_text())["transformer_init"] if f.is_file() else None
+    init = json.loads(f.read_text())["transformer_init"] if f.is_file() else None
+    return {"path": init, "sha256": None} if isinstance(init, str) else init  # recorded by path alone (first version)
 
 
-def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> str | None:
-    """The run's transformer start as recorded: the requested weights' path, or, when none is
-    requested, what the run already started from (a resume need not repeat the option). A run
-    whose transformer has trained from one start refuses another."""
+def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> dict | None:
+    """The run's transformer start as recorded, {path, sha256}: the requested weights, or, when
+    none is requested, what the run already started from (a resume need not repeat the option).
+    Weights are told apart by content, so a file overwritten in place is a new start. A run whose
+    transformer has trained from one start refuses another."""
     if transformer_init is None:
         return _base_init(out)
-    init = str(_transformer_weights(transformer_init))
-    trained = (out / "dit" / "checkpoints").is_dir() and any((out / "dit" / "checkpoints").iterdir())
-    if trained and init != _base_init(out):
+    path = _transformer_weights(transformer_init)
+    init = {"path": str(path), "sha256": _sha256(path)}
+    have = _base_init(out)
+    if _has_trained(out) and (have or {}).get("sha256") != init["sha256"]:
         from ..errors import MagrefInputError
 
-        raise MagrefInputError(f"{out} has trained its transformer from {_base_init(out) or 'a random init'}, not {init}.",
+        raise MagrefInputError(f"{out} has trained its transformer from {have['path'] if have else 'a random init'}, not from {path}.",
                                "resume without --transformer-init, or use another --out.")
-    return init
+    return have if have and have["sha256"] == init["sha256"] else init  # the same weights, wherever they are now
+
+
+def _has_trained(out: Path) -> bool:
+    """A transformer checkpoint exists (as the Trainer counts them: complete `step-*` folders)."""
+    return any(p.is_dir() and not p.name.endswith(".part") and (p / "state.json").is_file() for p in (out / "dit" / "checkpoints").glob("step-*"))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_transformer_init(transformer, init: str | Path) -> None:
@@ -585,7 +607,7 @@ def load_transformer_init(transformer, init: str | Path) -> None:
     wrong = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if wrong:
         raise MagrefInputError(f"--transformer-init {init}: its weights do not fit this run's transformer ({len(wrong)} names or shapes differ, "
-                               f"e.g. {wrong[0]}).", "pass weights of a run with the same ablation and model size.")
+                               f"e.g. {wrong[0]}).", "pass weights of a run with the same model size and conditioning (channels or tokens).")
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
