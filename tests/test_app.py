@@ -73,13 +73,17 @@ def test_random_seed_is_recorded_and_progress_reported(studio):
 def test_cancel_stops_at_the_next_step_and_writes_nothing(studio):
     before = set(os.listdir(studio.out_dir)) - {"references"}  # the references are kept once the request is valid
 
+    waits = []
+
     def cancel_at_two(done, total, left):
         if done == 2:
             studio.cancel()
+            waits.append(studio.wait_until_stopped(timeout=0.2))  # the job runs until its next step ends
 
     with pytest.raises(JobCancelled, match="after step 3 of 50"):
         studio.generate(Form(prompt=PROMPT, refs=REFS, steps=50), cancel_at_two)
     assert set(os.listdir(studio.out_dir)) - {"references"} == before  # no video, no sidecar, no .part
+    assert waits == [False] and studio.wait_until_stopped(timeout=0.2)  # the page's Cancel button comes back then
     studio.generate(Form(prompt=PROMPT, refs=REFS, steps=2))  # a cancel does not stick to the next job
 
 

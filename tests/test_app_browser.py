@@ -110,6 +110,9 @@ def test_cancel_stops_the_run_and_writes_nothing(page, served):
     # that did not stop the job would finish its 1000 steps, show no "Cancelled" and write a video
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('Cancelled')", timeout=240_000)
     assert _videos(out) == before
+    # the button said it was cancelling and comes back once the job has stopped
+    page.wait_for_function("() => document.querySelector('#cancel').innerText.trim() === 'Cancel' && !document.querySelector('#cancel').disabled",
+                           timeout=60_000)
 
 
 def test_two_clients_are_queued_not_interleaved(browser, served):

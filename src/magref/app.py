@@ -243,6 +243,13 @@ class Studio:
             else:
                 self._pending_cancel.add(owner)
 
+    def wait_until_stopped(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no job runs; True when none does."""
+        if not self._job_lock.acquire(timeout=timeout):
+            return False
+        self._job_lock.release()
+        return True
+
     # -- history --------------------------------------------------------------------------------
     def history(self) -> list[dict]:
         """Finished videos in the output folder, newest first: their sidecars (with `path`)."""
@@ -456,9 +463,16 @@ def build_ui(studio: Studio, model: str = "miniature"):
         def on_cancel():
             # any running job: the page does not yet pass its session to Studio (its owner argument)
             studio.cancel()
-            return "Cancelling at the end of this step…"
+            return gr.update(value="Cancelling at the end of this step…", interactive=False)
 
-        cancel.click(on_cancel, None, status, queue=False)
+        def on_cancelled():
+            studio.wait_until_stopped(timeout=3600)
+            return gr.update(value="Cancel", interactive=True)
+
+        # The status belongs to the generation alone: a cancel that wrote it too raced the job's own
+        # "Cancelled" line (under load the cancel's reply came last and hid it); the button says
+        # it is cancelling, and comes back once the job has stopped.
+        cancel.click(on_cancel, None, cancel, queue=False).then(on_cancelled, None, cancel, queue=False)
         restore.click(on_restore, pick, form_inputs, queue=False)
         page.load(history_view, None, [history, pick], queue=False)
     return page
