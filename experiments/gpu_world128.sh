@@ -14,6 +14,8 @@
 # carried in .carry/), so short sessions add up; BATCH: the batch (default 8: ~20 steps/s, the GPU
 # 15-20 % busy, launch-bound; a larger batch costs little more per step).
 #   e.g. INIT=.carry/multi.safetensors BATCH=64 BUDGET=530 bash experiments/gpu_world128.sh, carry [".whl", ".carry"]
+# DIT: the transformer's size as `world train` options (default the shipped 6 layers x 4 heads),
+#   e.g. DIT="--dit-layers 8 --dit-heads 8" (a wider model trains from scratch: no INIT)
 # Local dry run: PY=.venv/bin/python OUT=/tmp/o CLIPS=8 STEPS=4 BUDGET=300 ENCODERS=2 ABLATIONS=1 bash experiments/gpu_world128.sh
 set -u
 PY=${PY:-python3}
@@ -39,7 +41,7 @@ M="$PY -m magref.cli world"
 stamp() { echo "$1 at $((SECONDS - START)) s"; }
 world_train() {  # margin, name, extra args: `world train` of run `name` until `margin` s before the deadline
   local margin=$1 name=$2; shift 2
-  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} "$@" >> $R/$name.log 2>&1
+  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} ${DIT:-} "$@" >> $R/$name.log 2>&1
 }
 encode() {  # name: its cache built by ENCODERS processes (each its share of the parts)
   bounded 60 $PY -m torch.distributed.run --standalone --nproc_per_node $ENCODERS -m magref.cli encode $R/$1/dit.yaml >> $R/$1.log 2>&1

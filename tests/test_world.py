@@ -577,3 +577,24 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
     for same in (None, tmp_path / "copy.safetensors"):  # a resume need not repeat the option; the base stays as it is
         run(tmp_path / "b", transformer_init=same, stop_after_data=True, **quiet)
         assert (tmp_path / "b" / "base" / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_world_train_transformer_size_is_chosen_and_kept(tmp_path):
+    """--dit-layers / --dit-heads size the transformer (width 64 x heads); the defaults are the
+    shipped miniature's; a run keeps its size, and a size of 0 is refused."""
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.train import miniature_components, run
+
+    shipped = json.loads((Path(WORLD_VAE_PATH).parent / "transformer" / "config.json").read_text())
+    default = dict(miniature_components()["transformer"].config)
+    keys = [k for k in shipped if not k.startswith("_")]
+    assert json.loads(json.dumps({k: default[k] for k in keys})) == {k: shipped[k] for k in keys}  # the shipped architecture
+    quiet = dict(log=lambda *a: None, clips=4, batch_size=2, dit_steps=1, stop_after_data=True)
+    run(tmp_path / "a", vae_from=WORLD_VAE_PATH, dit_layers=2, dit_heads=3, **quiet)
+    config = json.loads((tmp_path / "a" / "base" / "transformer" / "config.json").read_text())
+    assert (config["num_layers"], config["num_attention_heads"], config["ffn_dim"], config["added_kv_proj_dim"]) == (2, 3, 576, 192)
+    with pytest.raises(MagrefInputError, match="has 2 layers and 3 heads, not 6 and 4"):
+        run(tmp_path / "a", **quiet)
+    with pytest.raises(MagrefInputError, match="at least one"):
+        run(tmp_path / "b", vae_from=WORLD_VAE_PATH, dit_layers=0, **quiet)
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())

@@ -356,7 +356,8 @@ def cmd_world_train(args) -> int:
         ablation=args.ablation, reuse_from=args.reuse_from, decoder_steps=args.decoder_steps, vae_from=args.vae,
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
-        transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule)
+        transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
+        dit_heads=args.dit_heads)
     return 0
 
 
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="the transformer's learning rate")
     p.add_argument("--lr-schedule", choices=["constant_with_warmup", "cosine", "linear"], default="constant_with_warmup",
                    help="cosine / linear: anneal to 0 by --dit-steps (e.g. finishing a --transformer-init run)")
+    p.add_argument("--dit-layers", type=int, default=6, help="the transformer's blocks (the shipped miniature's 6)")
+    p.add_argument("--dit-heads", type=int, default=4, help="its attention heads of 64 channels: width = 64 x heads (the shipped 4: 256)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

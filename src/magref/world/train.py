@@ -61,9 +61,10 @@ def miniature_vae(vae_stride: int = 8, z_dim: int = 16):
     return AutoencoderKLWan(base_dim=16, z_dim=z_dim, num_res_blocks=1, attn_scales=[], **VAE_GEOMETRIES[vae_stride])
 
 
-def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int = 8, z_dim: int = 16) -> dict:
+def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int = 8, z_dim: int = 16, layers: int = 6, heads: int = 4) -> dict:
     """Same family as the real model, sized for a 2-core CPU. The transformer's input is
-    [noisy latent z; 4 mask channels; canvas latent z] (2z + 4 = 36 for the real model's z = 16)."""
+    [noisy latent z; 4 mask channels; canvas latent z] (2z + 4 = 36 for the real model's z = 16);
+    its width is `heads` x 64 (the real model's head size) with `layers` blocks (6 x 256 shipped)."""
     from diffusers import WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
@@ -80,9 +81,9 @@ def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int 
                                                          image_size=56, patch_size=14, projection_dim=32, hidden_act="gelu"))
         vae = miniature_vae(vae_stride, z_dim)
         in_channels = z_dim if ABLATIONS[ablation]["conditioning"] == "tokens" else 2 * z_dim + 4
-        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=in_channels, out_channels=z_dim,
-                                            text_dim=64, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
-                                            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=256, rope_max_seq_len=256)
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=in_channels, out_channels=z_dim,
+                                            text_dim=64, freq_dim=64, ffn_dim=3 * 64 * heads, num_layers=layers, cross_attn_norm=True,
+                                            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=64 * heads, rope_max_seq_len=256)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, scheduler=make_scheduler("unipc", 3.0),
                 image_encoder=image_encoder.eval(), transformer=transformer, image_processor=clip_image_processor(56),
                 text_len=226, **ABLATIONS[ablation])  # captions are < 226 bytes; shorter padding, cheaper cross-attention
@@ -388,7 +389,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_from: str | Path | None = None, subject_vae_steps: int = MINIATURE_BUDGET["subject_vae_steps"],
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
-        transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup") -> Path:
+        transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
+        dit_layers: int = 6, dit_heads: int = 4) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -409,7 +411,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     transformer .safetensors such as a lent GPU's packed run), with a fresh optimizer: a run
     can go on where a short GPU session stopped, on this run's own clips. `learning_rate`,
     `lr_schedule`: the transformer's (a diffusers schedule name; "cosine" anneals to 0 by
-    `dit_steps`, e.g. to finish a started transformer)."""
+    `dit_steps`, e.g. to finish a started transformer). `dit_layers`, `dit_heads`: the
+    transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -420,6 +423,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     _check_size(out, size, reuse_from)  # before anything is written: a refused run stays as it was
+    _check_dit_size(out, dit_layers, dit_heads)
     init = _check_transformer_init(out, transformer_init)
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
@@ -468,7 +472,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         return run_vae(out)
     if not (out / "base" / "model_index.json").is_file() or init != _base_init(out):
         vae = AutoencoderKLWan.from_pretrained(run_vae(out))
-        comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim)
+        comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim, layers=dit_layers,
+                                     heads=dit_heads)
         if init is not None:
             load_transformer_init(comps["transformer"], init["path"])
         comps["vae"] = vae
@@ -541,6 +546,21 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
     return out / "dit" / "final"
+
+
+def _check_dit_size(out: Path, layers: int, heads: int) -> None:
+    """A positive size, and a run's transformer keeps the size it was built with."""
+    from ..errors import MagrefInputError
+
+    if layers < 1 or heads < 1:
+        raise MagrefInputError(f"--dit-layers {layers} --dit-heads {heads}: a transformer needs at least one of each.",
+                               "pass positive numbers (the shipped miniature: --dit-layers 6 --dit-heads 4).")
+    config = out / "base" / "transformer" / "config.json"
+    if config.is_file():
+        have = json.loads(config.read_text())
+        if (have["num_layers"], have["num_attention_heads"]) != (layers, heads):
+            raise MagrefInputError(f"{out}'s transformer has {have['num_layers']} layers and {have['num_attention_heads']} heads, not {layers} and {heads}.",
+                                   f"pass --dit-layers {have['num_layers']} --dit-heads {have['num_attention_heads']}, or use another --out.")
 
 
 def _transformer_weights(init: str | Path) -> Path:
