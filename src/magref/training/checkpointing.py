@@ -22,6 +22,12 @@ def is_main() -> bool:
     return rank_and_world()[0] == 0
 
 
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint (`step-*` with its state.json) of a training run's output_dir."""
+    ckpts = sorted(p for p in (Path(output_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
+    return ckpts[-1] if ckpts else None
+
+
 class Checkpointing:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         if self.world_size > 1:
@@ -102,8 +108,7 @@ class Checkpointing:
             dist.barrier()
 
     def latest_checkpoint(self) -> Path | None:
-        ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if not p.name.endswith(".part") and (p / "state.json").is_file())
-        return ckpts[-1] if ckpts else None
+        return latest_checkpoint(self.out)
 
     def _config_changes(self) -> str:
         """': key was -> is now, ...' against the run's recorded config.json ('' without one)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
     render = partial(_world_sample, split=split, seed=seed, pool=pool, frames=frames, height=height, width=width, subjects=subjects,
                      mid=mid, caption_style=caption_style)
     # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit
-    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else _Serial() as ex:
-        for sample in ex.map(render, range(num_clips), chunksize=max(1, min(16, num_clips // (4 * workers)))):
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else nullcontext() as pool:
+        samples = pool.map(render, range(num_clips), chunksize=max(1, min(16, num_clips // (4 * workers)))) if pool else map(render, range(num_clips))
+        for sample in samples:
             if sample is not None:
                 writer.add(sample)
                 writer.flush_if_full()
@@ -66,16 +68,3 @@ def _world_sample(k: int, split: str, seed: int, pool, frames: int, height: int,
     meta = {"source": f"world/{split}/{k}", "start": 0, "fps": 8.0, "identities": ids, "motions": clip.motions, "scene": clip.scene}
     masks = clip.masks.any(0).astype(np.uint8)  # (F, H, W): where any subject is, for subject-weighted losses
     return Sample(f"{split}_{seed}_{k:07d}", clip.frames, clip.caption, subs, meta, masks)
-
-
-class _Serial:
-    """`ProcessPoolExecutor`'s map in this process (one worker: no pickling, no start-up)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items, chunksize=1):
-        return map(fn, items)

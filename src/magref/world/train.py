@@ -590,30 +590,18 @@ def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> d
     transformer has trained from one start refuses another."""
     if transformer_init is None:
         return _base_init(out)
+    from ..io import sha256_file
+    from ..training.checkpointing import latest_checkpoint
+
     path = _transformer_weights(transformer_init)
-    init = {"path": str(path), "sha256": _sha256(path)}
+    init = {"path": str(path), "sha256": sha256_file(path)}
     have = _base_init(out)
-    if _has_trained(out) and (have or {}).get("sha256") != init["sha256"]:
+    if latest_checkpoint(out / "dit") is not None and (have or {}).get("sha256") != init["sha256"]:
         from ..errors import MagrefInputError
 
         raise MagrefInputError(f"{out} has trained its transformer from {have['path'] if have else 'a random init'}, not from {path}.",
                                "resume without --transformer-init, or use another --out.")
     return have if have and have["sha256"] == init["sha256"] else init  # the same weights, wherever they are now
-
-
-def _has_trained(out: Path) -> bool:
-    """A transformer checkpoint exists (as the Trainer counts them: complete `step-*` folders)."""
-    return any(p.is_dir() and not p.name.endswith(".part") and (p / "state.json").is_file() for p in (out / "dit" / "checkpoints").glob("step-*"))
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_transformer_init(transformer, init: str | Path) -> None:
