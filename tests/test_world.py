@@ -439,6 +439,24 @@ def test_world_evaluate_case_seed_draws_fresh_cases_and_keeps_them_apart(tmp_pat
         evaluate({}, tmp_path / "e5", subjects=(1,), cases=2, seeds=(0,), case_seed=2, log=lambda *a: None)
 
 
+def test_world_evaluate_keeps_one_guidance_and_step_count_per_folder(tmp_path):
+    """A rerun resumes a results folder; one with another guidance or step count would mix two
+    settings in one table (guidance moves identity and motion apart), so it is refused, while the
+    ground truth, made without sampling, does not pin them."""
+    from magref.world.evaluate import evaluate
+
+    quiet = dict(subjects=(1,), cases=1, seeds=(0,), log=lambda *a: None)
+    evaluate({}, tmp_path / "e", guidance=5.0, **quiet)  # ground truth only
+    evaluate({}, tmp_path / "e", guidance=1.0, **quiet)
+    made = {"model": "m", "spec": "some/model", "case": "1s_0", "seed": 0, "case_seed": 2, "size": 64, "steps": 25, "guidance": 5.0}
+    with open(tmp_path / "e" / "results.jsonl", "a") as f:
+        f.write(json.dumps(made) + "\n")
+    with pytest.raises(MagrefInputError, match="guidance 5.0"):
+        evaluate({}, tmp_path / "e", guidance=1.0, **quiet)
+    with pytest.raises(MagrefInputError, match="steps 25"):
+        evaluate({}, tmp_path / "e", guidance=5.0, steps=10, **quiet)
+
+
 def test_a_world_build_is_complete_or_has_no_manifest(tmp_path):
     """The world's builder writes its manifest last: an interrupted build is redone, never
     trained on as if complete (magref prepare, resumable, writes it per shard)."""

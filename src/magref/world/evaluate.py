@@ -214,7 +214,7 @@ def table_markdown(summary: dict, chance: float) -> str:
         for k, s in by_k.items():
             cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
             lines.append(f"| {model} | {k} | " + " | ".join(cells) + f" | {s['quality'][2]} |")
-    lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}.")
+    lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}; motion accuracy by chance: {1 / len(MOTIONS):.3f} ({len(MOTIONS)} motions).")
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +233,15 @@ def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown:
         for j, t in enumerate(np.linspace(0, len(frames) - 1, frames_shown).round().astype(int)):
             sheet.paste(Image.fromarray(frames[t]).resize((cell, cell), Image.NEAREST), (label_w + cell * (j + 1) + 8, y))
     return sheet
+
+
+def _refuse_other(out, have: list, want, what: str, option: str) -> None:
+    """A results folder holds one setting of `what`: a rerun with another would mix two tables."""
+    other = sorted(set(have) - {want})
+    if other:
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"{out} holds videos made with {what} {other[0]}, not {want}.", f"use another --out for another {option}.")
 
 
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
@@ -256,11 +265,11 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     (out / "videos").mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
-    other = sorted({r.get("case_seed", 2) for r in rows} - {case_seed})
-    if other:  # the same case names are other cases under another case seed
-        from ..errors import MagrefInputError
-
-        raise MagrefInputError(f"{out} holds videos of case seed {other[0]}, not {case_seed}.", "use another --out for another --case-seed.")
+    # the same case names are other cases under another case seed; a table mixes no settings
+    _refuse_other(out, [r.get("case_seed", 2) for r in rows], case_seed, "case seed", "--case-seed")
+    made = [r for r in rows if r.get("spec")]  # the ground truth takes no sampling settings
+    _refuse_other(out, [r["steps"] for r in made], steps, "steps", "--steps")
+    _refuse_other(out, [r["guidance"] for r in made], guidance, "guidance", "--guidance")
     if size is None:
         sizes = {model_size(spec) for spec in models.values()} or {64}
         if len(sizes) > 1:
@@ -268,11 +277,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
 
             raise MagrefInputError(f"The models were trained at different sizes ({sorted(sizes)} px).", "evaluate them apart, or pass --size.")
         size = sizes.pop()
-    other = sorted({r.get("size", 64) for r in rows} - {size})
-    if other:
-        from ..errors import MagrefInputError
-
-        raise MagrefInputError(f"{out} holds {other[0]} px videos, not {size} px.", "use another --out for another size.")
+    _refuse_other(out, [r.get("size", 64) for r in rows], size, "size (px)", "size")
     from ..distributed import default_device
 
     device = device or default_device()
