@@ -214,7 +214,8 @@ def table_markdown(summary: dict, chance: float) -> str:
         for k, s in by_k.items():
             cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
             lines.append(f"| {model} | {k} | " + " | ".join(cells) + f" | {s['quality'][2]} |")
-    lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}; motion accuracy by chance: {1 / len(MOTIONS):.3f} ({len(MOTIONS)} motions).")
+    lines.append(f"\nmean ± standard error over cases x seeds; identity top-1 by chance: {chance:.3f}; "
+                 f"motion accuracy by chance: {1 / len(MOTIONS):.3f} ({len(MOTIONS)} motions).")
     return "\n".join(lines) + "\n"
 
 
