@@ -14,6 +14,8 @@
 # carried in .carry/), so short sessions add up; BATCH: the batch (default 8: ~20 steps/s, the GPU
 # 15-20 % busy, launch-bound; a larger batch costs little more per step).
 #   e.g. INIT=.carry/multi.safetensors BATCH=64 BUDGET=530 bash experiments/gpu_world128.sh, carry [".whl", ".carry"]
+# ENCODE_BATCH: clips per encoder call while the caches are built (default 16; processes time-slice
+#   one GPU, so more ENCODERS stopped helping at ~40 clips/s in all; batching is the remedy, not yet timed)
 # DIT: the transformer's size as `world train` options (default the shipped 6 layers x 4 heads),
 #   e.g. DIT="--dit-layers 8 --dit-heads 8" (a wider model trains from scratch: no INIT)
 # Local dry run: PY=.venv/bin/python OUT=/tmp/o CLIPS=8 STEPS=4 BUDGET=300 ENCODERS=2 ABLATIONS=1 bash experiments/gpu_world128.sh
@@ -26,7 +28,7 @@ fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1
 R=${R:-/tmp/world128}; mkdir -p $R "$OUT"
 START=$SECONDS; DEADLINE=$((START + ${BUDGET:-510}))
-CLIPS=${CLIPS:-4000}; STEPS=${STEPS:-8000}; ENCODERS=${ENCODERS:-8}; RECIPES=${RECIPES:-multi}; BATCH=${BATCH:-8}
+CLIPS=${CLIPS:-4000}; STEPS=${STEPS:-8000}; ENCODERS=${ENCODERS:-8}; RECIPES=${RECIPES:-multi}; BATCH=${BATCH:-8}; ENCODE_BATCH=${ENCODE_BATCH:-16}
 INIT_ARGS=(); [ -n "${INIT:-}" ] && INIT_ARGS=(--transformer-init "$INIT")
 if [ -n "${INIT:-}" ] && [ "${ABLATIONS:-0}" = 1 ]; then echo "INIT and ABLATIONS=1: the ablations train from scratch with the recipe's budget; run them apart" >&2; exit 2; fi
 VAE=src/magref/assets/models/miniature/vae
@@ -41,7 +43,7 @@ M="$PY -m magref.cli world"
 stamp() { echo "$1 at $((SECONDS - START)) s"; }
 world_train() {  # margin, name, extra args: `world train` of run `name` until `margin` s before the deadline
   local margin=$1 name=$2; shift 2
-  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} ${DIT:-} "$@" >> $R/$name.log 2>&1
+  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 --encode-batch $ENCODE_BATCH ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} ${DIT:-} "$@" >> $R/$name.log 2>&1
 }
 encode() {  # name: its cache built by ENCODERS processes (each its share of the parts)
   bounded 60 $PY -m torch.distributed.run --standalone --nproc_per_node $ENCODERS -m magref.cli encode $R/$1/dit.yaml >> $R/$1.log 2>&1

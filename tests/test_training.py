@@ -509,6 +509,28 @@ def test_training_from_the_stored_cache_is_bit_equal_to_live_encoding(tmp_path, 
     assert len(list((data / "encodings").glob("[!t]*"))) == 2  # the bfloat16 cache has its own key
 
 
+def test_a_cache_encoded_in_batches_has_its_own_key_and_the_same_encodings(tmp_path, dataset):
+    """`cache_encode_batch: N` encodes N examples per encoder call (a GPU's small encodes are bound
+    by launches): the cache it builds is stored under its own key, never mistaken for the bit-exact
+    one-at-a-time cache, and holds the same encodings to float rounding, in the same order."""
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(dataset, data)
+    common = dict(cache_layouts=2, first_frame="clip", cache_part_clips=4, max_steps=2)
+    for name, batch in (("one", 1), ("batched", 3)):  # 3: batches that straddle clips and layouts
+        assert run_cli("encode", _cfg(tmp_path, data, name, cache_encode_batch=batch, **common))[0] == 0
+    keys = sorted(d for d in (data / "encodings").iterdir() if not d.name.startswith("text-"))
+    assert len(keys) == 2
+    files = [sorted(k.glob("part-*.safetensors")) for k in keys]
+    assert len(files[0]) == len(files[1]) >= 2
+    for a, b in zip(*files):
+        x, y = load_file(a), load_file(b)
+        assert x.keys() == y.keys() == {"x0", "condition", "image_embeds"}
+        for k in x:
+            assert x[k].shape == y[k].shape and torch.allclose(x[k], y[k], atol=1e-4, rtol=1e-4), (a.name, k, (x[k] - y[k]).abs().max())
+
+
 def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_path, dataset):
     """`magref encode` under torchrun: each of 2 gloo processes writes its own parts, and the
     cache equals the one a single process writes, part for part; `magref train` then reads it

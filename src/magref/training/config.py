@@ -84,6 +84,10 @@ class TrainConfig:
     cache_encodings: bool = True
     cache_part_clips: int = 250  # clips per cache file
     cache_dtype: str = "float32"  # bfloat16 halves a large model's cache (and rounds what it trains on)
+    # clips per encoder call while the cache is built. 1: the cache equals the live path bit for bit
+    # (the VAE's convolutions differ in the last bits with the batch size); 16: a GPU, whose small
+    # encodes are bound by kernel launches, builds it many times faster.
+    cache_encode_batch: int = 1
     # random: any sample at any step (a local dataset); stream: this rank's shards read front to
     # back, shuffled by shard and within `shuffle_buffer` samples (data on network or object storage)
     data_loading: str = "random"
@@ -102,6 +106,8 @@ class TrainConfig:
             d.pop("max_steps")
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
+        if d["cache_encode_batch"] == 1:
+            d.pop("cache_encode_batch")
         if d["data_loading"] == "random":
             d.pop("data_loading"), d.pop("shuffle_buffer")
         if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume
@@ -164,7 +170,8 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
                                "set cache_layouts: 0 to stream, or data_loading: random to use the cache.")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
-    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips", "shuffle_buffer")
+    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips", "shuffle_buffer",
+                "cache_encode_batch")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise MagrefInputError(f"{where}: {key} must be >= 1 (got {getattr(cfg, key)}).", f"set {key}: 1 or more.")

@@ -146,7 +146,8 @@ class Trainer(Checkpointing):
                     "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
                     **({"clip_codec": data_settings["clip_codec"]} if data_settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
         storage = {**({"dtype": cfg.cache_dtype} if cfg.cache_dtype != "float32" else {}),
-                   **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {})}  # older caches keep their keys
+                   **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {}),
+                   **({"encode_batch": cfg.cache_encode_batch} if cfg.cache_encode_batch != 1 else {})}  # older caches keep their keys
         dtype, where = getattr(torch, cfg.cache_dtype), dict(rank=self.rank, world_size=self.world_size, log=self.log, part_clips=cfg.cache_part_clips)
         root = Path(cfg.data) / "encodings"
         self.cache = EncodingCache(root / cache_key(settings | storage, [self.pipe.vae, self.pipe.image_encoder]), cfg.cache_layouts, n,
@@ -231,12 +232,20 @@ class Trainer(Checkpointing):
 
         examples = [self.example(i, layout_rng(self.cfg.seed, i, j)) for i in indices for j in range(k)]
         per_clip_target = self.cfg.first_frame == "clip"
-        enc = self.encode_visual(examples, with_target=not per_clip_target, one_at_a_time=True)
+        enc = self.encode_in_batches(examples, with_target=not per_clip_target)
         if per_clip_target:
-            enc["x0"] = self.encode_visual(examples[::k], with_condition=False, one_at_a_time=True)["x0"]
+            enc["x0"] = self.encode_in_batches(examples[::k], with_condition=False)["x0"]
         n = len(indices)
         return {"x0": enc["x0"].unflatten(0, (n, -1)), "condition": enc["condition"].unflatten(0, (n, k)),
                 "image_embeds": enc["image_embeds"].unflatten(0, (n, k))}
+
+    def encode_in_batches(self, examples: list[dict], **what) -> dict:
+        """`encode_visual` of `cache_encode_batch` examples per encoder call (1: one at a time)."""
+        size = self.cfg.cache_encode_batch
+        if size == 1:
+            return self.encode_visual(examples, one_at_a_time=True, **what)
+        parts = [self.encode_visual(examples[i:i + size], **what) for i in range(0, len(examples), size)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def encode_layouts(self, indices: list[int], layouts: list[int]) -> dict:
         """What the cache holds for each clip at its chosen layout, computed live

@@ -390,7 +390,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
-        dit_layers: int = 6, dit_heads: int = 4) -> Path:
+        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int = 1) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -412,7 +412,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     can go on where a short GPU session stopped, on this run's own clips. `learning_rate`,
     `lr_schedule`: the transformer's (a diffusers schedule name; "cosine" anneals to 0 by
     `dit_steps`, e.g. to finish a started transformer). `dit_layers`, `dit_heads`: the
-    transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters)."""
+    transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters).
+    `encode_batch`: clips per encoder call while the encoding cache is built (`cache_encode_batch`:
+    1 keeps it equal to the live path bit for bit; a GPU wants 16)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -520,7 +522,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": learning_rate, "lr_scheduler": lr_schedule,
         "warmup_steps": 100, "ema_decay": 0.999,
         # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
-        "cache_layouts": 2, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
+        "cache_layouts": 2, "cache_encode_batch": encode_batch, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
         # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
         # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
         # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
