@@ -522,7 +522,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": learning_rate, "lr_scheduler": lr_schedule,
         "warmup_steps": 100, "ema_decay": 0.999,
         # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
-        "cache_layouts": 2, "cache_encode_batch": encode_batch, "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
+        "cache_layouts": 2, "cache_encode_batch": encode_batch,
+        "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
         # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
         # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
         # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
