@@ -14,6 +14,9 @@
 # carried in .carry/), so short sessions add up; BATCH: the batch (default 8: ~20 steps/s, the GPU
 # 15-20 % busy, launch-bound; a larger batch costs little more per step).
 #   e.g. INIT=.carry/multi.safetensors BATCH=64 BUDGET=530 bash experiments/gpu_world128.sh, carry [".whl", ".carry"]
+# WIDE: world train size options of a second recipe-2 run, multi-wide, trained from scratch beside the
+#   first on its cache (the GPU idles at the small model), e.g. WIDE="--dit-layers 8 --dit-heads 6"
+#   (20 M parameters, 41 MB in bf16: it comes back in parts; 8 x 8 heads, 72 MB, would not fit the 64 MiB)
 # ENCODE_BATCH: clips per encoder call while the caches are built (default 16; processes time-slice
 #   one GPU, so more ENCODERS stopped helping at ~40 clips/s in all; batching is the remedy, not yet timed)
 # DIT: the transformer's size as `world train` options (default the shipped 6 layers x 4 heads),
@@ -66,6 +69,10 @@ if [ "${ABLATIONS:-0}" = 1 ] && [[ " $RECIPES " == *" multi "* ]]; then
       stages multi-$ab "" --recipe multi --ablation $ab --reuse-from $R/multi &
     done
   fi
+fi
+if [ -n "${WIDE:-}" ] && [[ " $RECIPES " == *" multi "* ]]; then  # a larger transformer beside the INIT run, from scratch, on its cache
+  until [ -f $R/multi.encoded ] || [ $(left) -lt 90 ]; do sleep 2; done
+  [ -f $R/multi.encoded ] && ( INIT_ARGS=(); DIT="$WIDE"; stages multi-wide "" --recipe multi --reuse-from $R/multi ) &
 fi
 n=0; while [ -n "$(jobs -r)" ]; do  # the GPU's load every 30 s; the pack step starts within 5 s of the last run
   [ $((n++ % 6)) = 0 ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; sleep 5

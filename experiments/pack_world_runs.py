@@ -1,7 +1,8 @@
 """Pack `world train` runs for the trip back from a lent GPU (at most 8 files of 16 MB each): every
 run exported as `magref world export` writes it (bf16, the latest checkpoint's averaged weights,
 its generation defaults), the parts all runs share (VAE, encoders, tokenizer, scheduler) once in
-shared.tar.gz, each run's transformer weights as <run>.safetensors (~14 MB), and one archive of
+shared.tar.gz, each run's transformer weights as <run>.safetensors (~14 MB; a wider one in parts,
+<run>.partN.safetensors), and one archive of
 the logs, settings, transformer configs and the identity test.
 
     python experiments/pack_world_runs.py RUNS_DIR OUT_DIR        # on the GPU machine
@@ -16,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 TRANSFORMER = "transformer/diffusion_pytorch_model.safetensors"
+PART_BYTES = 15 * 2**20
 
 
 def pack(runs: Path, out: Path) -> None:
@@ -38,7 +40,7 @@ def pack(runs: Path, out: Path) -> None:
             except Exception as e:  # noqa: BLE001  (a run without a checkpoint yet)
                 print(f"{run.name}: not exported ({e})")
                 continue
-            shutil.copy(dest / TRANSFORMER, out / f"{run.name}.safetensors")
+            split_weights(dest / TRANSFORMER, out, run.name)
             logs.add(dest / "transformer" / "config.json", f"{run.name}/transformer_config.json")
             if not shared:
                 with tarfile.open(out / "shared.tar.gz", "w:gz") as tar:
@@ -50,15 +52,47 @@ def pack(runs: Path, out: Path) -> None:
     print({p.name: p.stat().st_size for p in out.iterdir()})
 
 
+def split_weights(weights: Path, out: Path, name: str, part_bytes: int = PART_BYTES) -> None:
+    """<name>.safetensors, or <name>.partN.safetensors of at most `part_bytes` each when larger
+    (a wider transformer: the device tool returns files of at most 16 MiB)."""
+    if weights.stat().st_size <= part_bytes:
+        shutil.copy(weights, out / f"{name}.safetensors")
+        return
+    from safetensors.torch import load_file, save_file
+
+    parts, size = [{}], 0
+    for key, t in load_file(weights).items():
+        n = t.numel() * t.element_size()
+        if parts[-1] and size + n > part_bytes - 2**16:  # room for the header
+            parts.append({})
+            size = 0
+        parts[-1][key], size = t, size + n
+    for i, part in enumerate(parts):
+        save_file(part, out / f"{name}.part{i}.safetensors", metadata={"format": "pt"})
+
+
+def joined_weights(packed: Path) -> dict[str, list[Path]]:
+    """Each run's weight files: one, or its parts in order."""
+    runs: dict[str, list[Path]] = {}
+    for f in sorted(packed.glob("*.safetensors"), key=lambda p: (p.name.split(".part")[0], int(p.stem.split(".part")[1]) if ".part" in p.stem else 0)):
+        runs.setdefault(f.name.split(".part")[0].removesuffix(".safetensors"), []).append(f)
+    return runs
+
+
 def unpack(packed: Path, models: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
     with tarfile.open(packed / "logs.tar.gz") as tar:
         tar.extractall(models / "_logs", filter="data")
-    for weights in sorted(packed.glob("*.safetensors")):
-        dest = models / weights.stem
+    for name, files in joined_weights(packed).items():
+        dest = models / name
         with tarfile.open(packed / "shared.tar.gz") as tar:
             tar.extractall(dest, filter="data")
-        shutil.copy(weights, dest / TRANSFORMER)
-        shutil.copy(models / "_logs" / weights.stem / "transformer_config.json", dest / "transformer" / "config.json")
+        if len(files) == 1:
+            shutil.copy(files[0], dest / TRANSFORMER)
+        else:
+            save_file({k: t for f in files for k, t in load_file(f).items()}, dest / TRANSFORMER, metadata={"format": "pt"})
+        shutil.copy(models / "_logs" / name / "transformer_config.json", dest / "transformer" / "config.json")
         print(f"{dest}: a pipeline folder")
 
 
