@@ -457,6 +457,43 @@ def test_world_evaluate_keeps_one_guidance_and_step_count_per_folder(tmp_path):
         evaluate({}, tmp_path / "e", guidance=5.0, steps=10, **quiet)
 
 
+def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
+    """`magref world compare A B`: differences of the same (case, seed) videos, by subject count and
+    overall, with the standard error of the differences; sides of other case seeds, or a folder of
+    several models named by no #MODEL, are refused."""
+    from conftest import run_cli
+
+    from magref.world.evaluate import paired_differences, results_of
+
+    def write(folder, model, values, case_seed=7):
+        folder.mkdir()
+        with open(folder / "results.jsonl", "w") as f:
+            for (case, seed, k), v in values.items():
+                f.write(json.dumps({"model": model, "case": case, "seed": seed, "subjects": k, "case_seed": case_seed, "ids": [k, seed],
+                                    "identity_learnt_top1": v, "motion_accuracy": 0.5}) + "\n")
+
+    a = {("1s_0", 0, 1): 1.0, ("1s_1", 0, 1): 1.0, ("2s_0", 0, 2): 0.5, ("2s_1", 0, 2): 0.5, ("2s_1", 1, 2): 1.0}
+    b = {("1s_0", 0, 1): 0.0, ("1s_1", 0, 1): 1.0, ("2s_0", 0, 2): 0.5, ("2s_1", 0, 2): 0.0}  # ("2s_1", 1) only in a: unpaired
+    write(tmp_path / "a", "m@1", a)
+    write(tmp_path / "b", "m@2", b)
+    d = paired_differences(results_of(tmp_path / "a"), results_of(tmp_path / "b"))
+    assert d[1]["identity_learnt_top1"] == pytest.approx((0.5, 0.5, 2))  # differences 1 and 0
+    assert d[2]["identity_learnt_top1"] == pytest.approx((0.25, 0.25, 2))
+    assert d["all"]["identity_learnt_top1"][2] == 4 and d["all"]["motion_accuracy"][:2] == (0.0, 0.0)
+    rc, out, err = run_cli("world", "compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert rc == 0 and "| 1 | +0.500 ± 0.500 |" in out and "| all | +0.375" in out, err
+    write(tmp_path / "c", "m@3", b, case_seed=2)
+    with pytest.raises(MagrefInputError, match="case seeds"):
+        paired_differences(results_of(tmp_path / "a"), results_of(tmp_path / "c"))
+    with open(tmp_path / "a" / "results.jsonl", "a") as f:
+        f.write(json.dumps({"model": "other", "case": "1s_0", "seed": 0, "subjects": 1, "ids": [1, 0]}) + "\n")
+    with pytest.raises(MagrefInputError, match="several models"):
+        results_of(tmp_path / "a")
+    assert len(results_of(tmp_path / "a", "m@1")) == 5
+    rc, out, err = run_cli("world", "compare", f"{tmp_path / 'a'}#m@1", str(tmp_path / "b"))
+    assert rc == 0 and "| 2 | +0.250 ± 0.250 |" in out, err
+
+
 def test_a_world_build_is_complete_or_has_no_manifest(tmp_path):
     """The world's builder writes its manifest last: an interrupted build is redone, never
     trained on as if complete (magref prepare, resumable, writes it per shard)."""

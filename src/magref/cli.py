@@ -384,6 +384,16 @@ def cmd_world_identifier(args) -> int:
     return 0
 
 
+def cmd_world_compare(args) -> int:
+    from .world.evaluate import differences_markdown, paired_differences, results_of
+
+    sides = [side.partition("#") for side in (args.a, args.b)]
+    rows = [results_of(folder, model or None) for folder, _, model in sides]
+    names = [f"{rs[0]['model']} ({folder})" for rs, (folder, _, _) in zip(rows, sides)]
+    print(differences_markdown(paired_differences(*rows), *names), end="")
+    return 0
+
+
 def cmd_world_evaluate(args) -> int:
     from .world.evaluate import evaluate
 
@@ -561,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="frame size of the videos it will judge (the classifier sees them at 64 px)")
     p.add_argument("--device", default=None, help="where the VAE and the classifier run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_identifier)
+    p = world.add_parser("compare", help="paired differences of two `world evaluate` results (same cases and seeds), by subject count")
+    p.add_argument("a", help="a `world evaluate --out` folder, or FOLDER#MODEL when it holds several models")
+    p.add_argument("b", help="the other side (the same --case-seed); the table reports a minus b")
+    p.set_defaults(func=cmd_world_compare)
     p = world.add_parser("evaluate", help="score models against the truth on held-out identities (1-3 subjects, several seeds)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="SPEC: a pipeline folder, a `world train --out` run (latest checkpoint) or RUN@STEP; repeat per model")

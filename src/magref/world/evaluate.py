@@ -207,6 +207,66 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def results_of(folder, model: str | None = None) -> list[dict]:
+    """The rows of one model in a `world evaluate` folder (`model`: its name; default the only
+    model there besides the ground truth)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import MagrefInputError
+
+    path = Path(folder).expanduser() / "results.jsonl"
+    if not path.is_file():
+        raise MagrefInputError(f"{path} does not exist.", "give a folder that `magref world evaluate --out` wrote.")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    names = sorted({r["model"] for r in rows})
+    if model is None:
+        made = [n for n in names if n != "ground truth"] or names
+        if len(made) != 1:
+            raise MagrefInputError(f"{folder} holds several models ({', '.join(made)}).", f"name one: {folder}#MODEL.")
+        model = made[0]
+    if model not in names:
+        raise MagrefInputError(f"{folder} holds no model {model!r} (it holds {', '.join(names)}).", "name one of those.")
+    return [r for r in rows if r["model"] == model]
+
+
+def paired_differences(a: list[dict], b: list[dict]) -> dict:
+    """{subjects or "all": {metric: (mean of a - b, its standard error, pairs)}} over the videos
+    both sides made of the same case and seed: paired, so the cases' own spread cancels."""
+    from ..errors import MagrefInputError
+
+    va, vb = {r.get("case_seed", 2) for r in a}, {r.get("case_seed", 2) for r in b}
+    if va != vb:  # the same case names are other identities, motions and scenes
+        raise MagrefInputError(f"The two sides were made with other case seeds ({sorted(va)} and {sorted(vb)}): their cases differ.",
+                               "compare results of the same --case-seed.")
+    by_b = {(r["case"], r["seed"]): r for r in b}
+    pairs = [(r, by_b[(r["case"], r["seed"])]) for r in a if (r["case"], r["seed"]) in by_b]
+    if any(ra["ids"] != rb["ids"] for ra, rb in pairs):
+        raise MagrefInputError("The two sides name the same cases with other identities.", "compare results of the same --case-seed and captions.")
+    if not pairs:
+        raise MagrefInputError("The two sides share no (case, seed) video.", "evaluate both on the same --cases and --seeds.")
+    out: dict = {}
+    for k in sorted({ra["subjects"] for ra, _ in pairs}) + ["all"]:
+        group = [(ra, rb) for ra, rb in pairs if k == "all" or ra["subjects"] == k]
+        stats = {}
+        for m in METRICS:
+            if all(m in ra and m in rb for ra, rb in group):
+                d = np.array([ra[m] - rb[m] for ra, rb in group], float)
+                stats[m] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0, len(d))
+        out[k] = stats
+    return out
+
+
+def differences_markdown(diffs: dict, a: str, b: str) -> str:
+    shown = [m for m in METRICS if any(m in s for s in diffs.values())]
+    lines = [f"{a} minus {b}, paired by case and seed (mean ± standard error of the differences):", "",
+             "| subjects | " + " | ".join(METRICS[m] for m in shown) + " | pairs |", "|---" * (len(shown) + 2) + "|"]
+    for k, s in diffs.items():
+        cells = [f"{s[m][0]:+.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {next(iter(s.values()))[2] if s else 0} |")
+    return "\n".join(lines) + "\n"
+
+
 def table_markdown(summary: dict, chance: float) -> str:
     shown = [m for m in METRICS if any(m in s for by_k in summary.values() for s in by_k.values())]
     lines = ["| model | subjects | " + " | ".join(METRICS[m] for m in shown) + " | n |", "|---" * (len(shown) + 3) + "|"]
