@@ -129,9 +129,10 @@ def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, id
 # Models against the truth: `magref world evaluate`
 # ----------------------------------------------------------------------------------------------
 def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, size: int = 64, frames: int = 13, layout=None,
-                  drop_first_frames: int | None = None) -> np.ndarray:
+                  drop_first_frames: int | None = None, **pipe_kwargs) -> np.ndarray:
     """(F, H, W, 3) uint8: the model's video for a case, references = the held-out sprites on white;
-    `layout` None is the official grid, `drop_first_frames` None the pipeline's default."""
+    `layout` None is the official grid, `drop_first_frames` None the pipeline's default;
+    `pipe_kwargs` go to the pipeline (e.g. a step callback of an experiment)."""
     import torch
 
     from ..pipeline import to_uint8_frames
@@ -140,7 +141,7 @@ def generate_case(pipe, case: EvalCase, seed: int, steps: int, guidance: float, 
     extra = {} if drop_first_frames is None else {"drop_first_frames": drop_first_frames}
     out = pipe(prompt=case.prompt, references=refs, negative_prompt="", height=size, width=size, num_frames=frames,
                num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np",
-               layout=layout, **extra)
+               layout=layout, **extra, **pipe_kwargs)
     return to_uint8_frames(out.frames[0])
 
 
