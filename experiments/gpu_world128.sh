@@ -33,6 +33,9 @@ R=${R:-/tmp/world128}; mkdir -p $R "$OUT"
 START=$SECONDS; DEADLINE=$((START + ${BUDGET:-510}))
 CLIPS=${CLIPS:-4000}; STEPS=${STEPS:-8000}; ENCODERS=${ENCODERS:-8}; RECIPES=${RECIPES:-multi}; BATCH=${BATCH:-8}; ENCODE_BATCH=${ENCODE_BATCH:-16}
 INIT_ARGS=(); [ -n "${INIT:-}" ] && INIT_ARGS=(--transformer-init "$INIT")
+if [ -n "${WIDE:-}" ] && { [ "${ABLATIONS:-0}" = 1 ] || [ "$RECIPES" != multi ]; }; then
+  echo "WIDE beside ABLATIONS=1 or another recipe: its 41 MB and the others' weights exceed the 64 MiB the device tool returns; run them apart" >&2; exit 2
+fi
 if [ -n "${INIT:-}" ] && [ "${ABLATIONS:-0}" = 1 ]; then echo "INIT and ABLATIONS=1: the ablations train from scratch with the recipe's budget; run them apart" >&2; exit 2; fi
 VAE=src/magref/assets/models/miniature/vae
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" || exit 1

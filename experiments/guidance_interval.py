@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--case-seed", type=int, default=11)
     p.add_argument("--steps", type=int, default=25)
     a = p.parse_args()
+    if not 0 < a.last <= 1:
+        raise SystemExit("--last: the guided share of the steps, in (0, 1]")
     if a.first != 0:  # step 0 runs before any callback, with the negative prompt the pipeline encoded
         raise SystemExit("this callback-based sketch guides the first steps only: --first 0")
     plain = ev.generate_case

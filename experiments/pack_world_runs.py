@@ -11,6 +11,7 @@ the logs, settings, transformer configs and the identity test.
 then e.g. `magref world evaluate --model single=MODELS/single --model multi=MODELS/multi ...`.
 """
 
+import re
 import shutil
 import sys
 import tarfile
@@ -49,7 +50,10 @@ def pack(runs: Path, out: Path) -> None:
             print(f"{run.name}: packed")
         for log in runs.glob("*.log"):
             logs.add(log, f"logs/{log.name}")
-    print({p.name: p.stat().st_size for p in out.iterdir()})
+    sizes = {p.name: p.stat().st_size for p in out.iterdir()}
+    print(sizes)
+    if sum(sizes.values()) > 64 * 2**20 or len(sizes) > 8:  # the device tool's limits: the rest would be left out
+        print(f"WARNING: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB: over what the device tool returns (8 files, 64 MiB)")
 
 
 def split_weights(weights: Path, out: Path, name: str, part_bytes: int = PART_BYTES) -> None:
@@ -72,11 +76,13 @@ def split_weights(weights: Path, out: Path, name: str, part_bytes: int = PART_BY
 
 
 def joined_weights(packed: Path) -> dict[str, list[Path]]:
-    """Each run's weight files: one, or its parts in order."""
-    runs: dict[str, list[Path]] = {}
-    for f in sorted(packed.glob("*.safetensors"), key=lambda p: (p.name.split(".part")[0], int(p.stem.split(".part")[1]) if ".part" in p.stem else 0)):
-        runs.setdefault(f.name.split(".part")[0].removesuffix(".safetensors"), []).append(f)
-    return runs
+    """Each run's weight files: one, or its parts in order (<run>.partN.safetensors)."""
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    for f in packed.glob("*.safetensors"):
+        m = re.fullmatch(r"(.+)\.part(\d+)\.safetensors", f.name)
+        name, index = (m.group(1), int(m.group(2))) if m else (f.name.removesuffix(".safetensors"), -1)
+        runs.setdefault(name, []).append((index, f))
+    return {name: [f for _, f in sorted(files)] for name, files in sorted(runs.items())}
 
 
 def unpack(packed: Path, models: Path) -> None:

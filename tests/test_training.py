@@ -522,6 +522,7 @@ def test_a_cache_encoded_in_batches_has_its_own_key_and_the_same_encodings(tmp_p
         assert run_cli("encode", _cfg(tmp_path, data, name, cache_encode_batch=batch, **common))[0] == 0
     keys = sorted(d for d in (data / "encodings").iterdir() if not d.name.startswith("text-"))
     assert len(keys) == 2
+    assert len([d for d in (data / "encodings").iterdir() if d.name.startswith("text-")]) == 1  # captions: one cache for both
     files = [sorted(k.glob("part-*.safetensors")) for k in keys]
     assert len(files[0]) == len(files[1]) >= 2
     for a, b in zip(*files):
@@ -529,6 +530,35 @@ def test_a_cache_encoded_in_batches_has_its_own_key_and_the_same_encodings(tmp_p
         assert x.keys() == y.keys() == {"x0", "condition", "image_embeds"}
         for k in x:
             assert x[k].shape == y[k].shape and torch.allclose(x[k], y[k], atol=1e-4, rtol=1e-4), (a.name, k, (x[k] - y[k]).abs().max())
+
+
+def test_cache_encode_batch_sets_the_examples_per_encoder_call_and_not_the_fingerprint(tmp_path, dataset):
+    """The encoders see `cache_encode_batch` examples per call (the last call the rest), in order;
+    1 keeps one example per call. A run may change it on resume: the steps are the same to float
+    rounding, so it is not in the fingerprint."""
+    from magref.training.config import load_config
+    from magref.training.trainer import Trainer
+
+    calls = {}
+    for batch in (1, 4):
+        cfg = load_config(_cfg(tmp_path, dataset, f"b{batch}", cache_layouts=2, cache_encodings=False, first_frame="clip", cache_encode_batch=batch))
+        trainer = Trainer(cfg, log=lambda *a: None)
+        seen, plain = [], trainer.encode_visual
+
+        def spy(examples, *args, one_at_a_time=False, **kw):
+            seen.append((len(examples), one_at_a_time, kw.get("with_condition", True)))
+            return plain(examples, *args, one_at_a_time=one_at_a_time, **kw)
+
+        trainer.encode_visual = spy
+        enc = trainer.encode_clips([0, 1, 2], 2)
+        assert enc["condition"].shape[:2] == (3, 2) and enc["x0"].shape[:2] == (3, 1)
+        calls[batch] = [c for c in seen if c[0] > 0]
+        fingerprint = cfg.fingerprint()
+        calls.setdefault("fingerprints", []).append(fingerprint)
+    assert calls[1][0] == (6, True, True) and (3, True, False) in calls[1]  # one at a time (encode_visual splits them)
+    assert {c[0] for c in calls[1][1:] if not c[1]} == {1}
+    assert calls[4] == [(4, False, True), (2, False, True), (3, False, False)]  # 6 examples in calls of 4; 3 targets
+    assert calls["fingerprints"][0] == calls["fingerprints"][1]
 
 
 def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_path, dataset):

@@ -490,6 +490,13 @@ def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
     with pytest.raises(MagrefInputError, match="several models"):
         results_of(tmp_path / "a")
     assert len(results_of(tmp_path / "a", "m@1")) == 5
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.jsonl").write_text("")
+    with pytest.raises(MagrefInputError, match="no results"):
+        results_of(tmp_path / "empty")
+    other_prompts = [dict(r, prompt="A mug comes closer.") for r in results_of(tmp_path / "b")]  # e.g. another --captions
+    with pytest.raises(MagrefInputError, match="prompts"):
+        paired_differences(results_of(tmp_path / "a", "m@1"), other_prompts)
     rc, out, err = run_cli("world", "compare", f"{tmp_path / 'a'}#m@1", str(tmp_path / "b"))
     assert rc == 0 and "| 2 | +0.250 ± 0.250 |" in out, err
 

@@ -387,7 +387,7 @@ def cmd_world_identifier(args) -> int:
 def cmd_world_compare(args) -> int:
     from .world.evaluate import differences_markdown, paired_differences, results_of
 
-    sides = [side.partition("#") for side in (args.a, args.b)]
+    sides = [side.rpartition("#") if "#" in side else (side, "", "") for side in (args.a, args.b)]  # a folder may hold a '#'; a model name not
     rows = [results_of(folder, model or None) for folder, _, model in sides]
     names = [f"{rs[0]['model']} ({folder})" for rs, (folder, _, _) in zip(rows, sides)]
     print(differences_markdown(paired_differences(*rows), *names), end="")
@@ -553,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine / linear: anneal to 0 by --dit-steps (e.g. finishing a --transformer-init run)")
     p.add_argument("--dit-layers", type=int, default=6, help="the transformer's blocks (the shipped miniature's 6)")
     p.add_argument("--dit-heads", type=int, default=4, help="its attention heads of 64 channels: width = 64 x heads (the shipped 4: 256)")
-    p.add_argument("--encode-batch", type=int, default=1, help="clips per encoder call while the encoding cache is built: 1 equals the "
-                   "live path bit for bit; 16 builds it many times faster on a GPU (launch-bound small encodes)")
+    p.add_argument("--encode-batch", type=int, default=None, help="examples (clip x layout) per encoder call while the encoding cache is "
+                   "built: 1 (a new run's default) equals the live path bit for bit; 16 builds it many times faster on a GPU (launch-bound "
+                   "small encodes); a resume keeps the run's")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

@@ -84,7 +84,7 @@ class TrainConfig:
     cache_encodings: bool = True
     cache_part_clips: int = 250  # clips per cache file
     cache_dtype: str = "float32"  # bfloat16 halves a large model's cache (and rounds what it trains on)
-    # clips per encoder call while the cache is built. 1: the cache equals the live path bit for bit
+    # examples (clip x layout) per encoder call while the cache is built. 1: the cache equals the live path bit for bit
     # (the VAE's convolutions differ in the last bits with the batch size); 16: a GPU, whose small
     # encodes are bound by kernel launches, builds it many times faster.
     cache_encode_batch: int = 1
@@ -100,14 +100,13 @@ class TrainConfig:
         """What must not change across a resume (everything but the step budget, unless a decaying
         learning-rate schedule is shaped by it, and the cadence)."""
         d = asdict(self)
-        for k in ("checkpoint_every", "log_every", "output_dir", "cache_encodings", "cache_part_clips"):  # same steps either way
+        # the same steps either way (a cache encoded in batches: to float rounding, under its own key)
+        for k in ("checkpoint_every", "log_every", "output_dir", "cache_encodings", "cache_part_clips", "cache_encode_batch"):
             d.pop(k)
         if d["lr_scheduler"] in ("constant", "constant_with_warmup"):  # a decaying schedule's shape is set by max_steps
             d.pop("max_steps")
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
-        if d["cache_encode_batch"] == 1:
-            d.pop("cache_encode_batch")
         if d["data_loading"] == "random":
             d.pop("data_loading"), d.pop("shuffle_buffer")
         if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume

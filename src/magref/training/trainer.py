@@ -136,7 +136,7 @@ class Trainer(Checkpointing):
         """The K-layout encodings (`cache_layouts`) and the caption embeddings, built where missing
         and read from `<data>/encodings/`; with `cache_encodings: false` the same encodings are
         computed live each step. Once both are stored, the encoders leave the accelerator."""
-        from .cache import PART, EncodingCache, TextCache, cache_key
+        from .cache import BATCH, PART, EncodingCache, TextCache, cache_key
 
         cfg, n = self.cfg, len(self.dataset)
         if not cfg.cache_encodings:
@@ -146,11 +146,13 @@ class Trainer(Checkpointing):
                     "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
                     **({"clip_codec": data_settings["clip_codec"]} if data_settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
         storage = {**({"dtype": cfg.cache_dtype} if cfg.cache_dtype != "float32" else {}),
-                   **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {}),
-                   **({"encode_batch": cfg.cache_encode_batch} if cfg.cache_encode_batch != 1 else {})}  # older caches keep their keys
+                   **({"part_clips": cfg.cache_part_clips} if cfg.cache_part_clips != PART else {})}  # older caches keep their keys
+        # batched encodings differ in the last bits with what shares a call: the examples per call,
+        # at most the clips per build call x layouts (the caption cache does not depend on it)
+        batched = {"encode_batch": min(cfg.cache_encode_batch, BATCH * cfg.cache_layouts), "build_clips": BATCH} if cfg.cache_encode_batch != 1 else {}
         dtype, where = getattr(torch, cfg.cache_dtype), dict(rank=self.rank, world_size=self.world_size, log=self.log, part_clips=cfg.cache_part_clips)
         root = Path(cfg.data) / "encodings"
-        self.cache = EncodingCache(root / cache_key(settings | storage, [self.pipe.vae, self.pipe.image_encoder]), cfg.cache_layouts, n,
+        self.cache = EncodingCache(root / cache_key(settings | storage | batched, [self.pipe.vae, self.pipe.image_encoder]), cfg.cache_layouts, n,
                                    self.encode_clips, cfg.first_frame == "clip", dtype=dtype, **where)
         import hashlib
 

@@ -221,6 +221,8 @@ def results_of(folder, model: str | None = None) -> list[dict]:
         raise MagrefInputError(f"{path} does not exist.", "give a folder that `magref world evaluate --out` wrote.")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     names = sorted({r["model"] for r in rows})
+    if not names:
+        raise MagrefInputError(f"{path} holds no results yet.", "let `magref world evaluate` finish a video there first.")
     if model is None:
         made = [n for n in names if n != "ground truth"] or names
         if len(made) != 1:
@@ -242,8 +244,9 @@ def paired_differences(a: list[dict], b: list[dict]) -> dict:
                                "compare results of the same --case-seed.")
     by_b = {(r["case"], r["seed"]): r for r in b}
     pairs = [(r, by_b[(r["case"], r["seed"])]) for r in a if (r["case"], r["seed"]) in by_b]
-    if any(ra["ids"] != rb["ids"] for ra, rb in pairs):
-        raise MagrefInputError("The two sides name the same cases with other identities.", "compare results of the same --case-seed and captions.")
+    if any(ra["ids"] != rb["ids"] or ra.get("prompt") != rb.get("prompt") for ra, rb in pairs):
+        raise MagrefInputError("The two sides name the same cases with other identities or prompts.",
+                               "compare results of the same --case-seed and --captions.")
     if not pairs:
         raise MagrefInputError("The two sides share no (case, seed) video.", "evaluate both on the same --cases and --seeds.")
     out: dict = {}

@@ -390,7 +390,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
-        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int = 1) -> Path:
+        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -413,8 +413,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     `lr_schedule`: the transformer's (a diffusers schedule name; "cosine" anneals to 0 by
     `dit_steps`, e.g. to finish a started transformer). `dit_layers`, `dit_heads`: the
     transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters).
-    `encode_batch`: clips per encoder call while the encoding cache is built (`cache_encode_batch`:
-    1 keeps it equal to the live path bit for bit; a GPU wants 16)."""
+    `encode_batch`: examples (clip x layout) per encoder call while the encoding cache is built
+    (`cache_encode_batch`: 1 keeps it equal to the live path bit for bit; a GPU wants 16); None
+    keeps what the run's config says (1 for a new run), so a resume without it reads its cache."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -516,6 +517,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
     config = out / "dit.yaml"
     import yaml
+
+    if encode_batch is None:  # the run's own setting, else that of the run whose cache it reads
+        source = config if config.is_file() else Path(reuse_from).expanduser() / "dit.yaml" if reuse_from else None
+        encode_batch = (yaml.safe_load(source.read_text()) or {}).get("cache_encode_batch", 1) if source and source.is_file() else 1
 
     config.write_text(yaml.safe_dump({
         "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
