@@ -189,6 +189,19 @@ METRICS = {  # key: column
 }
 
 
+def _mean_and_error(values: list[float]) -> tuple[float, float, int]:
+    """(mean, standard error, n) of a table cell; one value has no spread to report (0)."""
+    v = np.array(values, float)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, len(v)
+
+
+def _read_results(path) -> list[dict]:
+    """The rows of a results.jsonl (none when it is absent)."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def summarise(rows: list[dict]) -> dict:
     """{model: {subjects: {metric: (mean, standard error, n)}}}; a metric that some rows lack
     (results written before it existed) is left out of that cell."""
@@ -202,8 +215,7 @@ def summarise(rows: list[dict]) -> dict:
             for m in METRICS:
                 if any(m not in r for r in rs):
                     continue
-                v = np.array([r[m] for r in rs], float)
-                stats[m] = (float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, len(v))
+                stats[m] = _mean_and_error([r[m] for r in rs])
             out.setdefault(model, {})[k] = stats
     return out
 
@@ -211,7 +223,6 @@ def summarise(rows: list[dict]) -> dict:
 def results_of(folder, model: str | None = None) -> list[dict]:
     """The rows of one model in a `world evaluate` folder (`model`: its name; default the only
     model there besides the ground truth)."""
-    import json
     from pathlib import Path
 
     from ..errors import MagrefInputError
@@ -219,7 +230,7 @@ def results_of(folder, model: str | None = None) -> list[dict]:
     path = Path(folder).expanduser() / "results.jsonl"
     if not path.is_file():
         raise MagrefInputError(f"{path} does not exist.", "give a folder that `magref world evaluate --out` wrote.")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _read_results(path)
     names = sorted({r["model"] for r in rows})
     if not names:
         raise MagrefInputError(f"{path} holds no results yet.", "let `magref world evaluate` finish a video there first.")
@@ -255,8 +266,7 @@ def paired_differences(a: list[dict], b: list[dict]) -> dict:
         stats = {}
         for m in METRICS:
             if all(m in ra and m in rb for ra, rb in group):
-                d = np.array([ra[m] - rb[m] for ra, rb in group], float)
-                stats[m] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0, len(d))
+                stats[m] = _mean_and_error([ra[m] - rb[m] for ra, rb in group])
         out[k] = stats
     return out
 
@@ -329,7 +339,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+    rows = _read_results(results)
     # the same case names are other cases under another case seed; a table mixes no settings
     _refuse_other(out, [r.get("case_seed", 2) for r in rows], case_seed, "case seed", "--case-seed")
     made = [r for r in rows if r.get("spec")]  # the ground truth takes no sampling settings
