@@ -105,3 +105,21 @@ def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_
     assert len(sources) == len(set(sources)) * 2  # once: 20 frames at 8 fps make two 9-frame clips each, no video twice
     redone = [json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()]
     assert len(redone) == 12 and set(redone) == {f"v{i:02d}.mp4" for i in range(12)}  # nothing finished before the kill was done again
+
+
+def test_a_process_that_starts_after_another_finished_videos_still_takes_its_whole_share(tmp_path):
+    """Processes of one run read what is finished at different moments (one may start after the
+    other has finished videos); their shares must not depend on that moment."""
+    from magref.data.prepare import PrepareSettings, merge_manifests, prepare
+    from videos import moving_subject_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(6):
+        moving_subject_video(videos / f"v{i}.mp4", colour=(40 + 30 * i, 200 - 20 * i, 60), seed=i, frames=9, caption=f"ball {i} rolls")
+    out, settings = tmp_path / "ds", PrepareSettings(frames=9, samples_per_shard=1, clip_codec="raw")
+    prepare(videos, out, settings, log=lambda *a: None, rank=0, world=2)  # all of process 0's share before process 1 starts
+    prepare(videos, out, settings, log=lambda *a: None, rank=1, world=2)
+    merged = merge_manifests(out, settings)
+    sources = sorted(ClipDataset(out)[i].meta["source"] for i in range(merged["num_samples"]))
+    assert sources == [f"v{i}.mp4" for i in range(6)]

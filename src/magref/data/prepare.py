@@ -153,7 +153,7 @@ def merge_manifests(out_dir: Path, settings: PrepareSettings) -> dict:
 
 def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettings, log=print, rank: int = 0, world: int = 1) -> dict:
     """Videos -> a shard dataset, resumable. With `world` > 1 this process (`rank`) takes every
-    world-th video not yet finished and writes shards, progress and a manifest of its own
+    world-th video (skipping finished ones) and writes shards, progress and a manifest of its own
     (shard-r<rank>-*.tar, progress.rank<r>.jsonl, manifest.rank<r>.json); `merge_manifests`
     then makes the one manifest.json (`magref prepare --workers N` and torchrun do)."""
     from tqdm.auto import tqdm
@@ -178,8 +178,10 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
     extractor = make_extractor(settings.extractor, **(options if settings.extractor == "detect-segment" else {}))
     captions = load_captions(videos_dir)
     videos = find_videos(videos_dir)
-    if world > 1:  # this process's share of what is left, dealt the same way by every process
-        videos = [v for v in videos if v.relative_to(videos_dir).as_posix() not in done][rank::world]
+    if world > 1:
+        # Deal over every video, not over those unfinished: processes start at different times and
+        # read `done` at different moments, so a deal over what is left could give a video to none.
+        videos = videos[rank::world]
     buffered_videos: list[str] = []  # finished videos whose clips wait in the writer's buffer
 
     def log_finished():
