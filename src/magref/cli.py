@@ -357,7 +357,7 @@ def cmd_world_train(args) -> int:
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
         transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
-        dit_heads=args.dit_heads, encode_batch=args.encode_batch)
+        dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order)
     return 0
 
 
@@ -556,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encode-batch", type=int, default=None, help="examples (clip x layout) per encoder call while the encoding cache is "
                    "built: 1 (a new run's default) equals the live path bit for bit; 16 builds it many times faster on a GPU (launch-bound "
                    "small encodes); a resume keeps the run's")
+    p.add_argument("--source-order", type=float, default=0.0, help="the share of grid and random layouts whose regions keep the subjects' "
+                   "left-to-right order in the clip (0: shuffled, the method's draw; with 2-3 subjects a small model averages their looks "
+                   "when the canvas does not say which goes where)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

@@ -42,6 +42,7 @@ class LayoutSettings:
     p_drop: float = 0.2
     min_scale: float = 0.5
     p_source_boxes: float = 0.0  # the subjects' own boxes in the clip (data/masking.py)
+    p_source_order: float = 0.0  # other layouts keep the subjects' left-to-right order (data/masking.py)
 
 
 @dataclass
@@ -189,7 +190,7 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
             raise MagrefInputError(f"{where}: {key} must be > 0 (got {getattr(cfg, key)}).", f"set {key}: {getattr(TrainConfig, key)}.")
     if cfg.weight_decay < 0 or cfg.warmup_steps < 0:
         raise MagrefInputError(f"{where}: weight_decay and warmup_steps must be >= 0.", "set weight_decay: 0.0 and warmup_steps: 0.")
-    for key in ("p_official_grid", "p_drop", "p_source_boxes"):
+    for key in ("p_official_grid", "p_drop", "p_source_boxes", "p_source_order"):
         if not 0 <= getattr(cfg.layout, key) <= 1:
             raise MagrefInputError(f"{where}: layout.{key} is a probability, got {getattr(cfg.layout, key)}.", f"set layout: {{{key}: 0.3}}.")
     if not 0 < cfg.layout.min_scale <= 1:

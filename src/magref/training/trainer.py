@@ -40,6 +40,12 @@ from .checkpointing import Checkpointing, is_main
 from .config import TrainConfig, config_dict
 from .flow import flow_pair, latent_subject_mask, sample_sigmas, weighted_mse
 
+def layout_key(layout) -> dict:
+    """The layout settings as the encoding cache's key sees them: a setting at its default of
+    0 that older caches did not know is left out, so their keys stay valid."""
+    return {k: v for k, v in vars(layout).items() if k != "p_source_order" or v}
+
+
 def world() -> tuple[int, int]:
     return rank_and_world()
 
@@ -81,7 +87,7 @@ class Trainer(Checkpointing):
         settings = manifest["settings"]
         self.frames, self.height, self.width = settings["frames"], settings["height"], settings["width"]
         self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale,
-                                     p_source_boxes=cfg.layout.p_source_boxes)
+                                     p_source_boxes=cfg.layout.p_source_boxes, p_source_order=cfg.layout.p_source_order)
 
         torch.manual_seed(cfg.seed)  # model init (tiny-random) and LoRA init
         self.pipe = load_pipeline(cfg.model)
@@ -142,7 +148,7 @@ class Trainer(Checkpointing):
         if not cfg.cache_encodings:
             return
         data_settings = self.dataset.manifest["settings"]
-        settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": vars(cfg.layout),
+        settings = {"seed": cfg.seed, "k": cfg.cache_layouts, "first_frame": cfg.first_frame, "layout": layout_key(cfg.layout),
                     "frames": self.frames, "height": self.height, "width": self.width, "clips": self.dataset.index,
                     **({"clip_codec": data_settings["clip_codec"]} if data_settings.get("clip_codec", "raw") != "raw" else {})}  # lossy clips differ
         storage = {**({"dtype": cfg.cache_dtype} if cfg.cache_dtype != "float32" else {}),

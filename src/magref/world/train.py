@@ -390,7 +390,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
-        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None) -> Path:
+        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -415,7 +415,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters).
     `encode_batch`: examples (clip x layout) per encoder call while the encoding cache is built
     (`cache_encode_batch`: 1 keeps it equal to the live path bit for bit; a GPU wants 16); None
-    keeps what the run's config says (1 for a new run), so a resume without it reads its cache."""
+    keeps what the run's config says (1 for a new run), so a resume without it reads its cache.
+    `source_order`: the share of grid and random layouts whose regions keep the subjects'
+    left-to-right order in the clip (`layout.p_source_order`; 0, the method's draw, shuffles it)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -539,7 +541,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # from scratch on random layouts alone ignored the canvas (its removal cost < 0.01 flow MSE
         # at 1600 steps), because copying a subject to another place needs a correspondence it
         # has no reason to learn before it copies in place. The other half are the method's.
-        "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6, "p_source_boxes": 0.5},
+        "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6, "p_source_boxes": 0.5, "p_source_order": source_order},
         # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
         # caption alone predicts; the world knows where subjects are, so their cells count 5x.
         "subject_loss_weight": 5.0,
