@@ -19,6 +19,9 @@
 #   (20 M parameters, 41 MB in bf16: it comes back in parts; 8 x 8 heads, 72 MB, would not fit the 64 MiB)
 # ENCODE_BATCH: clips per encoder call while the caches are built (default 16; processes time-slice
 #   one GPU, so more ENCODERS stopped helping at ~40 clips/s in all; batching is the remedy, not yet timed)
+# SOURCE_ORDER: the share of grid and random layouts whose regions keep the subjects' left-to-right
+#   order (world train --source-order; default 1: with shuffled regions the multi-subject model
+#   averaged its subjects, docs/miniature-world.md, eighth session; 0 is the method's shuffle)
 # DIT: the transformer's size as `world train` options (default the shipped 6 layers x 4 heads),
 #   e.g. DIT="--dit-layers 8 --dit-heads 8" (a wider model trains from scratch: no INIT)
 # Local dry run: PY=.venv/bin/python OUT=/tmp/o CLIPS=8 STEPS=4 BUDGET=300 ENCODERS=2 ABLATIONS=1 bash experiments/gpu_world128.sh
@@ -49,7 +52,7 @@ M="$PY -m magref.cli world"
 stamp() { echo "$1 at $((SECONDS - START)) s"; }
 world_train() {  # margin, name, extra args: `world train` of run `name` until `margin` s before the deadline
   local margin=$1 name=$2; shift 2
-  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 --encode-batch $ENCODE_BATCH ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} ${DIT:-} "$@" >> $R/$name.log 2>&1
+  bounded $margin $M train --out $R/$name --size 128 --vae $VAE --clips $CLIPS --dit-steps $STEPS --batch-size $BATCH --checkpoint-every 250 --encode-batch $ENCODE_BATCH --source-order ${SOURCE_ORDER:-1} ${INIT_ARGS[@]+"${INIT_ARGS[@]}"} ${DIT:-} "$@" >> $R/$name.log 2>&1
 }
 encode() {  # name: its cache built by ENCODERS processes (each its share of the parts)
   bounded 60 $PY -m torch.distributed.run --standalone --nproc_per_node $ENCODERS -m magref.cli encode $R/$1/dit.yaml >> $R/$1.log 2>&1
