@@ -17,6 +17,7 @@ OUT is a `world evaluate` folder, so `magref world compare OUT OTHER` pairs it w
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def main() -> None:
     name = a.model.rstrip("/").split("/")[-1] + f"-{a.layout}"
     ev.evaluate({name: a.model}, a.out, subjects=tuple(a.subjects), cases=a.cases, seeds=tuple(a.seeds), steps=a.steps,
                 guidance=a.guidance, truth=False, case_seed=a.case_seed, device="cpu")
-    print((__import__("pathlib").Path(a.out) / "table.md").read_text())
+    print((Path(a.out) / "table.md").read_text())
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from .checkpointing import Checkpointing, is_main
 from .config import TrainConfig, config_dict
 from .flow import flow_pair, latent_subject_mask, sample_sigmas, weighted_mse
 
+
 def layout_key(layout) -> dict:
     """The layout settings as the encoding cache's key sees them: a setting at its default of
     0 that older caches did not know is left out, so their keys stay valid."""
