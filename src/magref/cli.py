@@ -370,7 +370,7 @@ def _world_size(size: int) -> int:
 def cmd_world_export(args) -> int:
     from .world.train import export_run, export_vae
 
-    print(f"magref: wrote {export_vae(args.run, args.dest) if args.vae_only else export_run(args.run, args.dest, args.step)}")
+    print(f"magref: wrote {export_vae(args.run, args.dest) if args.vae_only else export_run(args.run, args.dest, args.step, guidance=args.guidance)}")
     return 0
 
 
@@ -565,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="e.g. src/magref/assets/models/miniature")
     p.add_argument("--step", type=int, default=None, help="transformer checkpoint step (default: the latest)")
     p.add_argument("--vae-only", action="store_true", help="the run's finished VAE alone (for `world train --vae`)")
+    p.add_argument("--guidance", type=float, default=None, help="the model's default guidance scale (default: the official 5); pick it on "
+                   "one `world evaluate --case-seed` and confirm it on another")
     p.set_defaults(func=cmd_world_export)
     p = world.add_parser("identifier", help="train the learnt identity test of `world evaluate` (held-out identities through the VAE)")
     p.add_argument("--out", default="~/.cache/magref/identifier", help="the shipped one: src/magref/assets/world/identifier")
