@@ -68,18 +68,19 @@ def main() -> None:
     from magref.pipeline import to_uint8_frames
     from magref.request import GenerationSettings
     from magref.world.evaluate import eval_cases, score_video, sprite_on_white
-    from magref.world.identify import identify_video, identity_hit, load_identifier
+    from magref.world.identify import identifier_path, identify_video, identity_hit, load_identifier
     from magref.world.identities import distractors_for
 
     torch.set_grad_enabled(False)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    trained = generation_defaults(args.model)["frames"]
+    defaults = generation_defaults(args.model)  # the model's frame size, trained length and guidance
+    trained, size, guidance = defaults["frames"], defaults.get("height", 64), defaults.get("guidance", 5.0)
     windows = GenerationSettings(prompt="x", refs=["x"], frames=args.frames).context_windows(trained)
-    judge = load_identifier()
+    judge = load_identifier(identifier_path(size))  # the identity test made for videos of this size
     dropped = 4
     seams = seam_transitions(windows, args.frames, dropped) if windows else set()
-    print(f"{args.model}: {args.frames} frames (trained {trained}), windows {windows.to_dict() if windows else None}, "
+    print(f"{args.model}: {size} px, guidance {guidance}, {args.frames} frames (trained {trained}), windows {windows.to_dict() if windows else None}, "
           f"{args.cases} cases x {len(args.seeds)} seeds, {args.subjects} subject(s), case seed {args.case_seed}\n", flush=True)
     rows = {"one pass": [], "windows": []}
     first: dict = {}
@@ -88,8 +89,8 @@ def main() -> None:
         for seed in args.seeds:
             for method, w in (("one pass", None), ("windows", windows)):
                 t0 = time.perf_counter()
-                out = pipe(prompt=case.prompt, references=refs, negative_prompt="", height=64, width=64, num_frames=args.frames,
-                           num_inference_steps=args.steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed),
+                out = pipe(prompt=case.prompt, references=refs, negative_prompt="", height=size, width=size, num_frames=args.frames,
+                           num_inference_steps=args.steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
                            output_type="np", context_windows=w)
                 seconds = time.perf_counter() - t0
                 frames = to_uint8_frames(out.frames[0])

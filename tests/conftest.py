@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = (ROOT / ".." / "shared" / "golden").resolve()
 EXAMPLES = ROOT / "src" / "magref" / "assets" / "examples"
+# the bundled default model's settings (frame size, guidance, ...), as `magref generate` reads them
+DEFAULTS = json.loads((ROOT / "src" / "magref" / "assets" / "models" / "miniature" / "generation_defaults.json").read_text())
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never fetch from a hub
 

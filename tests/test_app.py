@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, run_cli
+from conftest import DEFAULTS, EXAMPLES, run_cli
 from magref.app import Form, Studio, error_field
 from magref.errors import MagrefInputError
 from magref.io import sha256_file
@@ -31,7 +31,7 @@ def studio(tmp_path_factory):
 def test_preview_is_the_composition_generate_uses(studio):
     form = Form(prompt=PROMPT, refs=REFS, steps=2)
     canvas, mask, layout = studio.preview(form)
-    assert canvas.size == (64, 64) and mask.size == (64, 64) and len(layout["boxes"]) == 2
+    assert canvas.size == mask.size == (DEFAULTS["width"], DEFAULTS["height"]) and len(layout["boxes"]) == 2
     shuffled = studio.preview(Form(prompt=PROMPT, refs=REFS, layout_mode="official random placement", layout_seed=5))[2]
     boxes = [[2, 2, 30, 30], [34, 34, 62, 62]]
     mine = studio.preview(Form(prompt=PROMPT, refs=REFS, layout_mode="my boxes", boxes=boxes))
@@ -59,7 +59,7 @@ def test_references_are_kept_beside_the_videos(studio, tmp_path):
     upload.unlink()
     kept = sidecar["settings"]["refs"][0]
     assert kept.startswith(str(studio.out_dir / "references")) and os.path.isfile(kept)
-    assert studio.preview(studio.restore(out))[0].size == (64, 64)  # history restores a run whose upload is gone
+    assert studio.preview(studio.restore(out))[0].size == (DEFAULTS["width"], DEFAULTS["height"])  # history restores a run whose upload is gone
 
 
 def test_random_seed_is_recorded_and_progress_reported(studio):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES
+from conftest import DEFAULTS, EXAMPLES
 from test_app import PROMPT, start_server
 
 REFS = [str(EXAMPLES / "character.png"), str(EXAMPLES / "mug.png")]
@@ -74,7 +74,8 @@ def test_two_references_preview_generate_and_play(page, served):
     assert "Done in" in page.inner_text("#status")
     playing = page.wait_for_function(
         "() => { const v = document.querySelector('#video video'); if (!v) return false;"
-        " if (v.paused) v.play(); return v.readyState >= 2 && v.currentTime > 0 && !v.paused && v.videoWidth === 64; }", timeout=30_000)
+        " if (v.paused) v.play(); return v.readyState >= 2 && v.currentTime > 0 && !v.paused"
+        f" && v.videoWidth === {DEFAULTS['width']}; }}", timeout=30_000)
     assert playing
     sidecars = [json.loads(p.read_text()) for p in out.glob("*.json")]
     mine = [s for s in sidecars if s["settings"]["prompt"] == PROMPT and len(s["settings"]["refs"]) == 2]

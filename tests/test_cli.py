@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLES, run_cli
+from conftest import DEFAULTS, EXAMPLES, ROOT, run_cli
 from magref.io import is_complete, read_video
 
 CHAR, MUG = EXAMPLES / "character.png", EXAMPLES / "mug.png"
@@ -536,39 +536,48 @@ def test_generate_under_torchrun_shards_encoders_and_matches_one_process(tmp_pat
     assert a.shape == b.shape and (a != b).mean() < 0.03 and np.abs(a - b).max() <= 8  # measured: 1.0 %, max 4
 
 
-def test_default_model_draws_the_bundled_example_subject(tmp_path):
-    """The README's main job: with no --model, `magref generate` uses the bundled miniature MAGREF
-    at the settings it was trained for, and the referenced held-out subject (the bundled
-    character, world identity 0, never seen in training) is in the video: the truth-known
-    matcher and the learnt identity test both pick it over 7 distractors of the same kind, and it
-    is the reference that put it there: the same command with a distractor's sprite as the
-    reference matches it less on both."""
-    from magref.world.evaluate import identity_match, sprite_on_white
-    from magref.world.identities import distractors_for
-    from magref.world.identify import identify_video, identity_hit, load_identifier
+MAIN_JOB_PROMPT = "A person moves from left to right and a mug jumps up and down in a meadow."  # README's main job
 
-    ident = json.loads((EXAMPLES / "examples.json").read_text())["character.png"]["world_identity"]
-    others = distractors_for(ident, 7, np.random.default_rng(0))
-    sprite_on_white(others[0], 96).save(tmp_path / "other.png")
-    margins, learnt = {}, {}
-    judge = load_identifier()
-    for name, ref in (("character", CHAR), ("other", tmp_path / "other.png")):
+
+def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
+    """The README's main job: with no --model, `magref generate` uses the bundled miniature MAGREF
+    at the settings it was trained for, and both referenced held-out subjects (the bundled
+    character, world identity 0, and mug, 65; neither seen in training) are in the one video: the
+    learnt identity test picks each over 7 distractors of its kind. And it is the references that
+    put them there: the same command with two other identities' sprites (one of each kind) as the
+    references recognises neither."""
+    from magref.world.evaluate import sprite_on_white
+    from magref.world.identities import distractors_for
+    from magref.world.identify import identifier_path, identify_video, identity_hit, load_identifier
+
+    examples = json.loads((EXAMPLES / "examples.json").read_text())
+    idents = [examples[p.name]["world_identity"] for p in (CHAR, MUG)]
+    rng = np.random.default_rng(0)
+    distractors = [distractors_for(i, 7, rng) for i in idents]
+    other_refs = []
+    for d in distractors:  # each example's first distractor (same kind) stands in for it
+        other_refs.append(tmp_path / f"other{d[0]}.png")
+        sprite_on_white(d[0], 96).save(other_refs[-1])
+    judge = load_identifier(identifier_path(DEFAULTS["height"]))
+    margins = {}
+    for name, refs in (("examples", [CHAR, MUG]), ("others", other_refs)):
         out = tmp_path / f"{name}.mp4"
         # the first as the README runs it: the installed entry point, in its own process
-        rc, _, err = run_cli("generate", "--prompt", "A person moves from left to right in a meadow.", "--ref", ref, "--out", out,
-                             isolated=name == "character")
+        rc, _, err = run_cli("generate", "--prompt", MAIN_JOB_PROMPT, *[a for r in refs for a in ("--ref", r)], "--out", out,
+                             isolated=name == "examples")
         assert rc == 0, err[-2000:]
         meta = json.loads(out.with_suffix(".json").read_text())
-        assert meta["model"]["id"] == "miniature" and meta["settings"]["height"] == 64 and meta["settings"]["steps"] == 25
+        assert meta["model"]["id"] == "miniature" and meta["settings"]["height"] == DEFAULTS["height"] and meta["settings"]["steps"] == 25
+        assert meta["settings"]["guidance"] == DEFAULTS["guidance"] and len(meta["layout"]["boxes"]) == 2
         frames = read_video(out)
-        assert frames.shape == (9, 64, 64, 3)
-        hit, margins[name] = identity_match(frames, ident, others)
-        learnt_hit, learnt[name] = identity_hit(identify_video(judge, frames), ident, others)
-        if name == "character":
-            assert hit, f"the character is not recognised (margin {margins[name]:.3f})"
-            assert learnt_hit, f"the learnt test does not recognise the character (margin {learnt[name]:.3f})"
-    assert margins["character"] > margins["other"] + 0.05, margins
-    assert learnt["other"] < 0 < learnt["character"], learnt  # with the other sprite, the character is not recognised
+        assert frames.shape == (DEFAULTS["frames"] - 4, DEFAULTS["height"], DEFAULTS["width"], 3)
+        scores = identify_video(judge, frames)
+        margins[name] = [identity_hit(scores, i, d)[1] for i, d in zip(idents, distractors)]
+    print("learnt margins (character, mug):", margins)
+    readme = (ROOT / "README.md").read_text()
+    assert f'--prompt "{MAIN_JOB_PROMPT}" --ref {CHAR.relative_to(ROOT)} --ref {MUG.relative_to(ROOT)}' in readme  # what it runs
+    assert all(m > 0 for m in margins["examples"]), f"not both recognised: {margins}"
+    assert all(m < 0 for m in margins["others"]), f"recognised without their references: {margins}"
 
 
 def _torchrun_batch(batch, out, *extra, wait=True):
