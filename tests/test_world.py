@@ -578,8 +578,9 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "1.5")
     assert rc == 0, err[-2000:]
     assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5
-    rc, _, err = run_cli("world", "export", out, tmp_path / "export-bad", "--guidance", "0.5")
+    rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "0.5")
     assert rc == 2 and "at least 1" in err
+    assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5  # a refused export leaves it be
     rc, _, err = run_cli("world", "evaluate", "--model", f"w={out}", "--out", tmp_path / "e", "--subjects", "1", "--cases", "1", "--seeds", "0",
                          "--steps", "1")
     assert rc == 0, err[-2000:]

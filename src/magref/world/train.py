@@ -680,6 +680,11 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     measured to suit it better than the official 5 (chosen on one case seed, confirmed on another)."""
     from ..io import write_json
 
+    if guidance is not None and not guidance >= 1.0:  # refused before `dest` is cleared
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"--guidance {guidance}: a guidance scale is at least 1 (1: the caption alone, no unconditional pass).",
+                               "pass 1 or more, e.g. the official 5.")
     pipe = pipeline_from_run(run, step)
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
@@ -688,14 +693,7 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     pipe.save_pretrained(dest)
     _drop_source_paths(dest)
     defaults = MINIATURE_DEFAULTS | dict(height=run_size(run), width=run_size(run))
-    if guidance is not None:
-        if not guidance >= 1.0:
-            from ..errors import MagrefInputError
-
-            raise MagrefInputError(f"--guidance {guidance}: a guidance scale is at least 1 (1: the caption alone, no unconditional pass).",
-                                   "pass 1 or more, e.g. the official 5.")
-        defaults["guidance"] = float(guidance)
-    write_json(dest / "generation_defaults.json", defaults)
+    write_json(dest / "generation_defaults.json", defaults if guidance is None else defaults | dict(guidance=float(guidance)))
     return dest
 
 
