@@ -542,10 +542,13 @@ MAIN_JOB_PROMPT = "A person moves from left to right and a mug jumps up and down
 def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
     """The README's main job: with no --model, `magref generate` uses the bundled miniature MAGREF
     at the settings it was trained for, and both referenced held-out subjects (the bundled
-    character, world identity 0, and mug, 65; neither seen in training) are in the one video: the
-    learnt identity test picks each over 7 distractors of its kind. And it is the references that
-    put them there: the same command with two other identities' sprites (one of each kind) as the
-    references recognises neither."""
+    character, world identity 0, and mug, 65; neither seen in training) are in the video: the
+    learnt identity test picks each over 7 distractors of its kind. One seed is one draw of a
+    stochastic sampler (the model keeps each subject in ~0.8 of fresh videos), so the command as
+    the README runs it (the default seed) and the same request at seeds 0-6 are judged together:
+    each subject recognised in at least 5 of the 8 videos. And it is the references that put them
+    there: the same 8 requests with two other identities' sprites (one of each kind) as the
+    references recognise the examples' identities in at most 2 of 8."""
     from magref.world.evaluate import sprite_on_white
     from magref.world.identities import distractors_for
     from magref.world.identify import identifier_path, identify_video, identity_hit, load_identifier
@@ -558,26 +561,34 @@ def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
     for d in distractors:  # each example's first distractor (same kind) stands in for it
         other_refs.append(tmp_path / f"other{d[0]}.png")
         sprite_on_white(d[0], 96).save(other_refs[-1])
+    # the README's command through the installed entry point, in its own process, at the default seed
+    rc, _, err = run_cli("generate", "--prompt", MAIN_JOB_PROMPT, "--ref", CHAR, "--ref", MUG, "--out", tmp_path / "examples-default.mp4", isolated=True)
+    assert rc == 0, err[-2000:]
+    meta = json.loads((tmp_path / "examples-default.json").read_text())
+    assert meta["model"]["id"] == "miniature" and meta["settings"]["height"] == DEFAULTS["height"] and meta["settings"]["steps"] == 25
+    assert meta["settings"]["guidance"] == DEFAULTS["guidance"] and len(meta["layout"]["boxes"]) == 2
+    default_seed = meta["settings"]["seed"]
+    # the other 15 videos in one batch (one model load), the same request but for seed and references
+    items = [{"id": f"{name}-{seed}", "prompt": MAIN_JOB_PROMPT, "refs": [str(r) for r in refs], "seed": seed}
+             for name, refs in (("examples", (CHAR, MUG)), ("others", other_refs)) for seed in [default_seed, *range(7)]
+             if (name, seed) != ("examples", default_seed)]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    rc, _, err = run_cli("batch", tmp_path / "batch.jsonl", "--out-dir", tmp_path)
+    assert rc == 0, err[-2000:]
     judge = load_identifier(identifier_path(DEFAULTS["height"]))
     margins = {}
-    for name, refs in (("examples", [CHAR, MUG]), ("others", other_refs)):
-        out = tmp_path / f"{name}.mp4"
-        # the first as the README runs it: the installed entry point, in its own process
-        rc, _, err = run_cli("generate", "--prompt", MAIN_JOB_PROMPT, *[a for r in refs for a in ("--ref", r)], "--out", out,
-                             isolated=name == "examples")
-        assert rc == 0, err[-2000:]
-        meta = json.loads(out.with_suffix(".json").read_text())
-        assert meta["model"]["id"] == "miniature" and meta["settings"]["height"] == DEFAULTS["height"] and meta["settings"]["steps"] == 25
-        assert meta["settings"]["guidance"] == DEFAULTS["guidance"] and len(meta["layout"]["boxes"]) == 2
-        frames = read_video(out)
-        assert frames.shape == (DEFAULTS["frames"] - 4, DEFAULTS["height"], DEFAULTS["width"], 3)
-        scores = identify_video(judge, frames)
-        margins[name] = [identity_hit(scores, i, d)[1] for i, d in zip(idents, distractors)]
-    print("learnt margins (character, mug):", margins)
+    for name in ("examples", "others"):
+        for seed in [default_seed, *range(7)]:
+            frames = read_video(tmp_path / f"{name}-{'default' if (name, seed) == ('examples', default_seed) else seed}.mp4")
+            assert frames.shape == (DEFAULTS["frames"] - 4, DEFAULTS["height"], DEFAULTS["width"], 3)
+            scores = identify_video(judge, frames)
+            margins.setdefault(name, []).append([round(identity_hit(scores, i, d)[1], 2) for i, d in zip(idents, distractors)])
+    print(f"learnt margins (character, mug) at seeds {default_seed}, 0-6:", margins)
+    hits = {name: [sum(m[k] > 0 for m in ms) for k in range(2)] for name, ms in margins.items()}
     readme = (ROOT / "README.md").read_text()
     assert f'--prompt "{MAIN_JOB_PROMPT}" --ref {CHAR.relative_to(ROOT)} --ref {MUG.relative_to(ROOT)}' in readme  # what it runs
-    assert all(m > 0 for m in margins["examples"]), f"not both recognised: {margins}"
-    assert all(m < 0 for m in margins["others"]), f"recognised without their references: {margins}"
+    assert min(hits["examples"]) >= 5, f"character and mug recognised in {hits['examples']} of 8 videos: {margins}"
+    assert max(hits["others"]) <= 2, f"recognised without their references in {hits['others']} of 8 videos: {margins}"
 
 
 def _torchrun_batch(batch, out, *extra, wait=True):
