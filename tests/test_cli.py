@@ -579,7 +579,10 @@ def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
     margins = {}
     for name in ("examples", "others"):
         for seed in [default_seed, *range(7)]:
-            frames = read_video(tmp_path / f"{name}-{'default' if (name, seed) == ('examples', default_seed) else seed}.mp4")
+            video = tmp_path / f"{name}-{'default' if (name, seed) == ('examples', default_seed) else seed}.mp4"
+            settings = json.loads(video.with_suffix(".json").read_text())["settings"]  # the batch's videos at the same defaults
+            assert (settings["seed"], settings["guidance"], settings["steps"]) == (seed, DEFAULTS["guidance"], 25)
+            frames = read_video(video)
             assert frames.shape == (DEFAULTS["frames"] - 4, DEFAULTS["height"], DEFAULTS["width"], 3)
             scores = identify_video(judge, frames)
             margins.setdefault(name, []).append([round(identity_hit(scores, i, d)[1], 2) for i, d in zip(idents, distractors)])
