@@ -75,7 +75,7 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     defaults = generation_defaults(args.model)  # the model's frame size, trained length and guidance
-    trained, size, guidance = defaults["frames"], defaults.get("height", 64), defaults.get("guidance", 5.0)
+    trained, size, guidance = defaults["frames"], defaults["height"], defaults["guidance"]
     windows = GenerationSettings(prompt="x", refs=["x"], frames=args.frames).context_windows(trained)
     judge = load_identifier(identifier_path(size))  # the identity test made for videos of this size
     dropped = 4

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from magref.models import generation_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = (ROOT / ".." / "shared" / "golden").resolve()
 EXAMPLES = ROOT / "src" / "magref" / "assets" / "examples"
-# the bundled default model's settings (frame size, guidance, ...), as `magref generate` reads them
-DEFAULTS = json.loads((ROOT / "src" / "magref" / "assets" / "models" / "miniature" / "generation_defaults.json").read_text())
+# the bundled default model's settings (frame size, guidance, ...), read as `magref generate` reads them
+DEFAULTS = generation_defaults(None)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never fetch from a hub
 
