@@ -666,3 +666,21 @@ def test_world_train_transformer_size_is_chosen_and_kept(tmp_path):
     with pytest.raises(MagrefInputError, match="at least one"):
         run(tmp_path / "b", vae_from=WORLD_VAE_PATH, dit_layers=0, **quiet)
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_world_train_data_seed_draws_other_clips_and_a_run_keeps_its_own(tmp_path):
+    """--data-seed gives new training clips (more data without re-encoding the old); a run's
+    folder refuses another seed instead of training on clips it was not asked for."""
+    from conftest import run_cli
+    from magref.models import WORLD_VAE_PATH
+
+    base = ("world", "train", "--vae", WORLD_VAE_PATH, "--clips", "3", "--dit-steps", "1", "--batch-size", "2", "--data-only")
+    for seed in (0, 1):
+        rc, _, err = run_cli(*base, "--out", tmp_path / f"s{seed}", "--data-seed", str(seed))
+        assert rc == 0, err[-2000:]
+    a, b = ClipDataset(tmp_path / "s0" / "data"), ClipDataset(tmp_path / "s1" / "data")
+    assert a.manifest["world"]["seed"] == 0 and b.manifest["world"]["seed"] == 1
+    assert not np.array_equal(a[0].frames, b[0].frames) and a[0].frames.shape == b[0].frames.shape
+    rc, _, err = run_cli(*base, "--out", tmp_path / "s1")
+    assert rc != 0 and "data seed 1" in err and "--data-seed 1" in err
+    assert ClipDataset(tmp_path / "s1" / "data").manifest["world"]["seed"] == 1

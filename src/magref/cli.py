@@ -357,7 +357,7 @@ def cmd_world_train(args) -> int:
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
         transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
-        dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order)
+        dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order, data_seed=args.data_seed)
     return 0
 
 
@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-order", type=float, default=0.0, help="the share of grid and random layouts whose regions keep the subjects' "
                    "left-to-right order in the clip (0: shuffled, the method's draw; with 2-3 subjects a small model averages their looks "
                    "when the canvas does not say which goes where)")
+    p.add_argument("--data-seed", type=int, default=0, help="which training clips are drawn: another seed gives new clips of the same "
+                   "training identities (e.g. to go on from --transformer-init on clips it has not seen) without re-encoding old ones")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

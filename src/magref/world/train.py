@@ -390,7 +390,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
-        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0) -> Path:
+        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -417,7 +417,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (`cache_encode_batch`: 1 keeps it equal to the live path bit for bit; a GPU wants 16); None
     keeps what the run's config says (1 for a new run), so a resume without it reads its cache.
     `source_order`: the share of grid and random layouts whose regions keep the subjects'
-    left-to-right order in the clip (`layout.p_source_order`; 0, the method's draw, shuffles it)."""
+    left-to-right order in the clip (`layout.p_source_order`; 0, the method's draw, shuffles it).
+    `data_seed`: which training clips are drawn (clip k depends on (seed, k)): another seed gives
+    as many new clips, of the same training identities, without re-encoding the old ones (the
+    encoding cache is keyed by the whole clip list, so growing `clips` re-encodes them all)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -489,6 +492,13 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         shutil.rmtree(out / "base", ignore_errors=True)
         tmp.rename(out / "base")
         log(f"transformer: starts from {init['path']}" if init else "transformer: random init")
+    if (out / "data" / "manifest.json").is_file():
+        have = json.loads((out / "data" / "manifest.json").read_text())["world"].get("seed", 0)
+        if have != data_seed:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{out / 'data'} holds clips of data seed {have}, not {data_seed}.",
+                                   f"pass --data-seed {have} to go on with them, or use another --out for new clips.")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
         stale, data = [], ClipDataset(out / "data")
         if data.masks(0) is None:
@@ -511,7 +521,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         else:
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
-        build_world_dataset(out / "data", clips, "train", seed=0, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
+        build_world_dataset(out / "data", clips, "train", seed=data_seed, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
                             samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
                             workers=max(1, min(len(os.sched_getaffinity(0)), clips // 250, 16)))
         timings["data_s"] = time.time() - t
