@@ -681,6 +681,10 @@ def test_world_train_data_seed_draws_other_clips_and_a_run_keeps_its_own(tmp_pat
     a, b = ClipDataset(tmp_path / "s0" / "data"), ClipDataset(tmp_path / "s1" / "data")
     assert a.manifest["world"]["seed"] == 0 and b.manifest["world"]["seed"] == 1
     assert not np.array_equal(a[0].frames, b[0].frames) and a[0].frames.shape == b[0].frames.shape
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "s1").rglob("*") if p.is_file()}
     rc, _, err = run_cli(*base, "--out", tmp_path / "s1")
     assert rc != 0 and "data seed 1" in err and "--data-seed 1" in err
-    assert ClipDataset(tmp_path / "s1" / "data").manifest["world"]["seed"] == 1
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "s1").rglob("*") if p.is_file()} == written  # refused before any write
+    # an ablation that reuses the run's clips is held to their seed too
+    rc, _, err = run_cli(*base, "--out", tmp_path / "abl", "--reuse-from", tmp_path / "s1", "--ablation", "no-mask")
+    assert rc != 0 and "--data-seed 1" in err and not (tmp_path / "abl" / "data").exists()

@@ -432,6 +432,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     t_start = time.time()
     _check_size(out, size, reuse_from)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
+    _check_data_seed(out, data_seed, reuse_from)
     init = _check_transformer_init(out, transformer_init)
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
@@ -492,13 +493,6 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         shutil.rmtree(out / "base", ignore_errors=True)
         tmp.rename(out / "base")
         log(f"transformer: starts from {init['path']}" if init else "transformer: random init")
-    if (out / "data" / "manifest.json").is_file():
-        have = json.loads((out / "data" / "manifest.json").read_text())["world"].get("seed", 0)
-        if have != data_seed:
-            from ..errors import MagrefInputError
-
-            raise MagrefInputError(f"{out / 'data'} holds clips of data seed {have}, not {data_seed}.",
-                                   f"pass --data-seed {have} to go on with them, or use another --out for new clips.")
     if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
         stale, data = [], ClipDataset(out / "data")
         if data.masks(0) is None:
@@ -637,6 +631,19 @@ def load_transformer_init(transformer, init: str | Path) -> None:
         raise MagrefInputError(f"--transformer-init {init}: its weights do not fit this run's transformer ({len(wrong)} names or shapes differ, "
                                f"e.g. {wrong[0]}).", "pass weights of a run with the same model size and conditioning (channels or tokens).")
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
+
+
+def _check_data_seed(out: Path, data_seed: int, reuse_from: str | Path | None) -> None:
+    """A run's clips (its own or those it reuses) are of one data seed; another is refused
+    before anything is written, not trained on clips that were not asked for."""
+    data = out / "data" if (out / "data").exists() or reuse_from is None else Path(reuse_from).expanduser() / "data"
+    if (data / "manifest.json").is_file():
+        have = json.loads((data / "manifest.json").read_text())["world"].get("seed", 0)
+        if have != data_seed:
+            from ..errors import MagrefInputError
+
+            raise MagrefInputError(f"{data} holds clips of data seed {have}, not {data_seed}.",
+                                   f"pass --data-seed {have} to go on with them, or use another --out for new clips.")
 
 
 def _check_size(out: Path, size: int, reuse_from: str | Path | None) -> None:
