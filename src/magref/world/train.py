@@ -430,9 +430,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    _check_size(out, size, reuse_from)  # before anything is written: a refused run stays as it was
+    _check_clips(out, size, data_seed, reuse_from)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
-    _check_data_seed(out, data_seed, reuse_from)
     init = _check_transformer_init(out, transformer_init)
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
@@ -633,34 +632,31 @@ def load_transformer_init(transformer, init: str | Path) -> None:
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
-def _check_data_seed(out: Path, data_seed: int, reuse_from: str | Path | None) -> None:
-    """A run's clips (its own or those it reuses) are of one data seed; another is refused
-    before anything is written, not trained on clips that were not asked for."""
-    data = out / "data" if (out / "data").exists() or reuse_from is None else Path(reuse_from).expanduser() / "data"
-    if (data / "manifest.json").is_file():
-        have = json.loads((data / "manifest.json").read_text())["world"].get("seed", 0)
-        if have != data_seed:
-            from ..errors import MagrefInputError
-
-            raise MagrefInputError(f"{data} holds clips of data seed {have}, not {data_seed}.",
-                                   f"pass --data-seed {have} to go on with them, or use another --out for new clips.")
-
-
-def _check_size(out: Path, size: int, reuse_from: str | Path | None) -> None:
+def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None) -> None:
     """The run's frame size agrees with what it already holds (its run.json, its clips) and with
-    the run it reuses; runs from before run.json were 64 px."""
+    the run it reuses (runs from before run.json were 64 px); the clips it trains on, its own or
+    those it reuses, are of its data seed, not clips it was not asked for."""
     from ..errors import MagrefInputError
 
-    have = {}
+    def manifest(data: Path) -> dict | None:
+        return json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else None
+
+    have, own = {}, manifest(out / "data")
     if (out / "run.json").is_file():
         have[f"{out} is a run"] = run_size(out)
-    if (out / "data" / "manifest.json").is_file():
-        have[f"{out / 'data'} holds clips"] = json.loads((out / "data" / "manifest.json").read_text())["settings"]["height"]
+    if own is not None:
+        have[f"{out / 'data'} holds clips"] = own["settings"]["height"]
     if reuse_from is not None:
         have[f"--reuse-from {reuse_from} is a run"] = run_size(reuse_from)
     for what, px in have.items():
         if px != size:
             raise MagrefInputError(f"{what} at {px} px, not {size}.", f"pass --size {px}, or use another --out.")
+    data = out / "data" if (out / "data").exists() or reuse_from is None else Path(reuse_from).expanduser() / "data"
+    clips = own if data == out / "data" else manifest(data)
+    seed = data_seed if clips is None else clips["world"].get("seed", 0)
+    if seed != data_seed:
+        raise MagrefInputError(f"{data} holds clips of data seed {seed}, not {data_seed}.",
+                               f"pass --data-seed {seed} to go on with them, or use another --out for new clips.")
 
 
 def pipeline_from_run(run: str | Path, step: int | None = None):
