@@ -457,6 +457,26 @@ def test_world_evaluate_keeps_one_guidance_and_step_count_per_folder(tmp_path):
         evaluate({}, tmp_path / "e", guidance=5.0, steps=10, **quiet)
 
 
+def test_world_evaluate_shift_reaches_the_sampler_and_is_kept_per_folder(tmp_path):
+    """--shift: the sampler's flow shift (never tuned at 128 px) is what the videos are made with,
+    recorded per video; a folder made with the model's own shift refuses another."""
+    from conftest import run_cli
+
+    videos = {}
+    for shift in ("1", "20"):
+        rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / shift, "--subjects", "1", "--cases", "1",
+                             "--seeds", "0", "--steps", "3", "--no-truth", "--shift", shift)
+        assert rc == 0, err[-2000:]
+        (row,) = [json.loads(line) for line in (tmp_path / shift / "results.jsonl").read_text().splitlines()]
+        assert row["shift"] == float(shift)
+        videos[shift] = (tmp_path / shift / "videos" / "tiny" / "1s_0_seed0.mp4").read_bytes()
+    assert videos["1"] != videos["20"]
+    from magref.world.evaluate import evaluate
+
+    with pytest.raises(MagrefInputError, match="shift 1.0, not the model's own"):
+        evaluate({"tiny": "tiny-random"}, tmp_path / "1", subjects=(1,), cases=1, seeds=(0,), steps=3, truth=False, log=lambda *a: None)
+
+
 def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
     """`magref world compare A B`: differences of the same (case, seed) videos, by subject count and
     overall, with the standard error of the differences; sides of other case seeds, or a folder of
@@ -578,8 +598,8 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "1.5")
     assert rc == 0, err[-2000:]
     assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5
-    rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "0.5")
-    assert rc == 2 and "at least 1" in err
+    rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "-0.5")
+    assert rc == 2 and "negative" in err
     assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5  # a refused export leaves it be
     rc, _, err = run_cli("world", "evaluate", "--model", f"w={out}", "--out", tmp_path / "e", "--subjects", "1", "--cases", "1", "--seeds", "0",
                          "--steps", "1")
@@ -645,6 +665,38 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
     for same in (None, tmp_path / "copy.safetensors"):  # a resume need not repeat the option; the base stays as it is
         run(tmp_path / "b", transformer_init=same, stop_after_data=True, **quiet)
         assert (tmp_path / "b" / "base" / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_transformer_init_grows_a_shallower_transformer_into_a_deeper_one_that_computes_the_same(tmp_path):
+    """Weights of a 2-block transformer start a 5-block one of the same width: its blocks are
+    copies (the extra ones with zeroed branch outputs), so the deeper model's first prediction is
+    the shallower one's and training goes on from there; deeper or wider weights are refused."""
+    from safetensors.torch import save_file
+
+    from magref.world.train import load_transformer_init, miniature_components
+
+    small = miniature_components(layers=2, heads=2)["transformer"].eval()
+    with torch.no_grad():  # a trained model's branches are not zero: give every output projection weight
+        for block in small.blocks:
+            for lin in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
+                lin.weight.normal_(0, 0.05), lin.bias.normal_(0, 0.05)
+    save_file(small.state_dict(), tmp_path / "small.safetensors")
+    deep = miniature_components(seed=1, layers=5, heads=2)["transformer"].eval()
+    load_transformer_init(deep, tmp_path / "small.safetensors")
+    assert torch.equal(deep.blocks[1].attn1.to_q.weight, small.blocks[0].attn1.to_q.weight)  # a copy, not a fresh block
+    assert not deep.blocks[1].ffn.net[2].weight.any() and deep.blocks[3].ffn.net[2].weight.equal(small.blocks[1].ffn.net[2].weight)
+    cfg = small.config
+    x, t = torch.randn(1, cfg.in_channels, 2, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([700.0])
+    text, image = torch.randn(1, 6, cfg.text_dim), torch.randn(1, 4, cfg.image_dim)
+    with torch.no_grad():
+        want = small(x, t, text, encoder_hidden_states_image=image).sample
+        got = deep(x, t, text, encoder_hidden_states_image=image).sample
+    assert want.abs().mean() > 0.1 and torch.allclose(got, want, atol=1e-5)
+
+    save_file(deep.state_dict(), tmp_path / "deep.safetensors")
+    for target, weights in ((miniature_components(layers=2, heads=2), "deep"), (miniature_components(layers=5, heads=1), "small")):
+        with pytest.raises(MagrefInputError, match="do not fit"):
+            load_transformer_init(target["transformer"], tmp_path / f"{weights}.safetensors")
 
 
 def test_world_train_transformer_size_is_chosen_and_kept(tmp_path):

@@ -405,7 +405,7 @@ def cmd_world_evaluate(args) -> int:
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
              guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier, case_seed=args.case_seed,
-             size=args.size, device=args.device)
+             size=args.size, device=args.device, shift=args.shift)
     return 0
 
 
@@ -547,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the 8x VAE; pair it with --vae src/magref/assets/models/miniature/vae)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="transformer steps between checkpoints (each kept, ~140 MB)")
     p.add_argument("--transformer-init", default=None, help="weights that start the transformer (a model folder or a .safetensors, e.g. a "
-                   "lent GPU's packed run), with a fresh optimizer; a resume reuses the run's own")
+                   "lent GPU's packed run), with a fresh optimizer; a resume reuses the run's own. Weights of a shallower transformer of the same "
+                   "width start a deeper one (--dit-layers): copies of its blocks, the extra ones passing their input through")
     p.add_argument("--lr", type=float, default=1e-3, help="the transformer's learning rate")
     p.add_argument("--lr-schedule", choices=["constant_with_warmup", "cosine", "linear"], default="constant_with_warmup",
                    help="cosine / linear: anneal to 0 by --dit-steps (e.g. finishing a --transformer-init run)")
@@ -592,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--shift", type=float, default=None, help="the sampler's flow shift (default: each model's scheduler's)")
     p.add_argument("--no-truth", action="store_true", help="leave out the ground-truth (ceiling) row")
     p.add_argument("--case-seed", type=int, default=2,
                    help="which cases (identities, motions, scenes) are drawn; 2 made the docs' tables, another gives fresh cases (recorded in the results)")

@@ -32,6 +32,15 @@ from .io import load_reference, sha256_file
 LIMITS = dict(side=2048, frames=1001, voxels=720 * 1280 * 161, steps=1000, seed=2**63 - 1, fps=240)
 
 
+def check_guidance(value: float) -> None:
+    """The one rule for a guidance scale, a request's or a model folder's default: a finite number,
+    0 or more (below 1 extrapolates away from the prompt: the official code allows it, so do we)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MagrefInputError(f"guidance {value} is not a finite number.", "use e.g. --guidance 5.0 (1 turns guidance off).")
+    if value < 0:
+        raise MagrefInputError(f"Guidance {value} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
+
+
 @dataclass
 class GenerationSettings:
     """What a user asks for, in the CLI's names (the pipeline's are diffusers': `num_frames`,
@@ -107,9 +116,7 @@ class GenerationSettings:
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise MagrefInputError(f"{name} {value} is not a finite number.", fix + ".")
-        # guidance below 1 would extrapolate away from the prompt: the official code allows any value, so do we (>= 0)
-        if self.guidance < 0:
-            raise MagrefInputError(f"Guidance {self.guidance} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
+        check_guidance(self.guidance)
         if self.shift <= 0:
             raise MagrefInputError(f"Shift {self.shift} must be positive.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
         if self.fps <= 0 or self.fps > LIMITS["fps"]:

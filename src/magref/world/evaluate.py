@@ -312,22 +312,26 @@ def contact_sheet(rows: list[tuple[str, Image.Image, np.ndarray]], frames_shown:
 
 def _refuse_other(out, have: list, want, what: str, option: str) -> None:
     """A results folder holds one setting of `what`: a rerun with another would mix two tables."""
-    other = sorted(set(have) - {want})
+    other = sorted(set(have) - {want}, key=str)  # None (a default) beside numbers
     if other:
         from ..errors import MagrefInputError
 
-        raise MagrefInputError(f"{out} holds videos made with {what} {other[0]}, not {want}.", f"use another --out for another {option}.")
+        def shown(v):
+            return "the model's own" if v is None else v
+
+        raise MagrefInputError(f"{out} holds videos made with {what} {shown(other[0])}, not {shown(want)}.", f"use another --out for another {option}.")
 
 
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
              truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind", identifier=None, size: int | None = None,
-             device=None) -> dict:
+             device=None, shift: float | None = None) -> dict:
     """Generate every (model, case, seed) video, score it against the truth, and write
     results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
     sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/.
     `identifier`: a folder of the learnt identity test (default: the shipped one). `size`: the
     videos' height and width (default: what the models were trained at; they must agree).
-    `device`: where the models run (default: cuda when available)."""
+    `device`: where the models run (default: cuda when available). `shift`: the sampler's flow
+    shift (default: each model's scheduler's)."""
     import json
     from pathlib import Path
 
@@ -345,6 +349,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     made = [r for r in rows if r.get("spec")]  # the ground truth takes no sampling settings
     _refuse_other(out, [r["steps"] for r in made], steps, "steps", "--steps")
     _refuse_other(out, [r["guidance"] for r in made], guidance, "guidance", "--guidance")
+    _refuse_other(out, [r.get("shift") for r in made], shift, "shift", "--shift")
     if size is None:
         sizes = {model_size(spec) for spec in models.values()} or {64}
         if len(sizes) > 1:
@@ -375,19 +380,19 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
                     pipes.clear()  # one model in memory at a time
                     pipes[name] = load_model_spec(sources[name]).to(device)
                     pipes[name].set_progress_bar_config(disable=True)
-                frames = generate_case(pipes[name], case, s, steps, guidance, size=size)
+                frames = generate_case(pipes[name], case, s, steps, guidance, size=size, **({} if shift is None else {"shift": shift}))
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
             row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size,
                    "device": str(device) if sources[name] else None, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
-                   "steps": steps, "guidance": guidance, **score_video(frames, case, identifier=judge)}
+                   "steps": steps, "guidance": guidance, "shift": shift, **score_video(frames, case, identifier=judge)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
-    write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance,
+    write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance, "shift": shift,
                                                     "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
                                                     "identifier": identifier.name}, "summary": summary})
     chance = 1.0 / 8

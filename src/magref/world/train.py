@@ -617,18 +617,45 @@ def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> d
     return have if have and have["sha256"] == init["sha256"] else init  # the same weights, wherever they are now
 
 
+# the residual branches of a Wan block: zeroed, the block passes its input through unchanged
+_BRANCH_OUTPUTS = ("attn1.to_out.0.", "attn2.to_out.0.", "ffn.net.2.")
+
+
+def grow_blocks(state: dict, layers: int) -> dict:
+    """`state` (a transformer's weights) with `layers` blocks instead of its own, by function-preserving
+    depth growth: new block i copies old block i * old // layers, and every copy after the first has
+    its branch outputs zeroed, so the deeper transformer computes what the shallower one did and
+    training starts from it (no library grows a diffusers transformer; this is a few renames)."""
+    old = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    out = {k: v for k, v in state.items() if not k.startswith("blocks.")}
+    for i in range(layers):
+        j = i * old // layers
+        first = i == 0 or (i - 1) * old // layers != j
+        for k, v in state.items():
+            if k.startswith(f"blocks.{j}."):
+                rest = k[len(f"blocks.{j}."):]
+                out[f"blocks.{i}.{rest}"] = v if first or not rest.startswith(_BRANCH_OUTPUTS) else torch.zeros_like(v)
+    return out
+
+
 def load_transformer_init(transformer, init: str | Path) -> None:
-    """Load the weights at `init` into `transformer` (float32), refusing any that do not fit."""
+    """Load the weights at `init` into `transformer` (float32), refusing any that do not fit; weights
+    of a transformer with fewer blocks but the same width start a deeper one (`grow_blocks`)."""
     from safetensors.torch import load_file
 
     from ..errors import MagrefInputError
 
     state = load_file(str(_transformer_weights(init)))
+    layers = len(transformer.blocks)
+    have = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+    if 0 < have < layers:
+        state = grow_blocks(state, layers)
     own = transformer.state_dict()
     wrong = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if wrong:
         raise MagrefInputError(f"--transformer-init {init}: its weights do not fit this run's transformer ({len(wrong)} names or shapes differ, "
-                               f"e.g. {wrong[0]}).", "pass weights of a run with the same model size and conditioning (channels or tokens).")
+                               f"e.g. {wrong[0]}).", "pass weights of a run with the same width and conditioning (channels or tokens), "
+                               "and as many blocks or fewer (--dit-layers).")
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
@@ -693,11 +720,10 @@ def export_run(run: str | Path, dest: str | Path, step: int | None = None, dtype
     measured to suit it better than the official 5 (chosen on one case seed, confirmed on another)."""
     from ..io import write_json
 
-    if guidance is not None and not guidance >= 1.0:  # refused before `dest` is cleared
-        from ..errors import MagrefInputError
+    if guidance is not None:  # a request's rule, so every default is one a request accepts; refused before `dest` is cleared
+        from ..request import check_guidance
 
-        raise MagrefInputError(f"--guidance {guidance}: a guidance scale is at least 1 (1: the caption alone, no unconditional pass).",
-                               "pass 1 or more, e.g. the official 5.")
+        check_guidance(guidance)
     pipe = pipeline_from_run(run, step)
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
