@@ -412,7 +412,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     can go on where a short GPU session stopped, on this run's own clips. `learning_rate`,
     `lr_schedule`: the transformer's (a diffusers schedule name; "cosine" anneals to 0 by
     `dit_steps`, e.g. to finish a started transformer). `dit_layers`, `dit_heads`: the
-    transformer's size (width = heads x 64; the shipped miniature's 6 x 4, ~10 M parameters).
+    transformer's size (width = heads x 64; the shipped miniature's 6 x 4, 7.0 M parameters).
     `encode_batch`: examples (clip x layout) per encoder call while the encoding cache is built
     (`cache_encode_batch`: 1 keeps it equal to the live path bit for bit; a GPU wants 16); None
     keeps what the run's config says (1 for a new run), so a resume without it reads its cache.
