@@ -475,6 +475,9 @@ def test_world_evaluate_shift_reaches_the_sampler_and_is_kept_per_folder(tmp_pat
 
     with pytest.raises(MagrefInputError, match="shift 1.0, not the model's own"):
         evaluate({"tiny": "tiny-random"}, tmp_path / "1", subjects=(1,), cases=1, seeds=(0,), steps=3, truth=False, log=lambda *a: None)
+    for bad in ("0", "nan"):  # refused before the folder exists, so nothing is locked to it
+        rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "bad", "--shift", bad)
+        assert rc == 2 and "shift" in err.lower() and not (tmp_path / "bad").exists()
 
 
 def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):

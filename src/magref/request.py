@@ -34,11 +34,20 @@ LIMITS = dict(side=2048, frames=1001, voxels=720 * 1280 * 161, steps=1000, seed=
 
 def check_guidance(value: float) -> None:
     """The one rule for a guidance scale, a request's or a model folder's default: a finite number,
-    0 or more (below 1 extrapolates away from the prompt: the official code allows it, so do we)."""
+    0 or more. At 1 or below the pipeline makes no unconditional pass (diffusers' `guidance_scale > 1`),
+    so anything up to 1 samples as 1."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MagrefInputError(f"guidance {value} is not a finite number.", "use e.g. --guidance 5.0 (1 turns guidance off).")
     if value < 0:
         raise MagrefInputError(f"Guidance {value} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
+
+
+def check_shift(value: float) -> None:
+    """A sampler's flow shift: a finite number above 0, a request's or an evaluation's."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MagrefInputError(f"shift {value} is not a finite number.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
+    if value <= 0:
+        raise MagrefInputError(f"Shift {value} must be positive.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
 
 
 @dataclass
@@ -117,8 +126,7 @@ class GenerationSettings:
             if not math.isfinite(value):
                 raise MagrefInputError(f"{name} {value} is not a finite number.", fix + ".")
         check_guidance(self.guidance)
-        if self.shift <= 0:
-            raise MagrefInputError(f"Shift {self.shift} must be positive.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
+        check_shift(self.shift)
         if self.fps <= 0 or self.fps > LIMITS["fps"]:
             raise MagrefInputError(f"fps {self.fps} is not between 0 and {LIMITS['fps']}.", "use e.g. --fps 15.")
         if self.frames <= self.drop_first_frames:
