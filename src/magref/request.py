@@ -32,20 +32,23 @@ from .io import load_reference, sha256_file
 LIMITS = dict(side=2048, frames=1001, voxels=720 * 1280 * 161, steps=1000, seed=2**63 - 1, fps=240)
 
 
+def _check_finite(name: str, value, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MagrefInputError(f"{name} {value} is not a finite number.", fix + ".")
+
+
 def check_guidance(value: float) -> None:
     """The one rule for a guidance scale, a request's or a model folder's default: a finite number,
     0 or more. At 1 or below the pipeline makes no unconditional pass (diffusers' `guidance_scale > 1`),
     so anything up to 1 samples as 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MagrefInputError(f"guidance {value} is not a finite number.", "use e.g. --guidance 5.0 (1 turns guidance off).")
+    _check_finite("guidance", value, "use e.g. --guidance 5.0 (1 turns guidance off)")
     if value < 0:
         raise MagrefInputError(f"Guidance {value} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
 
 
 def check_shift(value: float) -> None:
     """A sampler's flow shift: a finite number above 0, a request's or an evaluation's."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MagrefInputError(f"shift {value} is not a finite number.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
+    _check_finite("shift", value, "use e.g. --shift 3.0 (480p) or 5.0 (720p)")
     if value <= 0:
         raise MagrefInputError(f"Shift {value} must be positive.", "use e.g. --shift 3.0 (480p) or 5.0 (720p).")
 
@@ -122,9 +125,7 @@ class GenerationSettings:
             raise MagrefInputError(f"Layout seed {self.layout_seed} is outside 0..2^63-1.", "use e.g. --layout-seed 1.")
         for name, fix in (("guidance", "use e.g. --guidance 5.0 (1 turns guidance off)"), ("shift", "use e.g. --shift 3.0 (480p) or 5.0 (720p)"),
                           ("fps", "use e.g. --fps 15")):
-            value = getattr(self, name)
-            if not math.isfinite(value):
-                raise MagrefInputError(f"{name} {value} is not a finite number.", fix + ".")
+            _check_finite(name, getattr(self, name), fix)  # all three before any bound, as the messages are ordered
         check_guidance(self.guidance)
         check_shift(self.shift)
         if self.fps <= 0 or self.fps > LIMITS["fps"]:

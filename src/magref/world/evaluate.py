@@ -384,7 +384,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
                     pipes.clear()  # one model in memory at a time
                     pipes[name] = load_model_spec(sources[name]).to(device)
                     pipes[name].set_progress_bar_config(disable=True)
-                frames = generate_case(pipes[name], case, s, steps, guidance, size=size, **({} if shift is None else {"shift": shift}))
+                frames = generate_case(pipes[name], case, s, steps, guidance, size=size, shift=shift)
             video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)

@@ -621,12 +621,16 @@ def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> d
 _BRANCH_OUTPUTS = ("attn1.to_out.0.", "attn2.to_out.0.", "ffn.net.2.")
 
 
+def _block_count(state: dict) -> int:
+    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+
+
 def grow_blocks(state: dict, layers: int) -> dict:
     """`state` (a transformer's weights) with `layers` blocks instead of its own, by function-preserving
     depth growth: new block i copies old block i * old // layers, and every copy after the first has
     its branch outputs zeroed, so the deeper transformer computes what the shallower one did and
     training starts from it (no library grows a diffusers transformer; this is a few renames)."""
-    old = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    old = _block_count(state)
     out = {k: v for k, v in state.items() if not k.startswith("blocks.")}
     for i in range(layers):
         j = i * old // layers
@@ -646,10 +650,8 @@ def load_transformer_init(transformer, init: str | Path) -> None:
     from ..errors import MagrefInputError
 
     state = load_file(str(_transformer_weights(init)))
-    layers = len(transformer.blocks)
-    have = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
-    if 0 < have < layers:
-        state = grow_blocks(state, layers)
+    if 0 < _block_count(state) < len(transformer.blocks):
+        state = grow_blocks(state, len(transformer.blocks))
     own = transformer.state_dict()
     wrong = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if wrong:
