@@ -103,8 +103,45 @@ def test_prepare_with_two_workers_every_video_once_and_a_killed_run_resumes(tmp_
     sources = [ds[i].meta["source"] for i in range(len(ds))]
     assert sorted(set(sources)) == [f"v{i:02d}.mp4" for i in range(12)]  # every video
     assert len(sources) == len(set(sources)) * 2  # once: 20 frames at 8 fps make two 9-frame clips each, no video twice
-    redone = [json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()]
-    assert len(redone) == 12 and set(redone) == {f"v{i:02d}.mp4" for i in range(12)}  # nothing finished before the kill was done again
+    logged = [json.loads(line)["video"] for p in out.glob("progress.rank*.jsonl") for line in p.read_text().splitlines()]
+    assert len(logged) == len(set(logged))  # nothing finished before the kill was done again
+    # a kill between a shard's manifest entry and its progress line leaves videos finished by the manifest alone
+    assert set(logged) | {v for s in manifest["shards"] for v in s["videos"]} == {f"v{i:02d}.mp4" for i in range(12)}
+
+
+def test_a_run_stopped_after_its_manifest_but_before_its_progress_does_not_prepare_those_videos_twice(tmp_path, monkeypatch):
+    """The shard and its manifest entry are written, then the progress log: a stop between the two
+    (found by the two-worker test above, whose kill lands there by chance) must not make the rerun
+    prepare those videos again, or their clips would be in the dataset twice."""
+    import json
+
+    from magref.data import shards
+    from magref.data.prepare import PrepareSettings, prepare
+    from videos import moving_subject_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        moving_subject_video(videos / f"v{i}.mp4", colour=(40 + 60 * i, 200 - 50 * i, 60), seed=i, frames=9, caption=f"ball {i} rolls")
+    out, settings = tmp_path / "ds", PrepareSettings(frames=9, samples_per_shard=1, clip_codec="raw")
+
+    def stop(*_):
+        raise KeyboardInterrupt  # as a kill would land: the manifest written, the progress not
+
+    flush = shards.ShardWriter.flush
+
+    def flush_then_stop(self, final=False):
+        self.on_flush = stop
+        flush(self, final)
+
+    monkeypatch.setattr(shards.ShardWriter, "flush", flush_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(videos, out, settings, log=lambda *a: None)
+    assert not (out / "progress.jsonl").exists() and len(json.loads((out / "manifest.json").read_text())["shards"]) == 1
+    monkeypatch.undo()
+    manifest = prepare(videos, out, settings, log=lambda *a: None)
+    sources = sorted(ClipDataset(out)[i].meta["source"] for i in range(manifest["num_samples"]))
+    assert sources == ["v0.mp4", "v1.mp4", "v2.mp4"]
 
 
 def test_a_process_that_starts_after_another_finished_videos_still_takes_its_whole_share(tmp_path):

@@ -116,9 +116,14 @@ def _check_settings(manifest: dict, settings: PrepareSettings, out_dir: Path) ->
 
 
 def finished_videos(out_dir: Path) -> set[str]:
-    """Videos finished by any run or process (progress.jsonl and every progress.rank<r>.jsonl);
-    a skipped one (no caption yet, unreadable) is tried again on every rerun."""
+    """Videos finished by any run or process (progress.jsonl and every progress.rank<r>.jsonl),
+    and those of every shard a manifest records: a process stopped after writing its manifest and
+    before logging progress has finished them too, and doing them again would put their clips in
+    the dataset twice. A skipped one (no caption yet, unreadable) is tried again on every rerun."""
     done: set[str] = set()
+    for manifest in sorted(out_dir.glob("manifest*.json")):
+        for shard in json.loads(manifest.read_text())["shards"]:
+            done.update(shard.get("videos", ()))  # datasets from before it was recorded: progress alone
     for progress in sorted(out_dir.glob("progress*.jsonl")):
         for line in progress.read_text().splitlines():
             if line.strip():
@@ -191,7 +196,7 @@ def prepare(videos_dir: str | Path, out_dir: str | Path, settings: PrepareSettin
         buffered_videos.clear()
 
     writer = ShardWriter(out_dir, manifest, settings.samples_per_shard, on_flush=log_finished, clip_codec=settings.clip_codec,
-                         manifest_name=manifest_path.name, shard_prefix=f"shard-r{rank}-" if world > 1 else "shard-")
+                         manifest_name=manifest_path.name, shard_prefix=f"shard-r{rank}-" if world > 1 else "shard-", record_videos=True)
 
     skipped_now = 0
     for video in tqdm(videos, desc="prepare", unit="video", file=sys.stderr):

@@ -119,13 +119,16 @@ class ShardWriter:
     """Buffers samples into numbered tar shards and keeps `manifest.json` in step: each shard is
     written whole (atomically), then recorded, so a stopped run leaves a consistent dataset.
     `manifest` is the dataset's manifest so far (new: format, settings, no shards);
-    `on_flush` runs after each shard is recorded (`magref prepare` logs finished videos there).
+    `on_flush` runs after each shard is recorded (`magref prepare` logs finished videos there);
+    `record_videos` also lists each shard's source videos (`meta["source"]`) in its manifest entry,
+    so that a process stopped between the two still counts them as finished on its rerun.
     `resumable=False` writes the manifest only at the end (`close`), so its presence means the
     dataset is complete (a build that is redone, not resumed, when interrupted)."""
 
     def __init__(self, root: str | Path, manifest: dict, samples_per_shard: int, on_flush=None, resumable: bool = True, clip_codec: str = "raw",
-                 manifest_name: str = MANIFEST, shard_prefix: str = "shard-"):
+                 manifest_name: str = MANIFEST, shard_prefix: str = "shard-", record_videos: bool = False):
         self.root, self.manifest, self.samples_per_shard, self.on_flush = Path(root), manifest, samples_per_shard, on_flush
+        self.record_videos = record_videos
         self.resumable, self.clip_codec = resumable, clip_codec
         self.manifest_name, self.shard_prefix = manifest_name, shard_prefix  # one process of several writes its own
         self.buffer: list[Sample] = []
@@ -148,7 +151,10 @@ class ShardWriter:
             while (name := f"{self.shard_prefix}{n:05d}.tar") in taken:  # a single-process rerun after a merged multi-process one
                 n += 1
             write_shard(self.root / name, self.buffer, self.clip_codec)
-            self.manifest["shards"].append({"file": name, "keys": [s.key for s in self.buffer]})
+            entry = {"file": name, "keys": [s.key for s in self.buffer]}
+            if self.record_videos:
+                entry["videos"] = sorted({s.meta["source"] for s in self.buffer})
+            self.manifest["shards"].append(entry)
             self.buffer = []
         self.manifest["num_samples"] = sum(len(s["keys"]) for s in self.manifest["shards"])
         if self.resumable or final:
