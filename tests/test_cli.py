@@ -78,7 +78,8 @@ BAD = {
     # numbers: non-finite, negative, out of range, beyond what a machine holds
     "guidance nan": (lambda d: ["--ref", CHAR, "--guidance", "nan"], "not a finite number"),
     "guidance inf": (lambda d: ["--ref", CHAR, "--guidance", "inf"], "not a finite number"),
-    "guidance negative": (lambda d: ["--ref", CHAR, "--guidance", "-1"], "negative"),
+    "guidance negative": (lambda d: ["--ref", CHAR, "--guidance", "-1"], "below 1"),
+    "guidance below 1, which would sample as 1": (lambda d: ["--ref", CHAR, "--guidance", "0.5"], "below 1"),
     "shift nan": (lambda d: ["--ref", CHAR, "--shift", "nan"], "not a finite number"),
     "shift zero": (lambda d: ["--ref", CHAR, "--shift", "0"], "must be positive"),
     "shift negative": (lambda d: ["--ref", CHAR, "--shift", "-3"], "must be positive"),

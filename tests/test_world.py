@@ -475,9 +475,9 @@ def test_world_evaluate_shift_reaches_the_sampler_and_is_kept_per_folder(tmp_pat
 
     with pytest.raises(MagrefInputError, match="shift 1.0, not the model's own"):
         evaluate({"tiny": "tiny-random"}, tmp_path / "1", subjects=(1,), cases=1, seeds=(0,), steps=3, truth=False, log=lambda *a: None)
-    for bad in ("0", "nan"):  # refused before the folder exists, so nothing is locked to it
-        rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "bad", "--shift", bad)
-        assert rc == 2 and "shift" in err.lower() and not (tmp_path / "bad").exists()
+    for option, bad in (("--shift", "0"), ("--shift", "nan"), ("--guidance", "0.5")):  # refused before the folder exists: nothing locked to it
+        rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "bad", option, bad)
+        assert rc == 2 and option[2:] in err.lower() and not (tmp_path / "bad").exists()
 
 
 def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
@@ -601,8 +601,8 @@ def test_world_runs_at_128_px_from_training_to_evaluation(tmp_path):
     rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "1.5")
     assert rc == 0, err[-2000:]
     assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5
-    rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "-0.5")
-    assert rc == 2 and "negative" in err
+    rc, _, err = run_cli("world", "export", out, tmp_path / "export-g", "--guidance", "0.5")
+    assert rc == 2 and "below 1" in err
     assert json.loads((tmp_path / "export-g" / "generation_defaults.json").read_text())["guidance"] == 1.5  # a refused export leaves it be
     rc, _, err = run_cli("world", "evaluate", "--model", f"w={out}", "--out", tmp_path / "e", "--subjects", "1", "--cases", "1", "--seeds", "0",
                          "--steps", "1")

@@ -39,11 +39,13 @@ def _check_finite(name: str, value, fix: str) -> None:
 
 def check_guidance(value: float) -> None:
     """The one rule for a guidance scale, a request's or a model folder's default: a finite number,
-    0 or more. At 1 or below the pipeline makes no unconditional pass (diffusers' `guidance_scale > 1`),
-    so anything up to 1 samples as 1."""
+    1 or more. At 1 or below the pipeline makes no unconditional pass (diffusers' `guidance_scale > 1`),
+    so a value below 1 would silently sample as 1; it is refused rather than ignored (the official
+    code, which always makes both passes, would extrapolate away from the prompt instead)."""
     _check_finite("guidance", value, "use e.g. --guidance 5.0 (1 turns guidance off)")
-    if value < 0:
-        raise MagrefInputError(f"Guidance {value} is negative.", "use 0 or more, e.g. --guidance 5.0 (1 turns guidance off).")
+    if value < 1:
+        raise MagrefInputError(f"Guidance {value} is below 1: guidance at or below 1 makes no unconditional pass, so it would sample as 1.",
+                               "use 1 to turn guidance off (one pass per step), or more, e.g. --guidance 5.0.")
 
 
 def check_shift(value: float) -> None:

@@ -340,9 +340,10 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     from ..composition import compose_references
     from ..io import read_video, write_json, write_video
 
-    if shift is not None:  # before the folder exists: a refused value is never recorded
-        from ..request import check_shift
+    from ..request import check_guidance, check_shift
 
+    check_guidance(guidance)  # before the folder exists: a refused value is never recorded
+    if shift is not None:
         check_shift(shift)
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
