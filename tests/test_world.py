@@ -743,3 +743,91 @@ def test_world_train_data_seed_draws_other_clips_and_a_run_keeps_its_own(tmp_pat
     # an ablation that reuses the run's clips is held to their seed too
     rc, _, err = run_cli(*base, "--out", tmp_path / "abl", "--reuse-from", tmp_path / "s1", "--ablation", "no-mask")
     assert rc != 0 and "--data-seed 1" in err and not (tmp_path / "abl" / "data").exists()
+
+
+def test_world_train_identities_draw_more_training_looks_and_never_a_held_out_one(tmp_path):
+    """--train-identities N: the first N training ids of every unique look (the default 320 are the
+    split's), none held out and none looking like a held-out identity; the clips say so in their
+    keys and manifest, and a run's folder refuses another count, or one out of range, before writing."""
+    from conftest import run_cli
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.identities import MAX_TRAIN_IDENTITIES
+
+    assert identity_ids("train", 320) == identity_ids("train")
+    more = identity_ids("train", MAX_TRAIN_IDENTITIES)
+    held = {json.dumps(identity(i).params, sort_keys=True) for i in identity_ids("heldout")}
+    assert len(more) == MAX_TRAIN_IDENTITIES > 800 and not set(more) & set(identity_ids("heldout"))
+    assert not any(json.dumps(identity(i).params, sort_keys=True) in held for i in more)
+    with pytest.raises(MagrefInputError, match="between 1 and"):
+        identity_ids("train", MAX_TRAIN_IDENTITIES + 1)
+    base = ("world", "train", "--vae", WORLD_VAE_PATH, "--clips", "12", "--dit-steps", "1", "--batch-size", "2", "--data-only")
+    rc, _, err = run_cli(*base, "--out", tmp_path / "w", "--train-identities", str(MAX_TRAIN_IDENTITIES))
+    assert rc == 0, err[-2000:]
+    ds = ClipDataset(tmp_path / "w" / "data")
+    assert ds.manifest["world"]["identities"] == MAX_TRAIN_IDENTITIES and ds[0].key.startswith(f"train{MAX_TRAIN_IDENTITIES}_")
+    drawn = {i for k in range(len(ds)) for i in ds[k].meta["identities"]}
+    assert max(drawn) >= 400 and not drawn & set(identity_ids("heldout"))  # 12 clips of 1 subject from 819: some beyond the first 400 ids
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()}
+    for count, says in (("320", f"--train-identities {MAX_TRAIN_IDENTITIES}"), (str(MAX_TRAIN_IDENTITIES + 1), "between 1 and")):
+        rc, _, err = run_cli(*base, "--out", tmp_path / "w", "--train-identities", count)
+        assert rc != 0 and says in err, err[-2000:]
+    rc, _, err = run_cli(*base, "--out", tmp_path / "x", "--train-identities", "0")
+    assert rc != 0 and "between 1 and" in err and not (tmp_path / "x" / "data").exists()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()} == written  # refused before any write
+
+
+def test_tracker_training_writes_a_loadable_model_whose_maps_follow_the_masks(tmp_path):
+    """`world tracker`: cell masks are the subjects' shares of each cell as the 64 px frame shows
+    them; the loss weighs a clip's own identities' maps as much as the 77 empty ones; a trained
+    tracker loads and returns one (x, y, area) per frame, nan where it sees no cell of the subject."""
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.track import cell_masks, load_tracker, targets, track, tracker_loss, train_tracker, world_tracks
+
+    masks = np.zeros((1, 2, 128, 128), bool)
+    masks[0, 1, :16, 8:16] = True  # two cells (of 8x8 px at 128) in the top row, the second frame only
+    cells = cell_masks(masks, 128)
+    assert cells.shape == (1, 2, 16, 16) and cells[0, 0].max() == 0 and cells[0, 1, :2, 1].tolist() == [255, 255] and cells[0, 1].sum() == 2 * 255
+    x, cols, m = world_tracks(3, 0, size=128)
+    assert x.shape == (39, 64, 64, 3) and cols.shape == (39, 3) and m.shape == (39, 3, 16, 16)
+    assert all((m[f, k].max() > 0) <= (cols[f, k] >= 0) for f in range(39) for k in range(3))  # masks only where a subject is
+    target, shown = targets(cols, m, 80)
+    assert shown.sum(1).tolist() == (cols >= 0).sum(1).tolist() and target[~shown].max() == 0
+    logits = torch.full((39, 80, 16, 16), -8.0)
+    empty_everywhere = tracker_loss(logits, target, shown)
+    logits[shown] = torch.logit(target[shown].clamp(1e-4, 1 - 1e-4))
+    assert tracker_loss(logits, target, shown) < 0.5 * empty_everywhere  # empty maps alone do not satisfy it
+
+    report = train_tracker(tmp_path / "t", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=3, log=lambda *_: None, size=64)
+    assert {"decoded, learnt, 1 subjects", "rendered, colour, 3 subjects"} <= set(report["ceiling"])
+    assert "/" not in json.loads((tmp_path / "t" / "config.json").read_text())["vae"]
+    tracker = load_tracker(tmp_path / "t")
+    traj = track(tracker, x[:13], tracker.ids[0])
+    assert traj.shape == (13, 3) and ((traj[:, 2] > 0) | np.isnan(traj[:, 0])).all()
+    with pytest.raises(MagrefInputError, match="No subject tracker"):
+        load_tracker(tmp_path / "nothing")
+
+
+def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path):
+    """`world rescore`: rows written before the learnt motion test get it from their videos; a
+    folder without its videos (e.g. merged results) is refused, naming what is missing."""
+    from conftest import run_cli
+
+    from magref.world.evaluate import _read_results
+    from magref.world.track import train_tracker
+    from magref.models import WORLD_VAE_PATH
+
+    train_tracker(tmp_path / "t", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=1, log=lambda *_: None, size=64)
+    rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e", "--subjects", "1", "2", "--cases", "1",
+                         "--seeds", "0", "--steps", "1")
+    assert rc == 0, err[-2000:]
+    rows = _read_results(tmp_path / "e" / "results.jsonl")
+    assert len(rows) == 4 and not any("motion_learnt_accuracy" in r for r in rows)  # no tracker ships for 64 px
+    rc, out, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")
+    assert rc == 0, err[-2000:]
+    rows = _read_results(tmp_path / "e" / "results.jsonl")
+    assert all(r["motion_learnt_accuracy"] in (0.0, 0.5, 1.0) for r in rows) and "motion accuracy (learnt)" in (tmp_path / "e" / "table.md").read_text()
+    assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")[1]  # nothing left to score
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "motion_learnt_accuracy"}) + "\n" for r in rows))
+    rc, _, err = run_cli("world", "rescore", tmp_path / "m", "--tracker", tmp_path / "t")
+    assert rc == 2 and "no video" in err

@@ -357,7 +357,8 @@ def cmd_world_train(args) -> int:
         subject_vae_steps=args.subject_vae_steps, vae_stride=args.vae_stride, device=args.device, stop_after_vae=args.vae_only, recipe=args.recipe,
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
         transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
-        dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order, data_seed=args.data_seed)
+        dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order, data_seed=args.data_seed,
+        train_identities=args.train_identities)
     return 0
 
 
@@ -384,6 +385,23 @@ def cmd_world_identifier(args) -> int:
     return 0
 
 
+def cmd_world_tracker(args) -> int:
+    from .distributed import default_device
+    from .models import WORLD_VAE_PATH
+    from .world.track import train_tracker
+
+    train_tracker(Path(args.out).expanduser(), args.vae or WORLD_VAE_PATH, clips=args.clips, steps=args.steps, seed=args.seed,
+                  size=_world_size(args.size), device=args.device or default_device())
+    return 0
+
+
+def cmd_world_rescore(args) -> int:
+    from .world.evaluate import rescore
+
+    rescore(args.folder, tracker=args.tracker)
+    return 0
+
+
 def cmd_world_compare(args) -> int:
     from .world.evaluate import differences_markdown, paired_differences, results_of
 
@@ -405,7 +423,7 @@ def cmd_world_evaluate(args) -> int:
         models[name] = spec
     evaluate(models, args.out, subjects=tuple(args.subjects), cases=args.cases, seeds=tuple(args.seeds), steps=args.steps,
              guidance=args.guidance, truth=not args.no_truth, caption_style=args.captions, identifier=args.identifier, case_seed=args.case_seed,
-             size=args.size, device=args.device, shift=args.shift)
+             size=args.size, device=args.device, shift=args.shift, tracker=args.tracker)
     return 0
 
 
@@ -562,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "when the canvas does not say which goes where)")
     p.add_argument("--data-seed", type=int, default=0, help="which training clips are drawn: another seed gives new clips of the same "
                    "training identities (e.g. to go on from --transformer-init on clips it has not seen) without re-encoding old ones")
+    p.add_argument("--train-identities", type=int, default=320, help="how many training identities the clips draw from (320: the first 400 "
+                   "ids' split; up to 819, every unique look that is not held out): more looks, fewer attribute pairings learnt by heart")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")
@@ -580,6 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="frame size of the videos it will judge (the classifier sees them at 64 px)")
     p.add_argument("--device", default=None, help="where the VAE and the classifier run (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_world_identifier)
+    p = world.add_parser("tracker", help="train the learnt motion test of `world evaluate` (held-out subjects' masks through the VAE)")
+    p.add_argument("--out", default="~/.cache/magref/tracker128", help="the shipped one: src/magref/assets/world/tracker128")
+    p.add_argument("--vae", default=None, help="the VAE whose decoding it learns to see through (default: the shipped miniature's)")
+    p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="frame size of the videos it will judge (it sees them at 64 px)")
+    p.add_argument("--device", default=None, help="where the VAE and the tracker run (default: cuda when available, else cpu)")
+    p.set_defaults(func=cmd_world_tracker)
+    p = world.add_parser("rescore", help="add the learnt motion test to a `world evaluate` folder's results from its videos")
+    p.add_argument("folder", help="a `world evaluate --out` folder (with its videos/)")
+    p.add_argument("--tracker", default=None, help="the learnt motion test's folder (default: the shipped one for the videos' size)")
+    p.set_defaults(func=cmd_world_rescore)
     p = world.add_parser("compare", help="paired differences of two `world evaluate` results (same cases and seeds), by subject count")
     p.add_argument("a", help="a `world evaluate --out` folder, or FOLDER#MODEL when it holds several models")
     p.add_argument("b", help="the other side (the same --case-seed); the table reports a minus b")
@@ -599,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which cases (identities, motions, scenes) are drawn; 2 made the docs' tables, another gives fresh cases (recorded in the results)")
     p.add_argument("--identifier", default=None, help="the learnt identity test's folder (default: the shipped one for the videos' size, "
                    "assets/world/identifier or identifier128)")
+    p.add_argument("--tracker", default=None, help="the learnt motion test's folder (default: the shipped one for the videos' size, "
+                   "assets/world/tracker128; none ships for 64 px)")
     p.add_argument("--captions", choices=["kind", "appearance"], default="kind",
                    help="kind: 'a person', 'a mug' (the references say which; the miniature's training captions); appearance: colours too")
     p.add_argument("--size", type=int, default=None, help="video height and width (default: what the models were trained at)")

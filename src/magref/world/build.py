@@ -22,15 +22,19 @@ from .render import identity
 
 def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", seed: int = 0, frames: int = 17, height: int = 64,
                         width: int = 64, subjects: int | tuple[int, ...] = 1, samples_per_shard: int = 500, log=print, cutout_frame: int | None = None,
-                        caption_style: str = "kind", workers: int = 1) -> dict:
+                        caption_style: str = "kind", workers: int = 1, identities: int | None = None) -> dict:
     """World clips as a dataset in `magref prepare`'s shard format, each subject cut out of its
     clip (at `cutout_frame`, default the middle frame). `subjects`: how many per clip, or a tuple
     of counts to draw from uniformly per clip (e.g. (1, 2, 3)). `workers`: processes that render
     clips (clip k depends on (seed, k) alone and is written in order, so any count writes the same
-    dataset; on a many-core GPU machine rendering, not the GPU, bounded the data stage)."""
+    dataset; on a many-core GPU machine rendering, not the GPU, bounded the data stage).
+    `identities`: how many training identities to draw from (`identity_ids`; default the split's)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pool = identity_ids(split)
+    pool = identity_ids(split, identities)
+    # clips of another identity pool are other clips under the same (seed, k): their keys say so,
+    # so that nothing keyed by the clip list (the encoding cache) takes one for the other
+    tag = split if len(pool) == len(identity_ids(split)) else f"{split}{len(pool)}"
     mid = frames // 2 if cutout_frame is None else cutout_frame
     manifest = {"format": FORMAT, "settings": {"frames": frames, "fps": 8.0, "height": height, "width": width, "max_clips_per_video": 1,
                 "samples_per_shard": samples_per_shard, "extractor": "world-ground-truth", "cutout_frame": mid},
@@ -38,7 +42,7 @@ def build_world_dataset(out: str | Path, num_clips: int, split: str = "train", s
                           "captions": caption_style},
                 "shards": [], "skipped": []}
     writer = ShardWriter(out, manifest, samples_per_shard, resumable=False)  # the manifest appears when the dataset is complete
-    render = partial(_world_sample, split=split, seed=seed, pool=pool, frames=frames, height=height, width=width, subjects=subjects,
+    render = partial(_world_sample, split=tag, seed=seed, pool=pool, frames=frames, height=height, width=width, subjects=subjects,
                      mid=mid, caption_style=caption_style)
     # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else nullcontext() as pool:

@@ -101,8 +101,9 @@ def eval_cases(subjects: int, n: int, seed: int = 0, caption_style: str = "kind"
     return cases
 
 
-def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, identifier=None) -> dict:
-    """Every metric of one video; `identifier` (world.identify) adds the learnt identity test."""
+def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, identifier=None, tracker=None) -> dict:
+    """Every metric of one video; `identifier` (world.identify) adds the learnt identity test,
+    `tracker` (world.track) the learnt motion test."""
     from .identify import identify_video, identity_hit
 
     rng = np.random.default_rng([7, case.seed])
@@ -122,7 +123,17 @@ def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, id
            "motion_accuracy": float(np.mean(motion_ok)), "quality": quality(MetricInput(frames, [], ""))}
     if learnt is not None:
         row.update(identity_learnt_top1=float(np.mean(learnt_hits)), identity_learnt_margin=float(np.mean(learnt_margins)))
+    if tracker is not None:
+        row.update(learnt_motion(frames, case, tracker))
     return row
+
+
+def learnt_motion(frames: np.ndarray, case: EvalCase, tracker) -> dict:
+    """{"motion_learnt_accuracy": the share of the case's subjects whose predicted masks move as
+    the caption says}, by the colour tracker's rule on the masks' trajectories."""
+    from .track import track
+
+    return {"motion_learnt_accuracy": float(np.mean([classify_motion(track(tracker, frames, i)) == m for i, m in zip(case.ids, case.motions)]))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +196,7 @@ def load_model_spec(spec: str):
 METRICS = {  # key: column
     "identity_learnt_top1": "identity top-1 (learnt)", "identity_learnt_margin": "margin (learnt, logits)",
     "identity_top1": "identity top-1 (colour)", "identity_margin": "margin (colour)",
-    "motion_accuracy": "motion accuracy", "quality": "quality",
+    "motion_learnt_accuracy": "motion accuracy (learnt)", "motion_accuracy": "motion accuracy (colour)", "quality": "quality",
 }
 
 
@@ -322,13 +333,51 @@ def _refuse_other(out, have: list, want, what: str, option: str) -> None:
         raise MagrefInputError(f"{out} holds videos made with {what} {shown(other[0])}, not {shown(want)}.", f"use another --out for another {option}.")
 
 
+def rescore(folder, tracker=None, log=print) -> int:
+    """Add the learnt motion test to the rows of a `world evaluate` folder that lack it, from the
+    videos the folder kept (as written: mp4, so a score may differ from an in-memory one by the
+    codec's rounding), and rewrite its table. Returns how many rows were scored."""
+    import json
+    import os
+    from pathlib import Path
+
+    from ..errors import MagrefInputError
+    from ..io import read_video
+    from .track import load_tracker, tracker_for
+
+    folder = Path(folder).expanduser()
+    rows = _read_results(folder / "results.jsonl")
+    if not rows:
+        raise MagrefInputError(f"{folder / 'results.jsonl'} holds no results.", "give a folder that `magref world evaluate --out` wrote.")
+    sizes = {r.get("size", 64) for r in rows}
+    follower = load_tracker(tracker) if tracker else tracker_for(max(sizes))
+    if follower is None or len(sizes) > 1:
+        raise MagrefInputError(f"No learnt motion test for {folder}'s videos ({sorted(sizes)} px).", "pass --tracker FOLDER (`magref world tracker`).")
+    todo = [r for r in rows if "motion_learnt_accuracy" not in r]
+    for r in todo:
+        k, j = r["subjects"], int(r["case"].split("_")[1])
+        case = eval_cases(k, j + 1, seed=r.get("case_seed", 2))[j]
+        video = folder / "videos" / r["model"].replace(" ", "_") / f"{r['case']}_seed{r['seed']}.mp4"
+        if case.ids != r["ids"] or not video.is_file():
+            raise MagrefInputError(f"{folder}: no video {video.name} of {r['model']} for case {r['case']}, or the case's identities differ.",
+                                   "rescore the folder `world evaluate` wrote the videos into (a merged results file has none).")
+        r.update(learnt_motion(read_video(video), case, follower))
+    tmp = folder / "results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, folder / "results.jsonl")
+    (folder / "table.md").write_text(table_markdown(summarise(rows), 1.0 / 8))
+    log(f"world rescore: {len(todo)} of {len(rows)} videos scored by the learnt motion test -> {folder / 'table.md'}")
+    return len(todo)
+
+
 def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
              truth: bool = True, case_seed: int = 2, log=print, caption_style: str = "kind", identifier=None, size: int | None = None,
-             device=None, shift: float | None = None) -> dict:
+             device=None, shift: float | None = None, tracker=None) -> dict:
     """Generate every (model, case, seed) video, score it against the truth, and write
     results.jsonl (one line per video; a rerun skips what is there), summary.json, table.md and
     sheets/<case>.png (reference canvas beside frames of every model). Videos go to videos/.
-    `identifier`: a folder of the learnt identity test (default: the shipped one). `size`: the
+    `identifier`: a folder of the learnt identity test (default: the shipped one); `tracker`: one
+    of the learnt motion test (default: the shipped one for the size, if any). `size`: the
     videos' height and width (default: what the models were trained at; they must agree).
     `device`: where the models run (default: cuda when available). `shift`: the sampler's flow
     shift (default: each model's scheduler's)."""
@@ -374,6 +423,10 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
 
     identifier = Path(identifier).expanduser() if identifier else identifier_path(size)
     judge = load_identifier(identifier)
+    from .track import TRACKER_PATHS, load_tracker, tracker_for
+
+    follower = load_tracker(tracker) if tracker else tracker_for(size)
+    tracker_name = Path(tracker).expanduser().name if tracker else TRACKER_PATHS[size].name if follower is not None else None
     pipes: dict = {}
     with open(results, "a") as f:
         for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
@@ -392,14 +445,14 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
             row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size,
                    "device": str(device) if sources[name] else None, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
-                   "steps": steps, "guidance": guidance, "shift": shift, **score_video(frames, case, identifier=judge)}
+                   "steps": steps, "guidance": guidance, "shift": shift, **score_video(frames, case, identifier=judge, tracker=follower)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance, "shift": shift,
                                                     "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
-                                                    "identifier": identifier.name}, "summary": summary})
+                                                    "identifier": identifier.name, "tracker": tracker_name}, "summary": summary})
     chance = 1.0 / 8
     (out / "table.md").write_text(table_markdown(summary, chance))
     # pictures: the first case of each subject count, first seed, every model

@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .render import identity, is_held_out
+from .render import UNIQUE_IDS, identity, is_held_out
 
 NUM_IDENTITIES = 400
+# Training may draw more identities than the 320 of the first 400 ids: every id below UNIQUE_IDS
+# looks unlike every other, so ids 400-1023 that are not held out (id % 5 != 0) add 499 training
+# looks, none of them a held-out one's.
+MAX_TRAIN_IDENTITIES = sum(not is_held_out(i) for i in range(UNIQUE_IDS))
 
 
-def identity_ids(split: str) -> list[int]:
-    """Ids of the 'train' or 'heldout' split (held out: id % 5 == 0)."""
+def identity_ids(split: str, count: int | None = None) -> list[int]:
+    """Ids of the 'train' or 'heldout' split (held out: id % 5 == 0, among the first 400). `count`
+    (train only): the first `count` training ids, up to MAX_TRAIN_IDENTITIES; the first 320 are
+    the default split's."""
     held = split == "heldout"
-    return [i for i in range(NUM_IDENTITIES) if is_held_out(i) == held]
+    if count is None:
+        return [i for i in range(NUM_IDENTITIES) if is_held_out(i) == held]
+    from ..errors import MagrefInputError
+
+    if held or not 1 <= count <= MAX_TRAIN_IDENTITIES:
+        raise MagrefInputError(f"{count} {split} identities: only training identities can be counted, 1 to {MAX_TRAIN_IDENTITIES}.",
+                               f"pass a --train-identities between 1 and {MAX_TRAIN_IDENTITIES} (the default split: 320).")
+    return [i for i in range(UNIQUE_IDS) if not is_held_out(i)][:count]
 
 
 def distractors_for(true_id: int, k: int, rng: np.random.Generator) -> list[int]:

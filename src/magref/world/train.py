@@ -390,7 +390,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_stride: int = 8, device: str | None = None, stop_after_vae: bool = False, recipe: str = "single",
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
-        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0) -> Path:
+        dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0,
+        train_identities: int = 320) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -420,7 +421,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     left-to-right order in the clip (`layout.p_source_order`; 0, the method's draw, shuffles it).
     `data_seed`: which training clips are drawn (clip k depends on (seed, k)): another seed gives
     as many new clips, of the same training identities, without re-encoding the old ones (the
-    encoding cache is keyed by the whole clip list, so growing `clips` re-encodes them all)."""
+    encoding cache is keyed by the whole clip list, so growing `clips` re-encodes them all).
+    `train_identities`: how many training identities the clips draw from (320, the first 400 ids'
+    split, up to `MAX_TRAIN_IDENTITIES`): more looks, so that fewer of a held-out subject's
+    attributes come only as they were paired in training (recorded in the clips' manifest)."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -430,7 +434,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    _check_clips(out, size, data_seed, reuse_from)  # before anything is written: a refused run stays as it was
+    _check_clips(out, size, data_seed, reuse_from, train_identities)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
     init = _check_transformer_init(out, transformer_init)
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
@@ -515,7 +519,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
             shutil.rmtree(out / "data", ignore_errors=True)
         # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
         build_world_dataset(out / "data", clips, "train", seed=data_seed, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
-                            samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
+                            identities=train_identities, samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
                             workers=max(1, min(len(os.sched_getaffinity(0)), clips // 250, 16)))
         timings["data_s"] = time.time() - t
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -661,11 +665,14 @@ def load_transformer_init(transformer, init: str | Path) -> None:
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
-def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None) -> None:
+def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None, train_identities: int = 320) -> None:
     """The run's frame size agrees with what it already holds (its run.json, its clips) and with
     the run it reuses (runs from before run.json were 64 px); the clips it trains on, its own or
-    those it reuses, are of its data seed, not clips it was not asked for."""
+    those it reuses, are of its data seed and identities, not clips it was not asked for."""
     from ..errors import MagrefInputError
+    from .identities import identity_ids
+
+    identity_ids("train", train_identities)  # a count out of range is refused first
 
     def manifest(data: Path) -> dict | None:
         return json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else None
@@ -686,6 +693,11 @@ def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | 
     if seed != data_seed:
         raise MagrefInputError(f"{data} holds clips of data seed {seed}, not {data_seed}.",
                                f"pass --data-seed {seed} to go on with them, or use another --out for new clips.")
+    drawn = train_identities if clips is None else clips["world"].get("identities", 320)
+    if drawn != train_identities:
+        raise MagrefInputError(f"{data} holds clips of {drawn} training identities, not {train_identities}.",
+                               f"pass --train-identities {drawn} to go on with them, or use another --out for new clips.")
+
 
 
 def pipeline_from_run(run: str | Path, step: int | None = None):
