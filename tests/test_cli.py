@@ -128,6 +128,8 @@ BAD = {
     # model, LoRAs, device, output
     "model defaults not json": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "{height: 64")], "not valid JSON"),
     "model defaults not an object": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "[64, 64]")], "not a JSON object"),
+    "model defaults with guidance below 1": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, '{"guidance": 0.5}')],
+                                             "generation_defaults.json sets a guidance"),
     "hub id offline": (lambda d: ["--ref", CHAR, "--model", "no-such-org/no-such-model"], "Could not load model"),
     "lora missing": (lambda d: ["--ref", CHAR, "--lora", d / "nope.safetensors"], "does not exist"),
     "lora not safetensors": (lambda d: ["--ref", CHAR, "--lora", __file__], "not a .safetensors file"),

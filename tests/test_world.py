@@ -758,8 +758,10 @@ def test_world_train_identities_draw_more_training_looks_and_never_a_held_out_on
     held = {json.dumps(identity(i).params, sort_keys=True) for i in identity_ids("heldout")}
     assert len(more) == MAX_TRAIN_IDENTITIES > 800 and not set(more) & set(identity_ids("heldout"))
     assert not any(json.dumps(identity(i).params, sort_keys=True) in held for i in more)
-    with pytest.raises(MagrefInputError, match="between 1 and"):
+    with pytest.raises(MagrefInputError, match="outside 1.."):
         identity_ids("train", MAX_TRAIN_IDENTITIES + 1)
+    with pytest.raises(ValueError):
+        identity_ids("heldout", 10)
     base = ("world", "train", "--vae", WORLD_VAE_PATH, "--clips", "12", "--dit-steps", "1", "--batch-size", "2", "--data-only")
     rc, _, err = run_cli(*base, "--out", tmp_path / "w", "--train-identities", str(MAX_TRAIN_IDENTITIES))
     assert rc == 0, err[-2000:]
@@ -768,11 +770,11 @@ def test_world_train_identities_draw_more_training_looks_and_never_a_held_out_on
     drawn = {i for k in range(len(ds)) for i in ds[k].meta["identities"]}
     assert max(drawn) >= 400 and not drawn & set(identity_ids("heldout"))  # 12 clips of 1 subject from 819: some beyond the first 400 ids
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()}
-    for count, says in (("320", f"--train-identities {MAX_TRAIN_IDENTITIES}"), (str(MAX_TRAIN_IDENTITIES + 1), "between 1 and")):
+    for count, says in (("320", f"--train-identities {MAX_TRAIN_IDENTITIES}"), (str(MAX_TRAIN_IDENTITIES + 1), "outside 1..")):
         rc, _, err = run_cli(*base, "--out", tmp_path / "w", "--train-identities", count)
         assert rc != 0 and says in err, err[-2000:]
     rc, _, err = run_cli(*base, "--out", tmp_path / "x", "--train-identities", "0")
-    assert rc != 0 and "between 1 and" in err and not (tmp_path / "x" / "data").exists()
+    assert rc != 0 and "outside 1..819" in err and not (tmp_path / "x" / "data").exists()
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()} == written  # refused before any write
 
 
@@ -801,20 +803,37 @@ def test_tracker_training_writes_a_loadable_model_whose_maps_follow_the_masks(tm
     assert {"decoded, learnt, 1 subjects", "rendered, colour, 3 subjects"} <= set(report["ceiling"])
     assert "/" not in json.loads((tmp_path / "t" / "config.json").read_text())["vae"]
     tracker = load_tracker(tmp_path / "t")
-    traj = track(tracker, x[:13], tracker.ids[0])
-    assert traj.shape == (13, 3) and ((traj[:, 2] > 0) | np.isnan(traj[:, 0])).all()
+    assert tracker.size == 64 and track(tracker, x[:13], tracker.ids[0]).shape == (13, 3)
+    # the trajectory of a map: x from its columns, y from its rows, as evaluate.trajectory reads a frame
+    from magref.world.evaluate import classify_motion
+
+    maps = torch.full((9, 80, 16, 16), -9.0)
+    for f in range(8):
+        maps[f, 0, 2:4, 2 + f : 5 + f] = 9.0  # a 2x3-cell blob in the top rows, moving right; frame 8 shows nothing
+    tracker.forward = lambda inp: maps[: len(inp)]
+    traj = track(tracker, np.zeros((9, 64, 64, 3), np.uint8), tracker.ids[0])
+    assert traj[0, 0] == pytest.approx(3.5 / 16) and traj[0, 1] == pytest.approx(3 / 16) and traj[0, 2] == pytest.approx(6 / 256, rel=1e-3)
+    assert np.isnan(traj[8, :2]).all() and traj[8, 2] == 0 and classify_motion(traj) == "moves from left to right"
     with pytest.raises(MagrefInputError, match="No subject tracker"):
         load_tracker(tmp_path / "nothing")
+    from magref.world.identify import IDENTIFIER_PATHS
+
+    with pytest.raises(MagrefInputError, match="another model"):
+        load_tracker(IDENTIFIER_PATHS[128])
 
 
 def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path):
-    """`world rescore`: rows written before the learnt motion test get it from their videos; a
-    folder without its videos (e.g. merged results) is refused, naming what is missing."""
+    """`world rescore`: rows written before the learnt motion test get it from their videos, with
+    the test's name; a folder scored by one test refuses another, a test of another video size is
+    refused, and a folder without its videos (e.g. merged results) is refused, naming what is missing."""
+    import shutil
+
     from conftest import run_cli
 
-    from magref.world.evaluate import _read_results
-    from magref.world.track import train_tracker
+    from magref.io import read_video
     from magref.models import WORLD_VAE_PATH
+    from magref.world.evaluate import _read_results, eval_cases, learnt_motion
+    from magref.world.track import load_tracker, train_tracker
 
     train_tracker(tmp_path / "t", WORLD_VAE_PATH, clips=2, steps=2, batch=4, ceiling_clips=1, log=lambda *_: None, size=64)
     rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e", "--subjects", "1", "2", "--cases", "1",
@@ -825,8 +844,20 @@ def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path
     rc, out, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")
     assert rc == 0, err[-2000:]
     rows = _read_results(tmp_path / "e" / "results.jsonl")
-    assert all(r["motion_learnt_accuracy"] in (0.0, 0.5, 1.0) for r in rows) and "motion accuracy (learnt)" in (tmp_path / "e" / "table.md").read_text()
+    assert all(r["tracker"] == "t" for r in rows) and "motion accuracy (learnt)" in (tmp_path / "e" / "table.md").read_text()
+    r = rows[-1]
+    video = tmp_path / "e" / "videos" / r["model"].replace(" ", "_") / f"{r['case']}_seed0.mp4"
+    assert r["motion_learnt_accuracy"] == learnt_motion(read_video(video), eval_cases(2, 1)[0], load_tracker(tmp_path / "t"))["motion_learnt_accuracy"]
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["settings"]["tracker"] == "t"
     assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")[1]  # nothing left to score
+    shutil.copytree(tmp_path / "t", tmp_path / "t2")
+    rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")
+    assert rc == 2 and "scored by the motion test t, not t2" in err
+    config = json.loads((tmp_path / "t2" / "config.json").read_text())
+    (tmp_path / "t2" / "config.json").write_text(json.dumps({**config, "size": 128}))
+    rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e2", "--subjects", "1", "--cases", "1",
+                         "--seeds", "0", "--steps", "1", "--tracker", tmp_path / "t2")
+    assert rc == 2 and "trained for 128 px videos, not 64" in err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "motion_learnt_accuracy"}) + "\n" for r in rows))
     rc, _, err = run_cli("world", "rescore", tmp_path / "m", "--tracker", tmp_path / "t")

@@ -333,40 +333,72 @@ def _refuse_other(out, have: list, want, what: str, option: str) -> None:
         raise MagrefInputError(f"{out} holds videos made with {what} {shown(other[0])}, not {shown(want)}.", f"use another --out for another {option}.")
 
 
+def _video_path(out, model: str, case: str, seed: int):
+    return out / "videos" / model.replace(" ", "_") / f"{case}_seed{seed}.mp4"
+
+
+def _motion_test(tracker, size: int):
+    """(the learnt motion test for videos of `size` px, its name): the one in `tracker` (a folder)
+    or the shipped one; (None, None) when none is given and none ships for that size."""
+    from pathlib import Path
+
+    from ..errors import MagrefInputError
+    from .track import TRACKER_PATHS, load_tracker, tracker_for
+
+    model = load_tracker(tracker) if tracker else tracker_for(size)
+    if model is None:
+        return None, None
+    if model.size != size:
+        raise MagrefInputError(f"The motion test {tracker or TRACKER_PATHS[size]} was trained for {model.size} px videos, not {size}.",
+                               f"pass one trained with `magref world tracker --size {size}`.")
+    return model, (Path(tracker).expanduser().name if tracker else TRACKER_PATHS[size].name)
+
+
 def rescore(folder, tracker=None, log=print) -> int:
     """Add the learnt motion test to the rows of a `world evaluate` folder that lack it, from the
     videos the folder kept (as written: mp4, so a score may differ from an in-memory one by the
-    codec's rounding), and rewrite its table. Returns how many rows were scored."""
+    codec's rounding), and rewrite its table and summary. Returns how many rows were scored."""
     import json
     import os
     from pathlib import Path
 
     from ..errors import MagrefInputError
-    from ..io import read_video
-    from .track import load_tracker, tracker_for
+    from ..io import read_video, write_json
 
     folder = Path(folder).expanduser()
     rows = _read_results(folder / "results.jsonl")
     if not rows:
         raise MagrefInputError(f"{folder / 'results.jsonl'} holds no results.", "give a folder that `magref world evaluate --out` wrote.")
-    sizes = {r.get("size", 64) for r in rows}
-    follower = load_tracker(tracker) if tracker else tracker_for(max(sizes))
-    if follower is None or len(sizes) > 1:
-        raise MagrefInputError(f"No learnt motion test for {folder}'s videos ({sorted(sizes)} px).", "pass --tracker FOLDER (`magref world tracker`).")
+    sizes = sorted({r.get("size", 64) for r in rows})
+    if len(sizes) > 1:
+        raise MagrefInputError(f"{folder} holds videos of several sizes ({sizes} px).", "rescore folders of one size (as `world evaluate` writes them).")
+    follower, name = _motion_test(tracker, sizes[0])
+    if follower is None:
+        raise MagrefInputError(f"No learnt motion test ships for {sizes[0]} px videos.", f"pass --tracker FOLDER (`magref world tracker --size {sizes[0]}`).")
+    other = sorted({r.get("tracker") for r in rows if "motion_learnt_accuracy" in r} - {name}, key=str)
+    if other:  # one column, one test
+        raise MagrefInputError(f"{folder}'s videos were scored by the motion test {other[0]}, not {name}.", f"pass --tracker with {other[0]}'s folder.")
     todo = [r for r in rows if "motion_learnt_accuracy" not in r]
     for r in todo:
         k, j = r["subjects"], int(r["case"].split("_")[1])
         case = eval_cases(k, j + 1, seed=r.get("case_seed", 2))[j]
-        video = folder / "videos" / r["model"].replace(" ", "_") / f"{r['case']}_seed{r['seed']}.mp4"
-        if case.ids != r["ids"] or not video.is_file():
-            raise MagrefInputError(f"{folder}: no video {video.name} of {r['model']} for case {r['case']}, or the case's identities differ.",
+        if case.ids != r["ids"]:
+            raise MagrefInputError(f"{folder}: case {r['case']} of case seed {r.get('case_seed', 2)} has identities {case.ids}, the results {r['ids']}.",
+                                   "rescore folders written by `world evaluate` of this version (the cases' draw has changed).")
+        video = _video_path(folder, r["model"], r["case"], r["seed"])
+        if not video.is_file():
+            raise MagrefInputError(f"{folder}: no video {video.relative_to(folder)} for {r['model']}'s case {r['case']}, seed {r['seed']}.",
                                    "rescore the folder `world evaluate` wrote the videos into (a merged results file has none).")
-        r.update(learnt_motion(read_video(video), case, follower))
+        r.update(learnt_motion(read_video(video), case, follower), tracker=name)
     tmp = folder / "results.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, folder / "results.jsonl")
-    (folder / "table.md").write_text(table_markdown(summarise(rows), 1.0 / 8))
-    log(f"world rescore: {len(todo)} of {len(rows)} videos scored by the learnt motion test -> {folder / 'table.md'}")
+    summary = summarise(rows)
+    if (folder / "summary.json").is_file():
+        settings = json.loads((folder / "summary.json").read_text()).get("settings", {})
+        write_json(folder / "summary.json", {"settings": {**settings, "tracker": name}, "summary": summary})
+    (folder / "table.md").write_text(table_markdown(summary, 1.0 / 8))
+    log(f"world rescore: {len(todo)} of {len(rows)} videos scored by the learnt motion test ({name}) -> {folder / 'table.md'}")
     return len(todo)
 
 
@@ -423,10 +455,11 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
 
     identifier = Path(identifier).expanduser() if identifier else identifier_path(size)
     judge = load_identifier(identifier)
-    from .track import TRACKER_PATHS, load_tracker, tracker_for
-
-    follower = load_tracker(tracker) if tracker else tracker_for(size)
-    tracker_name = Path(tracker).expanduser().name if tracker else TRACKER_PATHS[size].name if follower is not None else None
+    follower, tracker_name = _motion_test(tracker, size)
+    _refuse_other(out, [r.get("tracker") for r in rows if "motion_learnt_accuracy" in r], tracker_name, "tracker", "--tracker")
+    if follower is not None and any("motion_learnt_accuracy" not in r for r in rows):
+        log(f"world evaluate: {sum('motion_learnt_accuracy' not in r for r in rows)} videos there lack the learnt motion test: "
+            f"`magref world rescore {out}` adds it")
     pipes: dict = {}
     with open(results, "a") as f:
         for name, k, j, s in tqdm(todo, desc="evaluate", unit="video"):
@@ -439,13 +472,15 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
                     pipes[name] = load_model_spec(sources[name]).to(device)
                     pipes[name].set_progress_bar_config(disable=True)
                 frames = generate_case(pipes[name], case, s, steps, guidance, size=size, shift=shift)
-            video = out / "videos" / name.replace(" ", "_") / f"{k}s_{j}_seed{s}.mp4"
+            video = _video_path(out, name, f"{k}s_{j}", s)
             video.parent.mkdir(parents=True, exist_ok=True)
             write_video(video, frames, 8.0)
             row = {"model": name, "spec": sources[name], "case": f"{k}s_{j}", "case_seed": case_seed, "size": size,
                    "device": str(device) if sources[name] else None, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
                    "steps": steps, "guidance": guidance, "shift": shift, **score_video(frames, case, identifier=judge, tracker=follower)}
+            if follower is not None:
+                row["tracker"] = tracker_name
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
@@ -462,7 +497,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
         canvas = compose_references([sprite_on_white(i, 96) for i in case.ids], size, size).canvas
         sheet_rows = []
         for name in sources:
-            video = out / "videos" / name.replace(" ", "_") / f"{k}s_0_seed{seeds[0]}.mp4"
+            video = _video_path(out, name, f"{k}s_0", seeds[0])
             if video.is_file():
                 sheet_rows.append((name, canvas, read_video(video)))
         if sheet_rows:

@@ -183,6 +183,37 @@ def ceiling(model: IdentityClassifier, vae=None, clips: int = 48, seed: int = 1,
     return out
 
 
+def fit(model: nn.Module, x: np.ndarray, loss_of, steps: int, batch: int, lr: float, seed: int, device, desc: str) -> nn.Module:
+    """The evaluators' training loop (this test's and `track.py`'s): AdamW with a one-cycle LR on
+    random batches of the frames `x` (N, 64, 64, 3) uint8, lightly jittered in colour and noise;
+    `loss_of(model_output, indices)` scores a batch. Leaves the model on the CPU in eval mode."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    g = np.random.default_rng(seed)
+    model.to(device).train()
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for _ in bar:
+        idx = g.integers(0, len(x), batch)
+        inp = to_input(x[idx])
+        inp = (inp * torch.empty(batch, 3, 1, 1).uniform_(0.9, 1.1) + torch.randn_like(inp) * 0.02).clamp(0, 1)
+        loss = loss_of(model(inp.to(device)), idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return model.eval().cpu()  # it judges videos on the CPU
+
+
+def vae_name(vae_path) -> str:
+    """How an evaluator's config names its VAE: no machine paths in a shipped config."""
+    from ..models import WORLD_VAE_PATH
+
+    return "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name
+
+
 def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
                      ceiling_clips: int = 144, log=print, size: int = 64, device: str | torch.device = "cpu") -> dict:
     """Render and VAE-decode the training frames, fit the classifier, report its ceiling, save.
@@ -202,28 +233,9 @@ def train_identifier(out, vae_path, clips: int = 600, steps: int = 2000, batch: 
         rendered = world_frames(clips, seed + 1000, None, progress=bar.update, size=size)  # other clips, as rendered
     x = np.concatenate([decoded[0], rendered[0]])
     y = torch.from_numpy(np.concatenate([decoded[1], rendered[1]])).float()
-    model = IdentityClassifier(identity_ids("heldout")).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    g = np.random.default_rng(seed)
-    model.train()
-    bar = tqdm(range(steps), desc="identifier", unit="step")
-    for _ in bar:
-        idx = g.integers(0, len(x), batch)
-        inp = to_input(x[idx])
-        inp = (inp * torch.empty(batch, 3, 1, 1).uniform_(0.9, 1.1) + torch.randn_like(inp) * 0.02).clamp(0, 1)  # light colour and noise jitter
-        loss = nn.functional.binary_cross_entropy_with_logits(model(inp.to(device)), y[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    model.eval().cpu()  # it judges videos on the CPU
-    from ..models import WORLD_VAE_PATH
-
-    # no machine paths in the shipped config
-    vae_name = "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name
-    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name, "size": size,
+    model = fit(IdentityClassifier(identity_ids("heldout")), x, lambda out, idx: nn.functional.binary_cross_entropy_with_logits(out, y[idx].to(out.device)),
+                steps, batch, lr, seed, device, "identifier")
+    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name(vae_path), "size": size,
               "ceiling": ceiling(model, vae, ceiling_clips, by_count=True, size=size), "minutes": round((time.time() - t0) / 60, 1)}
     save_identifier(model, out, report)
     log(f"world identifier: {report['ceiling']} in {report['minutes']} min -> {out}")

@@ -13,20 +13,23 @@ NUM_IDENTITIES = 400
 # looks unlike every other, so ids 400-1023 that are not held out (id % 5 != 0) add 499 training
 # looks, none of them a held-out one's.
 MAX_TRAIN_IDENTITIES = sum(not is_held_out(i) for i in range(UNIQUE_IDS))
+TRAIN_IDENTITIES = sum(not is_held_out(i) for i in range(NUM_IDENTITIES))  # the default split's 320
 
 
 def identity_ids(split: str, count: int | None = None) -> list[int]:
     """Ids of the 'train' or 'heldout' split (held out: id % 5 == 0, among the first 400). `count`
-    (train only): the first `count` training ids, up to MAX_TRAIN_IDENTITIES; the first 320 are
-    the default split's."""
+    (train only): the first `count` training ids, up to MAX_TRAIN_IDENTITIES; the first
+    TRAIN_IDENTITIES are the default split's."""
     held = split == "heldout"
     if count is None:
         return [i for i in range(NUM_IDENTITIES) if is_held_out(i) == held]
-    from ..errors import MagrefInputError
+    if held:
+        raise ValueError("the held-out split is fixed: only training identities can be counted")
+    if not 1 <= count <= MAX_TRAIN_IDENTITIES:
+        from ..errors import MagrefInputError
 
-    if held or not 1 <= count <= MAX_TRAIN_IDENTITIES:
-        raise MagrefInputError(f"{count} {split} identities: only training identities can be counted, 1 to {MAX_TRAIN_IDENTITIES}.",
-                               f"pass a --train-identities between 1 and {MAX_TRAIN_IDENTITIES} (the default split: 320).")
+        raise MagrefInputError(f"--train-identities {count} is outside 1..{MAX_TRAIN_IDENTITIES} (the unique looks that are not held out).",
+                               f"pass a number in 1..{MAX_TRAIN_IDENTITIES} (the default split: {TRAIN_IDENTITIES}).")
     return [i for i in range(UNIQUE_IDS) if not is_held_out(i)][:count]
 
 

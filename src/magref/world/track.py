@@ -23,7 +23,7 @@ from torch import nn
 
 from .clips import make_clip
 from .identities import identity_ids
-from .identify import to_classifier_size, to_input, vae_round_trip
+from .identify import fit, to_classifier_size, to_input, vae_name, vae_round_trip
 from .render import identity
 
 TRACKER_PATHS = {128: Path(__file__).resolve().parent.parent / "assets" / "world" / "tracker128"}
@@ -112,16 +112,16 @@ def tracker_loss(logits: torch.Tensor, target: torch.Tensor, shown: torch.Tensor
 
 def track(model: SubjectTracker, frames: np.ndarray, identity_id: int) -> np.ndarray:
     """(F, 3) as `evaluate.trajectory`: centroid x, y (fractions of the frame) and area fraction of
-    the identity's predicted mask (cells above even odds); nan where less than one cell of it is seen."""
+    the identity's predicted mask (its cells above even odds); nan, nan, 0 where no cell is."""
     model.eval()
     with torch.no_grad():
-        p = torch.sigmoid(model(to_input(to_classifier_size(frames)))[:, model.ids.index(identity_id)])  # (F, 16, 16)
+        p = torch.sigmoid(model(to_input(to_classifier_size(frames)))[:, model.ids.index(identity_id)])  # (F, rows, cols)
     p = p * (p > 0.5)
     n = p.shape[-1]
     centre = (torch.arange(n) + 0.5) / n
-    mass = p.sum((1, 2))
-    out = torch.stack([(p.sum(1) * centre).sum(1) / mass, (p.sum(2) * centre).sum(1) / mass, mass / n**2], 1).numpy()
-    out[mass.numpy() < 1, :2] = np.nan
+    mass = p.sum((1, 2)).clamp(min=1e-9)
+    out = torch.stack([(p.sum(1) * centre).sum(1) / mass, (p.sum(2) * centre).sum(1) / mass, p.sum((1, 2)) / n**2], 1).numpy()
+    out[out[:, 2] == 0, :2] = np.nan
     return out
 
 
@@ -131,20 +131,23 @@ def save_tracker(model: SubjectTracker, folder, report: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"ids": model.ids, "width": model.head.in_channels // 2, **report}, indent=1))
+    (folder / "config.json").write_text(json.dumps({"kind": "tracker", "ids": model.ids, "width": model.head.in_channels // 2, **report}, indent=1))
 
 
 def load_tracker(folder) -> SubjectTracker:
+    """The tracker saved in `folder`; `.size` is the frame size of the videos it was trained for."""
     from safetensors.torch import load_file
 
     from ..errors import MagrefInputError
 
     folder = Path(folder).expanduser()
-    if not (folder / "model.safetensors").is_file():
-        raise MagrefInputError(f"No subject tracker in {folder}.", "train one with `magref world tracker --out FOLDER`.")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if not (folder / "model.safetensors").is_file() or cfg.get("kind") != "tracker":
+        raise MagrefInputError(f"No subject tracker in {folder}" + (" (it holds another model, e.g. an identity test)." if cfg else "."),
+                               "pass a folder that `magref world tracker --out FOLDER` wrote.")
     model = SubjectTracker(cfg["ids"], cfg["width"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
+    model.size = cfg["size"]
     return model.eval()
 
 
@@ -194,29 +197,15 @@ def train_tracker(out, vae_path, clips: int = 600, steps: int = 3000, batch: int
         decoded = world_tracks(clips, seed, vae, progress=bar.update, size=size)
         rendered = world_tracks(clips, seed + 1000, None, progress=bar.update, size=size)
     x, cols, masks = (np.concatenate([d, r]) for d, r in zip(decoded, rendered))
-    model = SubjectTracker(identity_ids("heldout")).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    g = np.random.default_rng(seed)
-    model.train()
-    bar = tqdm(range(steps), desc="tracker", unit="step")
-    for _ in bar:
-        idx = g.integers(0, len(x), batch)
-        inp = to_input(x[idx])
-        inp = (inp * torch.empty(batch, 3, 1, 1).uniform_(0.9, 1.1) + torch.randn_like(inp) * 0.02).clamp(0, 1)  # as the identity test's
-        target, shown = targets(cols[idx], masks[idx], len(model.ids))
-        loss = tracker_loss(model(inp.to(device)), target.to(device), shown.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    model.eval().cpu()
-    from ..models import WORLD_VAE_PATH
+    ids = identity_ids("heldout")
 
-    vae_name = "the shipped miniature's VAE" if Path(vae_path).resolve() == WORLD_VAE_PATH.resolve() else Path(vae_path).name
-    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name, "size": size,
-              "ceiling": ceiling(model, vae.cpu(), ceiling_clips, size=size), "minutes": round((time.time() - t0) / 60, 1)}
+    def loss_of(logits, idx):
+        target, shown = targets(cols[idx], masks[idx], len(ids))
+        return tracker_loss(logits, target.to(logits.device), shown.to(logits.device))
+
+    model = fit(SubjectTracker(ids), x, loss_of, steps, batch, lr, seed, device, "tracker")
+    report = {"clips": clips, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "vae": vae_name(vae_path), "size": size,
+              "ceiling": ceiling(model, vae, ceiling_clips, size=size), "minutes": round((time.time() - t0) / 60, 1)}
     save_tracker(model, out, report)
     log(f"world tracker: {report['ceiling']} in {report['minutes']} min -> {out}")
     return report

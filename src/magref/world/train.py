@@ -30,7 +30,7 @@ import torch
 
 from ..defaults import MINIATURE_BUDGET
 from .build import build_world_dataset
-from .identities import identity_ids
+from .identities import TRAIN_IDENTITIES, identity_ids
 from .clips import make_clip
 from .render import identity
 
@@ -391,7 +391,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
         dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0,
-        train_identities: int = 320) -> Path:
+        train_identities: int = TRAIN_IDENTITIES) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -665,12 +665,11 @@ def load_transformer_init(transformer, init: str | Path) -> None:
     transformer.load_state_dict({k: v.float() for k, v in state.items()})
 
 
-def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None, train_identities: int = 320) -> None:
+def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None, train_identities: int = TRAIN_IDENTITIES) -> None:
     """The run's frame size agrees with what it already holds (its run.json, its clips) and with
     the run it reuses (runs from before run.json were 64 px); the clips it trains on, its own or
     those it reuses, are of its data seed and identities, not clips it was not asked for."""
     from ..errors import MagrefInputError
-    from .identities import identity_ids
 
     identity_ids("train", train_identities)  # a count out of range is refused first
 
@@ -693,11 +692,10 @@ def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | 
     if seed != data_seed:
         raise MagrefInputError(f"{data} holds clips of data seed {seed}, not {data_seed}.",
                                f"pass --data-seed {seed} to go on with them, or use another --out for new clips.")
-    drawn = train_identities if clips is None else clips["world"].get("identities", 320)
+    drawn = train_identities if clips is None else clips["world"].get("identities", TRAIN_IDENTITIES)
     if drawn != train_identities:
         raise MagrefInputError(f"{data} holds clips of {drawn} training identities, not {train_identities}.",
                                f"pass --train-identities {drawn} to go on with them, or use another --out for new clips.")
-
 
 
 def pipeline_from_run(run: str | Path, step: int | None = None):
