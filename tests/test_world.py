@@ -822,6 +822,37 @@ def test_tracker_training_writes_a_loadable_model_whose_maps_follow_the_masks(tm
         load_tracker(IDENTIFIER_PATHS[128])
 
 
+def test_learnt_motion_test_reads_held_out_subjects_motions_through_the_vae():
+    """The shipped tracker (128 px videos) on fresh clips it was not trained on: it reads the
+    motions of 1-3 held-out subjects from the world's rendering and from that rendering decoded by
+    the shipped VAE far above chance (0.2) and above the colour tracker where the VAE defeats that;
+    a clip whose subjects stand still, or of other identities, is not read as the caption's motion."""
+    from diffusers import AutoencoderKLWan
+
+    from magref.models import WORLD_VAE_PATH
+    from magref.world.evaluate import eval_cases, learnt_motion
+    from magref.world.track import ceiling, tracker_for
+
+    tracker = tracker_for(128)
+    assert tracker is not None and tracker_for(64) is None
+    vae = AutoencoderKLWan.from_pretrained(WORLD_VAE_PATH, torch_dtype=torch.float32)
+    c = ceiling(tracker, vae, clips=24, seed=5)
+    learnt = np.mean([c[f"decoded, learnt, {n} subjects"] for n in (1, 2, 3)])
+    colour = np.mean([c[f"decoded, colour, {n} subjects"] for n in (1, 2, 3)])
+    assert np.mean([c[f"rendered, learnt, {n} subjects"] for n in (1, 2, 3)]) >= 0.7 and learnt >= 0.6 and learnt > colour + 0.1, c
+    still, others, moving = [], [], []
+    for case in eval_cases(1, 10, seed=5):
+        clip = make_clip([identity(i) for i in case.ids], np.random.default_rng(case.seed), frames=13, height=128, width=128, motions=case.motions,
+                         scene=case.scene)
+        moving.append(learnt_motion(clip.frames[4:], case, tracker)["motion_learnt_accuracy"])
+        still.append(learnt_motion(np.repeat(clip.frames[6:7], 9, 0), case, tracker)["motion_learnt_accuracy"])
+        stranger = [i for i in identity_ids("heldout") if identity(i).kind != identity(case.ids[0]).kind][0]
+        other = make_clip([identity(stranger)], np.random.default_rng(case.seed), frames=13, height=128, width=128, motions=case.motions,
+                          scene=case.scene)
+        others.append(learnt_motion(other.frames[4:], case, tracker)["motion_learnt_accuracy"])
+    assert np.mean(moving) >= 0.8 and np.mean(still) <= 0.4 and np.mean(others) <= 0.4, (moving, still, others)
+
+
 def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path):
     """`world rescore`: rows written before the learnt motion test get it from their videos, with
     the test's name; a folder scored by one test refuses another, a test of another video size is
