@@ -650,6 +650,11 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
         run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=bad, stop_after_data=True, **quiet)
     with pytest.raises(MagrefInputError, match="no transformer weights"):
         run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=tmp_path / "nothing", stop_after_data=True, **quiet)
+    with pytest.raises(MagrefInputError, match="do not fit"):  # refused before the VAE stages (hours from scratch) start
+        run(tmp_path / "d", transformer_init=bad, vae_steps=1, stop_after_data=True, **quiet)
+    assert not (tmp_path / "d" / "vae").exists()
+    with pytest.raises(MagrefInputError, match="do not fit"):  # weights of the channel model for the tokens ablation
+        run(tmp_path / "e", transformer_init=weights, vae_steps=1, ablation="tokens", stop_after_data=True, **quiet)
 
     # the same file overwritten in place is another start: before training, the base is rebuilt from it
     save_file({k: v + 1 for k, v in trained.items()}, weights)

@@ -61,11 +61,21 @@ def miniature_vae(vae_stride: int = 8, z_dim: int = 16):
     return AutoencoderKLWan(base_dim=16, z_dim=z_dim, num_res_blocks=1, attn_scales=[], **VAE_GEOMETRIES[vae_stride])
 
 
+def miniature_transformer(ablation: str = "none", z_dim: int = 16, layers: int = 6, heads: int = 4):
+    """The miniature's Wan transformer: input [noisy latent z; 4 mask channels; canvas latent z]
+    (the tokens ablation: z), width `heads` x 64, `layers` blocks."""
+    from diffusers import WanTransformer3DModel
+
+    in_channels = z_dim if ABLATIONS[ablation]["conditioning"] == "tokens" else 2 * z_dim + 4
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=in_channels, out_channels=z_dim,
+                                 text_dim=64, freq_dim=64, ffn_dim=3 * 64 * heads, num_layers=layers, cross_attn_norm=True,
+                                 qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=64 * heads, rope_max_seq_len=256)
+
+
 def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int = 8, z_dim: int = 16, layers: int = 6, heads: int = 4) -> dict:
     """Same family as the real model, sized for a 2-core CPU. The transformer's input is
     [noisy latent z; 4 mask channels; canvas latent z] (2z + 4 = 36 for the real model's z = 16);
     its width is `heads` x 64 (the real model's head size) with `layers` blocks (6 x 256 shipped)."""
-    from diffusers import WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     from ..schedulers import make_scheduler
@@ -80,10 +90,7 @@ def miniature_components(seed: int = 0, ablation: str = "none", vae_stride: int 
         image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                                                          image_size=56, patch_size=14, projection_dim=32, hidden_act="gelu"))
         vae = miniature_vae(vae_stride, z_dim)
-        in_channels = z_dim if ABLATIONS[ablation]["conditioning"] == "tokens" else 2 * z_dim + 4
-        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=in_channels, out_channels=z_dim,
-                                            text_dim=64, freq_dim=64, ffn_dim=3 * 64 * heads, num_layers=layers, cross_attn_norm=True,
-                                            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=64, added_kv_proj_dim=64 * heads, rope_max_seq_len=256)
+        transformer = miniature_transformer(ablation, z_dim, layers, heads)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, scheduler=make_scheduler("unipc", 3.0),
                 image_encoder=image_encoder.eval(), transformer=transformer, image_processor=clip_image_processor(56),
                 text_len=226, **ABLATIONS[ablation])  # captions are < 226 bytes; shorter padding, cheaper cross-attention
@@ -437,6 +444,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     _check_clips(out, size, data_seed, reuse_from, train_identities)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
     init = _check_transformer_init(out, transformer_init)
+    if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
+        with torch.device("meta"):
+            fitted_init(miniature_transformer(ablation, _z_dim(out, vae_from, reuse_from), dit_layers, dit_heads), init["path"])
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
@@ -565,6 +575,14 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     return out / "dit" / "final"
 
 
+def _z_dim(out: Path, vae_from, reuse_from) -> int:
+    """The latent width the run's VAE will have: the given VAE's, the run's own or reused one's, else a new one's (16)."""
+    for folder in (vae_from, out / "vae" / "model", reuse_from and Path(reuse_from).expanduser() / "vae" / "model"):
+        if folder and (Path(folder).expanduser() / "config.json").is_file():
+            return json.loads((Path(folder).expanduser() / "config.json").read_text()).get("z_dim", 16)
+    return 16
+
+
 def _check_dit_size(out: Path, layers: int, heads: int) -> None:
     """A positive size, and a run's transformer keeps the size it was built with."""
     from ..errors import MagrefInputError
@@ -646,9 +664,10 @@ def grow_blocks(state: dict, layers: int) -> dict:
     return out
 
 
-def load_transformer_init(transformer, init: str | Path) -> None:
-    """Load the weights at `init` into `transformer` (float32), refusing any that do not fit; weights
-    of a transformer with fewer blocks but the same width start a deeper one (`grow_blocks`)."""
+def fitted_init(transformer, init: str | Path) -> dict:
+    """The weights at `init` as `transformer` takes them (grown when they have fewer blocks of the
+    same width: `grow_blocks`); weights that do not fit are refused. `transformer` may live on the
+    meta device: only its names and shapes are read."""
     from safetensors.torch import load_file
 
     from ..errors import MagrefInputError
@@ -662,7 +681,13 @@ def load_transformer_init(transformer, init: str | Path) -> None:
         raise MagrefInputError(f"--transformer-init {init}: its weights do not fit this run's transformer ({len(wrong)} names or shapes differ, "
                                f"e.g. {wrong[0]}).", "pass weights of a run with the same width and conditioning (channels or tokens), "
                                "and as many blocks or fewer (--dit-layers).")
-    transformer.load_state_dict({k: v.float() for k, v in state.items()})
+    return state
+
+
+def load_transformer_init(transformer, init: str | Path) -> None:
+    """Load the weights at `init` into `transformer` (float32), refusing any that do not fit; weights
+    of a transformer with fewer blocks but the same width start a deeper one (`grow_blocks`)."""
+    transformer.load_state_dict({k: v.float() for k, v in fitted_init(transformer, init).items()})
 
 
 def _check_clips(out: Path, size: int, data_seed: int, reuse_from: str | Path | None, train_identities: int = TRAIN_IDENTITIES) -> None:
