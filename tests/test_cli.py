@@ -130,6 +130,7 @@ BAD = {
     "model defaults not an object": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, "[64, 64]")], "not a JSON object"),
     "model defaults with guidance below 1": (lambda d: ["--ref", CHAR, "--model", _model_with_defaults(d, '{"guidance": 0.5}')],
                                              "generation_defaults.json sets a guidance"),
+    # ... which a --guidance of the user's replaces: see test_a_model_default_guidance_below_1_gives_way_to_the_users
     "hub id offline": (lambda d: ["--ref", CHAR, "--model", "no-such-org/no-such-model"], "Could not load model"),
     "lora missing": (lambda d: ["--ref", CHAR, "--lora", d / "nope.safetensors"], "does not exist"),
     "lora not safetensors": (lambda d: ["--ref", CHAR, "--lora", __file__], "not a .safetensors file"),
@@ -207,6 +208,19 @@ def _model_with_defaults(d, text):
 def _write(p, obj):
     p.write_text("{not json" if obj is None else json.dumps(obj))
     return p
+
+
+def test_a_model_default_guidance_below_1_gives_way_to_the_users(tmp_path):
+    """A model folder's generation_defaults.json with a guidance the pipeline cannot use is named
+    when it would be used, and a --guidance of the user's replaces it (no need to edit the folder)."""
+    from magref.errors import MagrefInputError
+    from magref.request import ModelSpec
+
+    spec = ModelSpec.resolve(str(_model_with_defaults(tmp_path, '{"guidance": 0.5, "steps": 7}')))
+    with pytest.raises(MagrefInputError, match="generation_defaults.json sets a guidance"):
+        spec.settings({}, prompt="x", refs=[CHAR])
+    settings = spec.settings({"guidance": 3.0}, prompt="x", refs=[CHAR])
+    assert (settings.guidance, settings.steps) == (3.0, 7)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -623,6 +623,8 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
     """--transformer-init: the run's transformer starts from another run's weights (a lent GPU's
     packed run goes on here), recorded; unfitting weights are refused, and a run that has trained
     from one start refuses another."""
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
     from magref.models import WORLD_VAE_PATH
@@ -650,11 +652,24 @@ def test_world_train_transformer_init_starts_from_given_weights_and_a_trained_ru
         run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=bad, stop_after_data=True, **quiet)
     with pytest.raises(MagrefInputError, match="no transformer weights"):
         run(tmp_path / "c", reuse_from=tmp_path / "a", transformer_init=tmp_path / "nothing", stop_after_data=True, **quiet)
+    short_vae = dict(vae_steps=1, decoder_steps=0, subject_vae_steps=0)  # were the check late, these would reach it in seconds
     with pytest.raises(MagrefInputError, match="do not fit"):  # refused before the VAE stages (hours from scratch) start
-        run(tmp_path / "d", transformer_init=bad, vae_steps=1, stop_after_data=True, **quiet)
-    assert not (tmp_path / "d" / "vae").exists()
+        run(tmp_path / "d", transformer_init=bad, stop_after_data=True, **short_vae, **quiet)
     with pytest.raises(MagrefInputError, match="do not fit"):  # weights of the channel model for the tokens ablation
-        run(tmp_path / "e", transformer_init=weights, vae_steps=1, ablation="tokens", stop_after_data=True, **quiet)
+        run(tmp_path / "e", transformer_init=weights, ablation="tokens", stop_after_data=True, **short_vae, **quiet)
+    assert not (tmp_path / "d" / "vae").exists() and not (tmp_path / "e" / "vae").exists()
+    # a start recorded before the VAE stages: a resume without the option keeps it, also from a moved file
+    save_file(trained, tmp_path / "first.safetensors")
+    run(tmp_path / "f", transformer_init=tmp_path / "first.safetensors", stop_after_vae=True, **short_vae, **quiet)
+    assert not (tmp_path / "f" / "base").exists()
+    (tmp_path / "first.safetensors").rename(tmp_path / "moved.safetensors")
+    run(tmp_path / "f", transformer_init=tmp_path / "moved.safetensors", stop_after_data=True, **short_vae, **quiet)
+    base = load_file(tmp_path / "f" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(base[k], trained[k].float()) for k in trained)
+    shutil.rmtree(tmp_path / "f" / "base")
+    run(tmp_path / "f", stop_after_data=True, **short_vae, **quiet)  # no option: the recorded start, not a random init
+    base = load_file(tmp_path / "f" / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(base[k], trained[k].float()) for k in trained)
 
     # the same file overwritten in place is another start: before training, the base is rebuilt from it
     save_file({k: v + 1 for k, v in trained.items()}, weights)
@@ -888,13 +903,22 @@ def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path
     assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")[1]  # nothing left to score
     shutil.copytree(tmp_path / "t", tmp_path / "t2")
     rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")
-    assert rc == 2 and "scored by the motion test t, not t2" in err
+    assert rc == 2 and "scored by the motion test t, not by the motion test t2" in err and "--tracker with t's folder" in err
+    for tracker in (("--tracker", tmp_path / "t2"), ()):  # evaluate into it with another test, or with none: refused alike
+        rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e", "--subjects", "1", "2", "--cases", "1",
+                             "--seeds", "0", "--steps", "1", *tracker)
+        assert rc == 2 and "scored by the motion test t, not by" in err, err[-2000:]
     config = json.loads((tmp_path / "t2" / "config.json").read_text())
     (tmp_path / "t2" / "config.json").write_text(json.dumps({**config, "size": 128}))
     rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e2", "--subjects", "1", "--cases", "1",
                          "--seeds", "0", "--steps", "1", "--tracker", tmp_path / "t2")
     assert rc == 2 and "trained for 128 px videos, not 64" in err
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "motion_learnt_accuracy"}) + "\n" for r in rows))
+    unscored = [{k: v for k, v in r.items() if k not in ("motion_learnt_accuracy", "tracker")} for r in rows]
+    truth = {**unscored[0], "model": "ground truth", "spec": None}  # no video either, but rendered again
+    (tmp_path / "m" / "results.jsonl").write_text(json.dumps(truth) + "\n")
+    assert run_cli("world", "rescore", tmp_path / "m", "--tracker", tmp_path / "t")[0] == 0
+    assert _read_results(tmp_path / "m" / "results.jsonl")[0]["motion_learnt_accuracy"] in (0.0, 1.0)
+    (tmp_path / "m" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unscored))
     rc, _, err = run_cli("world", "rescore", tmp_path / "m", "--tracker", tmp_path / "t")
     assert rc == 2 and "no video" in err

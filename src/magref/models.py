@@ -198,14 +198,6 @@ def generation_defaults(model: str | None) -> dict:
             raise CheckpointError(f"{path} is not valid JSON ({e}).", f"fix or delete {path.name}; the official defaults apply without it.") from None
         if not isinstance(given, dict):
             raise CheckpointError(f"{path} is not a JSON object of settings.", 'write e.g. {"height": 64, "width": 64, "frames": 13}.')
-        if "guidance" in given:  # the request checks it too, but could not say where it came from
-            from .request import check_guidance
-
-            try:
-                check_guidance(given["guidance"])
-            except MagrefInputError as e:
-                raise CheckpointError(f"{path} sets a guidance the pipeline cannot use: {e.problem}",
-                                      'set its "guidance" to 1 or more (1: no guidance), or delete the entry (the official 5 applies).') from None
         out.update({k: v for k, v in given.items() if k in out})
     return out
 

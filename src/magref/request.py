@@ -241,8 +241,17 @@ class ModelSpec:
     def settings(self, options: dict[str, Any], **fields) -> GenerationSettings:
         """GenerationSettings from user options, where None means 'not given': the model's own
         defaults fill those in (then the official ones)."""
-        merged = {**self.defaults(), **{k: v for k, v in options.items() if v is not None}, **fields}
-        return GenerationSettings(**merged)
+        given = {**{k: v for k, v in options.items() if v is not None}, **fields}
+        defaults = self.defaults()
+        if "guidance" not in given:  # a model folder's own guidance: the request's check could not say where it came from
+            try:
+                check_guidance(defaults["guidance"])
+            except MagrefInputError as e:
+                from .models import DEFAULTS_FILE
+
+                raise MagrefInputError(f"The model {self.id}'s {DEFAULTS_FILE} sets a guidance the pipeline cannot use: {e.problem}",
+                                       'pass --guidance G (1 or more), or set its "guidance" to 1 or more.') from None
+        return GenerationSettings(**{**defaults, **given})
 
 
 @dataclass

@@ -354,6 +354,17 @@ def _motion_test(tracker, size: int):
     return model, (Path(tracker).expanduser().name if tracker else TRACKER_PATHS[size].name)
 
 
+def _check_one_tracker(out, rows: list[dict], name: str | None) -> None:
+    """A folder's learnt motion column comes from one test: rows it scored name it."""
+    other = sorted({r.get("tracker") for r in rows if "motion_learnt_accuracy" in r} - {name}, key=str)
+    if other:
+        from ..errors import MagrefInputError
+
+        now = f"the motion test {name}" if name else "no learnt motion test (none ships for these videos)"
+        raise MagrefInputError(f"{out}'s videos were scored by the motion test {other[0] or '(unnamed)'}, not by {now}.",
+                               f"pass --tracker with {other[0]}'s folder, or use another --out." if other[0] else "use another --out.")
+
+
 def rescore(folder, tracker=None, log=print) -> int:
     """Add the learnt motion test to the rows of a `world evaluate` folder that lack it, from the
     videos the folder kept (as written: mp4, so a score may differ from an in-memory one by the
@@ -375,21 +386,23 @@ def rescore(folder, tracker=None, log=print) -> int:
     follower, name = _motion_test(tracker, sizes[0])
     if follower is None:
         raise MagrefInputError(f"No learnt motion test ships for {sizes[0]} px videos.", f"pass --tracker FOLDER (`magref world tracker --size {sizes[0]}`).")
-    other = sorted({r.get("tracker") for r in rows if "motion_learnt_accuracy" in r} - {name}, key=str)
-    if other:  # one column, one test
-        raise MagrefInputError(f"{folder}'s videos were scored by the motion test {other[0]}, not {name}.", f"pass --tracker with {other[0]}'s folder.")
+    _check_one_tracker(folder, rows, name)
     todo = [r for r in rows if "motion_learnt_accuracy" not in r]
     for r in todo:
         k, j = r["subjects"], int(r["case"].split("_")[1])
         case = eval_cases(k, j + 1, seed=r.get("case_seed", 2))[j]
         if case.ids != r["ids"]:
             raise MagrefInputError(f"{folder}: case {r['case']} of case seed {r.get('case_seed', 2)} has identities {case.ids}, the results {r['ids']}.",
-                                   "rescore folders written by `world evaluate` of this version (the cases' draw has changed).")
+                                   "evaluate the models again into a new --out (the cases' draw has changed since).")
         video = _video_path(folder, r["model"], r["case"], r["seed"])
-        if not video.is_file():
+        if video.is_file():
+            frames = read_video(video)
+        elif r.get("spec") is None:  # the ground truth is rendered again, exactly as evaluate made it
+            frames = truth_case(case, r["seed"], size=r.get("size", 64))
+        else:
             raise MagrefInputError(f"{folder}: no video {video.relative_to(folder)} for {r['model']}'s case {r['case']}, seed {r['seed']}.",
                                    "rescore the folder `world evaluate` wrote the videos into (a merged results file has none).")
-        r.update(learnt_motion(read_video(video), case, follower), tracker=name)
+        r.update(learnt_motion(frames, case, follower), tracker=name)
     tmp = folder / "results.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, folder / "results.jsonl")
@@ -456,7 +469,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     identifier = Path(identifier).expanduser() if identifier else identifier_path(size)
     judge = load_identifier(identifier)
     follower, tracker_name = _motion_test(tracker, size)
-    _refuse_other(out, [r.get("tracker") for r in rows if "motion_learnt_accuracy" in r], tracker_name, "tracker", "--tracker")
+    _check_one_tracker(out, rows, tracker_name)
     if follower is not None and any("motion_learnt_accuracy" not in r for r in rows):
         log(f"world evaluate: {sum('motion_learnt_accuracy' not in r for r in rows)} videos there lack the learnt motion test: "
             f"`magref world rescore {out}` adds it")

@@ -143,8 +143,10 @@ def load_tracker(folder) -> SubjectTracker:
     folder = Path(folder).expanduser()
     cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     if not (folder / "model.safetensors").is_file() or cfg.get("kind") != "tracker":
-        raise MagrefInputError(f"No subject tracker in {folder}" + (" (it holds another model, e.g. an identity test)." if cfg else "."),
-                               "pass a folder that `magref world tracker --out FOLDER` wrote.")
+        why = (f" (its config.json says kind {cfg['kind']!r})" if "kind" in cfg else " (its config.json has no \"kind\": \"tracker\": another model, "
+               "or a tracker written before trackers were tagged)") if cfg else ""
+        raise MagrefInputError(f"No subject tracker in {folder}{why}.",
+                               "pass a folder that `magref world tracker --out FOLDER` wrote (or the shipped assets/world/tracker128).")
     model = SubjectTracker(cfg["ids"], cfg["width"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
     model.size = cfg["size"]

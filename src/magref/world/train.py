@@ -446,8 +446,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     init = _check_transformer_init(out, transformer_init)
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
-            fitted_init(miniature_transformer(ablation, _z_dim(out, vae_from, reuse_from), dit_layers, dit_heads), init["path"])
-    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation}, indent=2))
+            fitted_init(miniature_transformer(ablation, _z_dim(out, vae_from, reuse_from), dit_layers, dit_heads), transformer_init)
+    # the requested start, kept until the base records it: a resume during the VAE stages need not repeat the option
+    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init}, indent=2))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     if reuse_from is not None:
@@ -576,8 +577,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
 
 def _z_dim(out: Path, vae_from, reuse_from) -> int:
-    """The latent width the run's VAE will have: the given VAE's, the run's own or reused one's, else a new one's (16)."""
-    for folder in (vae_from, out / "vae" / "model", reuse_from and Path(reuse_from).expanduser() / "vae" / "model"):
+    """The latent width the run's VAE will have, from the first VAE `run` uses: the run's own
+    (a resume), the reused run's, the given one (`--vae`), else a new one's (16)."""
+    for folder in (out / "vae" / "model", reuse_from and Path(reuse_from).expanduser() / "vae" / "model", vae_from):
         if folder and (Path(folder).expanduser() / "config.json").is_file():
             return json.loads((Path(folder).expanduser() / "config.json").read_text()).get("z_dim", 16)
     return 16
@@ -624,7 +626,10 @@ def _check_transformer_init(out: Path, transformer_init: str | Path | None) -> d
     Weights are told apart by content, so a file overwritten in place is a new start. A run whose
     transformer has trained from one start refuses another."""
     if transformer_init is None:
-        return _base_init(out)
+        if (out / "base" / "model_index.json").is_file():
+            return _base_init(out)
+        run_json = out / "run.json"  # stopped before its base was built: the start it was given
+        return json.loads(run_json.read_text()).get("transformer_init") if run_json.is_file() else None
     from ..io import sha256_file
     from ..training.checkpointing import latest_checkpoint
 
