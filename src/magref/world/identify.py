@@ -73,30 +73,38 @@ class IdentityClassifier(nn.Module):
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
 
+def heldout_clips(clips: int, draw: int, seed: int, vae=None, frames: int = 13, batch: int = 8, progress=None, size: int = 64):
+    """Random clips of 1-3 held-out subjects, `batch` at a time (clip k drawn by the rng [draw, seed, k]):
+    yields each batch's [(ids, Clip)] and its frames as the evaluators see them, (B * F, 64, 64, 3)
+    uint8, made at `size` and, with `vae`, encoded and decoded by it. The learnt tests' data."""
+    pool = identity_ids("heldout")
+    for start in range(0, clips, batch):
+        group = []
+        for k in range(start, min(clips, start + batch)):
+            rng = np.random.default_rng([draw, seed, k])
+            ids = [int(i) for i in rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)]
+            group.append((ids, make_clip([identity(i) for i in ids], rng, frames, size, size)))
+        video = np.stack([clip.frames for _, clip in group])  # (B, F, H, W, 3)
+        if vae is not None:
+            video = vae_round_trip(vae, video)
+        yield group, to_classifier_size(video.reshape(-1, size, size, 3))
+        if progress:
+            progress(len(group))
+
+
 def world_frames(clips: int, seed: int, vae=None, frames: int = 13, batch: int = 8, progress=None, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Frames of `clips` random clips of 1-3 held-out subjects: (N, 64, 64, 3) uint8 and
     (N, 80) bool labels; with `vae`, the clips as that VAE encodes and decodes them. Clips are
     made at `size` and resized to the classifier's 64 px as `identify_video` resizes a video."""
-    pool = identity_ids("heldout")
-    col = {i: k for k, i in enumerate(pool)}
+    col = {i: k for k, i in enumerate(identity_ids("heldout"))}
     xs, ys = [], []
-    for start in range(0, clips, batch):
-        group = []
-        for k in range(start, min(clips, start + batch)):
-            rng = np.random.default_rng([23, seed, k])
-            ids = [int(i) for i in rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)]
-            clip = make_clip([identity(i) for i in ids], rng, frames, size, size)
-            label = np.zeros((frames, len(pool)), bool)
+    for group, x in heldout_clips(clips, 23, seed, vae, frames, batch, progress, size):
+        xs.append(x)
+        for ids, clip in group:
+            label = np.zeros((frames, len(col)), bool)
             for i, m in zip(ids, clip.masks):
                 label[:, col[i]] = m.reshape(frames, -1).sum(1) >= MIN_VISIBLE_PIXELS * (size / 64) ** 2
-            group.append(clip.frames)
             ys.append(label)
-        video = np.stack(group)  # (B, F, H, W, 3)
-        if vae is not None:
-            video = vae_round_trip(vae, video)
-        xs.append(to_classifier_size(video.reshape(-1, size, size, 3)))
-        if progress:
-            progress(len(group))
     return np.concatenate(xs), np.concatenate(ys)
 
 

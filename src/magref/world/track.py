@@ -23,7 +23,7 @@ from torch import nn
 
 from .clips import make_clip
 from .identities import identity_ids
-from .identify import fit, to_classifier_size, to_input, vae_name, vae_round_trip
+from .identify import fit, heldout_clips, to_classifier_size, to_input, vae_name, vae_round_trip
 from .render import identity
 
 TRACKER_PATHS = {128: Path(__file__).resolve().parent.parent / "assets" / "world" / "tracker128"}
@@ -68,28 +68,17 @@ def world_tracks(clips: int, seed: int, vae=None, frames: int = 13, batch: int =
     """Frames of `clips` random clips of 1-3 held-out subjects, (N, 64, 64, 3) uint8, with their
     subjects' columns (N, 3) int (-1: none) and cell masks (N, 3, 16, 16) uint8; with `vae`, the
     clips as it encodes and decodes them."""
-    pool = identity_ids("heldout")
-    col = {i: k for k, i in enumerate(pool)}
+    col = {i: k for k, i in enumerate(identity_ids("heldout"))}
     xs, cols, ms = [], [], []
-    for start in range(0, clips, batch):
-        group = []
-        for k in range(start, min(clips, start + batch)):
-            rng = np.random.default_rng([31, seed, k])
-            ids = [int(i) for i in rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)]
-            clip = make_clip([identity(i) for i in ids], rng, frames, size, size)
+    for group, x in heldout_clips(clips, 31, seed, vae, frames, batch, progress, size):
+        xs.append(x)
+        for ids, clip in group:
             c = np.full((frames, 3), -1)
             c[:, : len(ids)] = [col[i] for i in ids]
             m = np.zeros((frames, 3, 64 // CELL, 64 // CELL), np.uint8)
             m[:, : len(ids)] = cell_masks(clip.masks, size).transpose(1, 0, 2, 3)
-            group.append(clip.frames)
             cols.append(c)
             ms.append(m)
-        video = np.stack(group)
-        if vae is not None:
-            video = vae_round_trip(vae, video)
-        xs.append(to_classifier_size(video.reshape(-1, size, size, 3)))
-        if progress:
-            progress(len(group))
     return np.concatenate(xs), np.concatenate(cols), np.concatenate(ms)
 
 
