@@ -378,7 +378,9 @@ def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
      ({"subject_loss_weight": 5.0}, "needs per-frame subject masks"),
      ({"learning_rate": float("inf")}, "not a finite number"), ({"shift": float("nan")}, "not a finite number"),
      ({"shift": -1.0}, "shift must be > 0"), ({"layout": {"p_drop": 1.5}}, "is a probability"), ({"adam_betas": [0.9, 2]}, "adam_betas"),
-     ({"weight_decay": -0.1}, "must be >= 0"), ({"layout": [1, 2]}, "must be a mapping")],
+     ({"weight_decay": -0.1}, "must be >= 0"), ({"layout": [1, 2]}, "must be a mapping"),
+     ({"repeats_by_references": [0, 0]}, "not all 0"), ({"repeats_by_references": 3}, "repeats_by_references needs whole numbers"),
+     ({"repeats_by_references": [0, 1]}, "leaves no clip")],
 )
 def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)

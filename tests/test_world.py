@@ -108,6 +108,32 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
         run(tmp_path / "run", vae_from=WORLD_VAE_PATH, clips=12, dit_steps=1, batch_size=1, recipe="single", log=lambda *a: None)
 
 
+    # repeats_by_references: an epoch shows each clip as often as its number of references says
+    import yaml
+
+    from magref.training.config import load_config
+    from magref.training.trainer import Trainer
+
+    refs = [ds.references(i) for i in range(len(ds))]
+    assert refs == [len(ds[i].subjects) for i in range(len(ds))]
+
+    def epoch(repeats, name):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({"model": "tiny-random", "data": str(tmp_path / "multi"), "output_dir": str(tmp_path / name), "seed": 0,
+                                       "max_steps": 4, "batch_size": 1, "repeats_by_references": repeats}))
+        trainer = Trainer(load_config(cfg), log=lambda *a: None)
+        n = len(trainer.epoch_pool)
+        return [i for step in range(n) for i in trainer.sample_indices(step)], n  # one whole epoch
+
+    plain, n = epoch([], "plain")
+    assert n == len(ds) and sorted(plain) == list(range(len(ds)))  # every clip once, as before the option
+    weighted, n = epoch([3, 0, 1], "weighted")
+    assert n == sum({1: 3, 2: 0, 3: 1}[k] for k in refs)
+    assert sorted(weighted) == sorted(i for i, k in enumerate(refs) for _ in range({1: 3, 2: 0, 3: 1}[k]))
+    with pytest.raises(MagrefInputError, match="leaves no clip"):
+        epoch([0, 0, 0, 1], "none")
+
+
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):
     """Cut-outs from frame 0 and `p_source_boxes`: the canvas holds exactly the subject's frame-0
     pixels at their place (the miniature's in-place copy), everywhere else white."""

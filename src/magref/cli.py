@@ -358,6 +358,7 @@ def cmd_world_train(args) -> int:
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
         transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
         dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order, data_seed=args.data_seed,
+        repeats_by_references=args.repeats_by_references,
         **({"train_identities": args.train_identities} if args.train_identities is not None else {}))
     return 0
 
@@ -582,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "training identities (e.g. to go on from --transformer-init on clips it has not seen) without re-encoding old ones")
     p.add_argument("--train-identities", type=int, default=None, help="how many training identities the clips draw from (default 320: the "
                    "first 400 ids' split; up to 819, every unique look that is not held out): more looks, fewer attribute pairings learnt by heart")
+    p.add_argument("--repeats-by-references", type=int, nargs="+", default=None, metavar="R",
+                   help="how often an epoch shows a clip with 1, 2, 3 references, e.g. 3 1 1: single-subject clips three times as often "
+                   "(default: every clip once; a 0 leaves such clips out)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

@@ -251,8 +251,15 @@ class ClipDataset:
 
     def caption(self, i: int) -> str:
         """The caption alone, without decoding the frames."""
+        return self._meta(i)["caption"]
+
+    def references(self, i: int) -> int:
+        """How many subjects sample i has cut out as references, without decoding anything."""
+        return len(self._meta(i)["subjects"])
+
+    def _meta(self, i: int) -> dict:
         shard, key = self.index[i]
-        return json.loads(self._tar(shard).extractfile(f"{key}.json").read())["caption"]
+        return json.loads(self._tar(shard).extractfile(f"{key}.json").read())
 
     def __getstate__(self):  # picklable for DataLoader workers: reopen tars lazily
         state = dict(self.__dict__)

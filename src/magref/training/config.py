@@ -96,6 +96,10 @@ class TrainConfig:
     # > 1: the flow loss of latent cells where a subject is (any pixel of the frames the cell
     # codes) counts this many times a background cell's; needs datasets with per-frame masks.
     subject_loss_weight: float = 1.0
+    # how often an epoch shows a clip with k references (entry k-1; clips with more references than
+    # the list covers: once). e.g. [3, 1, 1] shows single-subject clips three times as often; a 0
+    # leaves such clips out. Empty: every clip once.
+    repeats_by_references: list[int] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """What must not change across a resume (everything but the step budget, unless a decaying
@@ -108,6 +112,8 @@ class TrainConfig:
             d.pop("max_steps")
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
+        if not d["repeats_by_references"]:  # as for cache_dtype
+            d.pop("repeats_by_references")
         if d["data_loading"] == "random":
             d.pop("data_loading"), d.pop("shuffle_buffer")
         if d["gradient_accumulation_steps"] == 1:  # runs from before the key existed still resume
@@ -168,6 +174,13 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     if cfg.data_loading == "stream" and cfg.cache_layouts:
         raise MagrefInputError(f"{where}: data_loading: stream reads each sample in passing, and the encoding cache is looked up by sample.",
                                "set cache_layouts: 0 to stream, or data_loading: random to use the cache.")
+    repeats = cfg.repeats_by_references
+    if not isinstance(repeats, list) or repeats and (not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in repeats) or not any(repeats)):
+        raise MagrefInputError(f"{where}: repeats_by_references needs whole numbers >= 0, not all 0 (got {repeats}).",
+                               "set repeats_by_references: [3, 1, 1] (single-subject clips three times as often), or [] for every clip once.")
+    if repeats and cfg.data_loading == "stream":
+        raise MagrefInputError(f"{where}: repeats_by_references chooses clips by index, and data_loading: stream reads them in passing.",
+                               "set data_loading: random, or repeats_by_references: [].")
     if cfg.cache_layouts < 0:
         raise MagrefInputError(f"{where}: cache_layouts must be >= 0 (got {cfg.cache_layouts}).", "set cache_layouts: 0 (off) or e.g. 2.")
     positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every", "cache_part_clips", "shuffle_buffer",

@@ -18,6 +18,7 @@ gloo on CPU, NCCL on GPU).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -85,6 +86,8 @@ class Trainer(Checkpointing):
             manifest = self.dataset.manifest
         if not manifest.get("num_samples", sum(len(s["keys"]) for s in manifest["shards"])):
             raise MagrefInputError(f"Dataset {cfg.data} has no samples.", "prepare more videos.")
+        if self.dataset is not None:
+            _ = self.epoch_pool  # repeats that leave no clip are refused before anything loads
         settings = manifest["settings"]
         self.frames, self.height, self.width = settings["frames"], settings["height"], settings["width"]
         self.layouts = LayoutSampler(cfg.layout.p_official_grid, cfg.layout.p_drop, cfg.layout.min_scale,
@@ -187,7 +190,7 @@ class Trainer(Checkpointing):
     def sample_indices(self, step: int, shard: int | None = None) -> list[int]:
         """A shard's dataset indices for `step` (by default this process's first): epoch
         permutations seeded by (seed, epoch)."""
-        n, b = len(self.dataset), self.cfg.batch_size
+        n, b = len(self.epoch_pool), self.cfg.batch_size
         shard = self.shard(0) if shard is None else shard
         out = []
         for j in range(b):
@@ -198,8 +201,21 @@ class Trainer(Checkpointing):
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The dataset order of one epoch, drawn once per epoch rather than once per sample."""
         if getattr(self, "_order_epoch", None) != epoch:
-            self._order, self._order_epoch = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset)), epoch
+            self._order, self._order_epoch = self.epoch_pool[np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.epoch_pool))], epoch
         return self._order
+
+    @functools.cached_property
+    def epoch_pool(self) -> np.ndarray:
+        """The dataset indices one epoch shows, each clip repeated as `repeats_by_references` says."""
+        repeats = self.cfg.repeats_by_references
+        if not repeats:
+            return np.arange(len(self.dataset))
+        counts = [self.dataset.references(i) for i in range(len(self.dataset))]
+        pool = np.array([i for i, k in enumerate(counts) for _ in range(repeats[k - 1] if 0 < k <= len(repeats) else 1)], dtype=np.int64)
+        if not len(pool):
+            raise MagrefInputError(f"repeats_by_references = {repeats} leaves no clip of {self.cfg.data} (their references: {sorted(set(counts))}).",
+                                   "give a repeat of 1 or more to a number of references the data has.")
+        return pool
 
     def example(self, index: int, rng: random.Random) -> dict:
         return self.example_of(self.dataset[index], rng)

@@ -398,7 +398,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
         dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0,
-        train_identities: int = TRAIN_IDENTITIES) -> Path:
+        train_identities: int = TRAIN_IDENTITIES, repeats_by_references: list[int] | None = None) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -431,7 +431,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     encoding cache is keyed by the whole clip list, so growing `clips` re-encodes them all).
     `train_identities`: how many training identities the clips draw from (320, the first 400 ids'
     split, up to `MAX_TRAIN_IDENTITIES`): more looks, so that fewer of a held-out subject's
-    attributes come only as they were paired in training (recorded in the clips' manifest)."""
+    attributes come only as they were paired in training (recorded in the clips' manifest).
+    `repeats_by_references`: how often an epoch shows a clip with 1, 2, 3 references (the
+    trainer's `repeats_by_references`; None or [] every clip once), e.g. [3, 1, 1] for more
+    single-subject clips from the multi recipe's data without new clips to encode."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -563,6 +566,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
         # caption alone predicts; the world knows where subjects are, so their cells count 5x.
         "subject_loss_weight": 5.0,
+        **({"repeats_by_references": list(repeats_by_references)} if repeats_by_references else {}),
     }))
     if stop_after_data:
         log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
