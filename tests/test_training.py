@@ -181,6 +181,14 @@ def test_a_resume_that_changes_the_config_is_refused_naming_what_changed(tmp_pat
     assert run_cli("train", const)[0] == 0
     rc, _, err = run_cli("train", const, "--resume", "--set", "max_steps=3")  # a constant schedule: more steps are the same run
     assert rc == 0, err[-2000:]
+    # a setting newer than the run's config.json: [1, 1] draws the epochs the run drew; [2] is named as a change from its default
+    recorded = json.loads((tmp_path / "const" / "config.json").read_text())
+    recorded.pop("repeats_by_references")
+    (tmp_path / "const" / "config.json").write_text(json.dumps(recorded))
+    rc, _, err = run_cli("train", const, "--resume", "--set", "max_steps=4", "--set", "repeats_by_references=[2]")
+    assert rc != 0 and "repeats_by_references was [], is now [2]" in err, err[-2000:]
+    rc, _, err = run_cli("train", const, "--resume", "--set", "max_steps=4", "--set", "repeats_by_references=[1, 1]")
+    assert rc == 0, err[-2000:]
 
 
 @pytest.mark.parametrize("mode,lr", [("full", 1e-3), ("lora", 5e-3)])
@@ -379,8 +387,8 @@ def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
      ({"learning_rate": float("inf")}, "not a finite number"), ({"shift": float("nan")}, "not a finite number"),
      ({"shift": -1.0}, "shift must be > 0"), ({"layout": {"p_drop": 1.5}}, "is a probability"), ({"adam_betas": [0.9, 2]}, "adam_betas"),
      ({"weight_decay": -0.1}, "must be >= 0"), ({"layout": [1, 2]}, "must be a mapping"),
-     ({"repeats_by_references": [0, 0]}, "not all 0"), ({"repeats_by_references": 3}, "repeats_by_references needs whole numbers"),
-     ({"repeats_by_references": [0, 1]}, "leaves no clip")],
+     ({"repeats_by_references": [0, 0]}, "leaves no clip"), ({"repeats_by_references": 3}, "repeats_by_references needs a list"),
+     ({"repeats_by_references": [1, -1]}, "needs a list of whole numbers >= 0"), ({"repeats_by_references": [0, 1]}, "leaves no clip")],
 )
 def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)

@@ -126,12 +126,25 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
         return [i for step in range(n) for i in trainer.sample_indices(step)], n  # one whole epoch
 
     plain, n = epoch([], "plain")
-    assert n == len(ds) and sorted(plain) == list(range(len(ds)))  # every clip once, as before the option
+    assert n == len(ds) and plain == np.random.default_rng([0, 0]).permutation(len(ds)).tolist()  # every clip once, in the order from before the option
     weighted, n = epoch([3, 0, 1], "weighted")
     assert n == sum({1: 3, 2: 0, 3: 1}[k] for k in refs)
     assert sorted(weighted) == sorted(i for i, k in enumerate(refs) for _ in range({1: 3, 2: 0, 3: 1}[k]))
     with pytest.raises(MagrefInputError, match="leaves no clip"):
         epoch([0, 0, 0, 1], "none")
+
+    # `world train` checks the option before any stage runs, and a resume keeps the run's own
+    from magref.world.train import _run_repeats
+
+    with pytest.raises(MagrefInputError, match="leaves out every clip of recipe 'single'"):
+        run(tmp_path / "single", vae_from=WORLD_VAE_PATH, clips=12, dit_steps=1, recipe="single", repeats_by_references=[0], log=lambda *a: None)
+    assert not (tmp_path / "single" / "dit.yaml").exists() and not (tmp_path / "single" / "data").exists()
+    started = tmp_path / "started"
+    (started / "dit" / "checkpoints").mkdir(parents=True)
+    (started / "dit.yaml").write_text(yaml.safe_dump({"repeats_by_references": [3, 1, 1]}))
+    assert _run_repeats(started, None, "multi") == [3] == _run_repeats(started, [3, 1], "multi")
+    with pytest.raises(MagrefInputError, match="trained with --repeats-by-references 3, not 2"):
+        _run_repeats(started, [2, 1, 1], "multi")
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):

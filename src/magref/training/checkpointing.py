@@ -112,13 +112,15 @@ class Checkpointing:
 
     def _config_changes(self) -> str:
         """': key was -> is now, ...' against the run's recorded config.json ('' without one)."""
-        from .config import config_dict
+        from .config import TrainConfig, config_dict
 
         try:
             was = json.loads((self.out / "config.json").read_text())
         except (OSError, ValueError):
             return ""
         now = config_dict(self.cfg)
+        # a key the run's config.json predates had its default then (the fingerprint drops such keys at their defaults)
+        was = {**config_dict(TrainConfig(model=self.cfg.model, data=self.cfg.data, output_dir=self.cfg.output_dir)), **was}
         changed = [f"{k} was {was[k]!r}, is now {now[k]!r}" for k in sorted(now) if k in was and was[k] != now[k] and k != "output_dir"]
         return ": " + "; ".join(changed) if changed else ""
 

@@ -112,6 +112,7 @@ class TrainConfig:
             d.pop("max_steps")
         if d["cache_dtype"] == "float32":  # runs from before the key existed still resume
             d.pop("cache_dtype")
+        d["repeats_by_references"] = normalised_repeats(d["repeats_by_references"])  # [1, 1, 1] and [] draw the same epochs
         if not d["repeats_by_references"]:  # as for cache_dtype
             d.pop("repeats_by_references")
         if d["data_loading"] == "random":
@@ -165,6 +166,21 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+def check_repeats_by_references(repeats, where: str) -> None:
+    """A list of whole numbers >= 0 (whether it leaves any clip depends on the data: the trainer checks that)."""
+    if not isinstance(repeats, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in repeats):
+        raise MagrefInputError(f"{where}: repeats_by_references needs a list of whole numbers >= 0 (got {repeats!r}).",
+                               "set repeats_by_references: [3, 1, 1] (clips with one reference three times as often), or [] for every clip once.")
+
+
+def normalised_repeats(repeats: list[int]) -> list[int]:
+    """The same epochs, said the shortest way: a trailing repeat of 1 is what a missing entry means."""
+    repeats = list(repeats)
+    while repeats and repeats[-1] == 1:
+        repeats.pop()
+    return repeats
+
+
 def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     for key, options in CHOICES.items():
         if getattr(cfg, key) not in options:
@@ -174,10 +190,8 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     if cfg.data_loading == "stream" and cfg.cache_layouts:
         raise MagrefInputError(f"{where}: data_loading: stream reads each sample in passing, and the encoding cache is looked up by sample.",
                                "set cache_layouts: 0 to stream, or data_loading: random to use the cache.")
+    check_repeats_by_references(cfg.repeats_by_references, where)
     repeats = cfg.repeats_by_references
-    if not isinstance(repeats, list) or repeats and (not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in repeats) or not any(repeats)):
-        raise MagrefInputError(f"{where}: repeats_by_references needs whole numbers >= 0, not all 0 (got {repeats}).",
-                               "set repeats_by_references: [3, 1, 1] (single-subject clips three times as often), or [] for every clip once.")
     if repeats and cfg.data_loading == "stream":
         raise MagrefInputError(f"{where}: repeats_by_references chooses clips by index, and data_loading: stream reads them in passing.",
                                "set data_loading: random, or repeats_by_references: [].")

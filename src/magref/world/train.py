@@ -446,6 +446,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     t_start = time.time()
     _check_clips(out, size, data_seed, reuse_from, train_identities)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
+    repeats_by_references = _run_repeats(out, repeats_by_references, recipe)
     init = _check_transformer_init(out, transformer_init)
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
@@ -566,7 +567,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
         # caption alone predicts; the world knows where subjects are, so their cells count 5x.
         "subject_loss_weight": 5.0,
-        **({"repeats_by_references": list(repeats_by_references)} if repeats_by_references else {}),
+        **({"repeats_by_references": repeats_by_references} if repeats_by_references else {}),
     }))
     if stop_after_data:
         log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
@@ -578,6 +579,31 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
     return out / "dit" / "final"
+
+
+def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]:
+    """The run's `repeats_by_references`, checked before anything is written: None keeps what the
+    run's dit.yaml says (a resume need not repeat the option); a value that differs from the one a
+    started transformer trained with is refused here, not after the data stages."""
+    import yaml
+
+    from ..errors import MagrefInputError
+    from ..training.config import check_repeats_by_references, normalised_repeats
+
+    config = out / "dit.yaml"
+    had = normalised_repeats((yaml.safe_load(config.read_text()) or {}).get("repeats_by_references", [])) if config.is_file() else []
+    if repeats is None:
+        return had
+    check_repeats_by_references(list(repeats), "--repeats-by-references")
+    repeats = normalised_repeats(repeats)
+    if RECIPES[recipe] == 1 and repeats and repeats[0] == 0:
+        raise MagrefInputError(f"--repeats-by-references {' '.join(map(str, repeats))} leaves out every clip of recipe {recipe!r}: each has one reference.",
+                               "give clips with one reference a repeat of 1 or more.")
+    if repeats != had and (out / "dit" / "checkpoints").is_dir():
+        raise MagrefInputError(f"{out}: its transformer trained with --repeats-by-references {' '.join(map(str, had)) or '(every clip once)'}, "
+                               f"not {' '.join(map(str, repeats)) or '(every clip once)'}.",
+                               "resume without the option (or with the run's own), or train the other repeats in another --out.")
+    return repeats
 
 
 def _z_dim(out: Path, vae_from, reuse_from) -> int:
