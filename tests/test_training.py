@@ -388,7 +388,8 @@ def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
      ({"shift": -1.0}, "shift must be > 0"), ({"layout": {"p_drop": 1.5}}, "is a probability"), ({"adam_betas": [0.9, 2]}, "adam_betas"),
      ({"weight_decay": -0.1}, "must be >= 0"), ({"layout": [1, 2]}, "must be a mapping"),
      ({"repeats_by_references": [0, 0]}, "leaves no clip"), ({"repeats_by_references": 3}, "repeats_by_references needs a list"),
-     ({"repeats_by_references": [1, -1]}, "needs a list of whole numbers >= 0"), ({"repeats_by_references": [0, 1]}, "leaves no clip")],
+     ({"repeats_by_references": [1, -1]}, "needs a list of whole numbers >= 0"), ({"repeats_by_references": [0, 1]}, "leaves no clip"),
+     ({"repeats_by_references": [2], "data_loading": "stream", "cache_layouts": 0}, "chooses clips by index")],
 )
 def test_bad_config_exit_2(tmp_path, dataset, extra, needle):
     cfg = _cfg(tmp_path, dataset, "bad", **extra)

@@ -145,6 +145,16 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     assert _run_repeats(started, None, "multi") == [3] == _run_repeats(started, [3, 1], "multi")
     with pytest.raises(MagrefInputError, match="trained with --repeats-by-references 3, not 2"):
         _run_repeats(started, [2, 1, 1], "multi")
+    with pytest.raises(MagrefInputError, match="leaves out every clip of recipe 'multi'"):
+        _run_repeats(tmp_path / "fresh", [0, 0, 0], "multi")
+    with pytest.raises(MagrefInputError, match="weights nothing in recipe 'single'"):
+        _run_repeats(tmp_path / "fresh", [3], "single")
+    from conftest import run_cli
+
+    rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
+                         "--repeats-by-references", "3", "1", "1")
+    assert rc == 0, err[-2000:]
+    assert yaml.safe_load((tmp_path / "cli" / "dit.yaml").read_text())["repeats_by_references"] == [3]  # what the trainer reads
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):

@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "first 400 ids' split; up to 819, every unique look that is not held out): more looks, fewer attribute pairings learnt by heart")
     p.add_argument("--repeats-by-references", type=int, nargs="+", default=None, metavar="R",
                    help="how often an epoch shows a clip with 1, 2, 3 references, e.g. 3 1 1: single-subject clips three times as often "
-                   "(default: every clip once; a 0 leaves such clips out)")
+                   "(a 0 leaves such clips out; default: on a resume the run's own, else every clip once)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

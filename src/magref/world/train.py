@@ -433,8 +433,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     split, up to `MAX_TRAIN_IDENTITIES`): more looks, so that fewer of a held-out subject's
     attributes come only as they were paired in training (recorded in the clips' manifest).
     `repeats_by_references`: how often an epoch shows a clip with 1, 2, 3 references (the
-    trainer's `repeats_by_references`; None or [] every clip once), e.g. [3, 1, 1] for more
-    single-subject clips from the multi recipe's data without new clips to encode."""
+    trainer's `repeats_by_references`), e.g. [3, 1, 1] for more single-subject clips from the
+    multi recipe's data without new clips to encode; [] every clip once; None the run's own on a
+    resume (its dit.yaml), else every clip once."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -596,9 +597,14 @@ def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]
         return had
     check_repeats_by_references(list(repeats), "--repeats-by-references")
     repeats = normalised_repeats(repeats)
-    if RECIPES[recipe] == 1 and repeats and repeats[0] == 0:
-        raise MagrefInputError(f"--repeats-by-references {' '.join(map(str, repeats))} leaves out every clip of recipe {recipe!r}: each has one reference.",
-                               "give clips with one reference a repeat of 1 or more.")
+    counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
+    given = " ".join(map(str, repeats))
+    if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
+        raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
+                               "give one of those counts a repeat of 1 or more.")
+    if repeats and len(counts) == 1:
+        raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
+                               "use it with --recipe multi, or leave it out.")
     if repeats != had and (out / "dit" / "checkpoints").is_dir():
         raise MagrefInputError(f"{out}: its transformer trained with --repeats-by-references {' '.join(map(str, had)) or '(every clip once)'}, "
                                f"not {' '.join(map(str, repeats)) or '(every clip once)'}.",
