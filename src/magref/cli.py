@@ -349,6 +349,19 @@ def cmd_world_build(args) -> int:
     return 0
 
 
+def _learnt_test_parser(world, name: str, help: str, shipped: str, steps: int, size: int, sees: str, what: str):
+    """`world identifier` and `world tracker`: the same options, their own defaults."""
+    p = world.add_parser(name, help=help)
+    p.add_argument("--out", default=f"~/.cache/magref/{shipped}", help=f"the shipped one: src/magref/assets/world/{shipped}")
+    p.add_argument("--vae", default=None, help="the VAE whose decoding it learns to see through (default: the shipped miniature's)")
+    p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=size, help=f"frame size of the videos it will judge ({sees} at 64 px)")
+    p.add_argument("--device", default=None, help=f"where the VAE and the {what} run (default: cuda when available, else cpu)")
+    return p
+
+
 def cmd_world_train(args) -> int:
     from .world.train import run
 
@@ -595,24 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="the model's default guidance scale (default: the official 5); pick it on "
                    "one `world evaluate --case-seed` and confirm it on another")
     p.set_defaults(func=cmd_world_export)
-    p = world.add_parser("identifier", help="train the learnt identity test of `world evaluate` (held-out identities through the VAE)")
-    p.add_argument("--out", default="~/.cache/magref/identifier", help="the shipped one: src/magref/assets/world/identifier")
-    p.add_argument("--vae", default=None, help="the VAE whose decoding it learns to see through (default: the shipped miniature's)")
-    p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64, help="frame size of the videos it will judge (the classifier sees them at 64 px)")
-    p.add_argument("--device", default=None, help="where the VAE and the classifier run (default: cuda when available, else cpu)")
-    p.set_defaults(func=cmd_world_identifier)
-    p = world.add_parser("tracker", help="train the learnt motion test of `world evaluate` (held-out subjects' masks through the VAE)")
-    p.add_argument("--out", default="~/.cache/magref/tracker128", help="the shipped one: src/magref/assets/world/tracker128")
-    p.add_argument("--vae", default=None, help="the VAE whose decoding it learns to see through (default: the shipped miniature's)")
-    p.add_argument("--clips", type=int, default=600, help="clips rendered and decoded (and as many rendered only)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="frame size of the videos it will judge (it sees them at 64 px)")
-    p.add_argument("--device", default=None, help="where the VAE and the tracker run (default: cuda when available, else cpu)")
-    p.set_defaults(func=cmd_world_tracker)
+    _learnt_test_parser(world, "identifier", "train the learnt identity test of `world evaluate` (held-out identities through the VAE)",
+                        "identifier", 2000, 64, "the classifier sees them", "classifier").set_defaults(func=cmd_world_identifier)
+    _learnt_test_parser(world, "tracker", "train the learnt motion test of `world evaluate` (held-out subjects' masks through the VAE)",
+                        "tracker128", 3000, 128, "it sees them", "tracker").set_defaults(func=cmd_world_tracker)
     p = world.add_parser("rescore", help="add the learnt motion test to a `world evaluate` folder's results from its videos")
     p.add_argument("folder", help="a `world evaluate --out` folder (with its videos/)")
     p.add_argument("--tracker", default=None, help="the learnt motion test's folder (default: the shipped one for the videos' size)")

@@ -101,7 +101,12 @@ def eval_cases(subjects: int, n: int, seed: int = 0, caption_style: str = "kind"
     return cases
 
 
-def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = 7, identifier=None, tracker=None) -> dict:
+# each true identity is scored against this many others of its kind: top-1 by chance is 1 / (1 + it)
+DISTRACTORS = 7
+IDENTITY_CHANCE = 1.0 / (1 + DISTRACTORS)
+
+
+def score_video(frames: np.ndarray, case: EvalCase, num_distractors: int = DISTRACTORS, identifier=None, tracker=None) -> dict:
     """Every metric of one video; `identifier` (world.identify) adds the learnt identity test,
     `tracker` (world.track) the learnt motion test."""
     from .identify import identify_video, identity_hit
@@ -410,7 +415,7 @@ def rescore(folder, tracker=None, log=print) -> int:
     if (folder / "summary.json").is_file():
         settings = json.loads((folder / "summary.json").read_text()).get("settings", {})
         write_json(folder / "summary.json", {"settings": {**settings, "tracker": name}, "summary": summary})
-    (folder / "table.md").write_text(table_markdown(summary, 1.0 / 8))
+    (folder / "table.md").write_text(table_markdown(summary, IDENTITY_CHANCE))
     log(f"world rescore: {len(todo)} of {len(rows)} videos scored by the learnt motion test ({name}) -> {folder / 'table.md'}")
     return len(todo)
 
@@ -501,8 +506,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance, "shift": shift,
                                                     "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
                                                     "identifier": identifier.name, "tracker": tracker_name}, "summary": summary})
-    chance = 1.0 / 8
-    (out / "table.md").write_text(table_markdown(summary, chance))
+    (out / "table.md").write_text(table_markdown(summary, IDENTITY_CHANCE))
     # pictures: the first case of each subject count, first seed, every model
     (out / "sheets").mkdir(exist_ok=True)
     for k in subjects:
