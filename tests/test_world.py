@@ -950,13 +950,29 @@ def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path
     assert r["motion_learnt_accuracy"] == learnt_motion(read_video(video), eval_cases(2, 1)[0], load_tracker(tmp_path / "t"))["motion_learnt_accuracy"]
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["settings"]["tracker"] == "t"
     assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t")[1]  # nothing left to score
+    assert all(r["tracker_sha256"] == load_tracker(tmp_path / "t").sha256 for r in rows)
+    # a test is told apart by its weights: the same weights in another folder are the same test ...
     shutil.copytree(tmp_path / "t", tmp_path / "t2")
-    rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")
-    assert rc == 2 and "scored by the motion test t, not by the motion test t2" in err and "--tracker with t's folder" in err
-    for tracker in (("--tracker", tmp_path / "t2"), ()):  # evaluate into it with another test, or with none: refused alike
+    assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")[1]
+    # ... and other weights in a folder of the same name are another test
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "other").mkdir()
+    shutil.copytree(tmp_path / "t", tmp_path / "other" / "t")
+    weights = load_file(tmp_path / "other" / "t" / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, tmp_path / "other" / "t" / "model.safetensors")
+    rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "other" / "t")
+    assert rc == 2 and "scored by the motion test t, not by the motion test t given now, whose weights differ" in err, err[-2000:]
+    assert "--tracker with t's folder" in err
+    for tracker in (("--tracker", tmp_path / "other" / "t"), ()):  # evaluate into it with another test, or with none: refused alike
         rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e", "--subjects", "1", "2", "--cases", "1",
                              "--seeds", "0", "--steps", "1", *tracker)
         assert rc == 2 and "scored by the motion test t, not by" in err, err[-2000:]
+    # rows from before the hash was recorded are told apart by the test's folder name
+    (tmp_path / "e" / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "tracker_sha256"}) + "\n" for r in rows))
+    assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "other" / "t")[1]
+    rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")
+    assert rc == 2 and "scored by the motion test t, not by the motion test t2" in err
     config = json.loads((tmp_path / "t2" / "config.json").read_text())
     (tmp_path / "t2" / "config.json").write_text(json.dumps({**config, "size": 128}))
     rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e2", "--subjects", "1", "--cases", "1",

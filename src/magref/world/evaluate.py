@@ -359,15 +359,32 @@ def _motion_test(tracker, size: int):
     return model, (Path(tracker).expanduser().name if tracker else TRACKER_PATHS[size].name)
 
 
-def _check_one_tracker(out, rows: list[dict], name: str | None) -> None:
-    """A folder's learnt motion column comes from one test: rows it scored name it."""
-    other = sorted({r.get("tracker") for r in rows if "motion_learnt_accuracy" in r} - {name}, key=str)
-    if other:
+def _tracker_fields(follower, name: str | None) -> dict:
+    """What a row scored by the learnt motion test records of it: its folder's name, for people,
+    and its weights' hash, which tells it from another test in a folder of the same name."""
+    return {"tracker": name, "tracker_sha256": follower.sha256} if follower is not None else {}
+
+
+def _check_one_tracker(out, rows: list[dict], follower, name: str | None) -> None:
+    """A folder's learnt motion column comes from one test: the rows it scored record its weights'
+    hash (rows from before the hash was recorded: its folder's name), and another is refused."""
+    sha = getattr(follower, "sha256", None)
+
+    def same(r):
+        if follower is None:
+            return False
+        return r["tracker_sha256"] == sha if "tracker_sha256" in r else r.get("tracker") == name
+
+    other = next((r for r in rows if "motion_learnt_accuracy" in r and not same(r)), None)
+    if other is not None:
         from ..errors import MagrefInputError
 
+        was = other.get("tracker") or "(unnamed)"
         now = f"the motion test {name}" if name else "no learnt motion test (none ships for these videos)"
-        raise MagrefInputError(f"{out}'s videos were scored by the motion test {other[0] or '(unnamed)'}, not by {now}.",
-                               f"pass --tracker with {other[0]}'s folder, or use another --out." if other[0] else "use another --out.")
+        if follower is not None and was == name:
+            now = f"the motion test {name} given now, whose weights differ (sha256 {sha[:12]}, not {other['tracker_sha256'][:12]})"
+        raise MagrefInputError(f"{out}'s videos were scored by the motion test {was}, not by {now}.",
+                               f"pass --tracker with {was}'s folder, or use another --out." if other.get("tracker") else "use another --out.")
 
 
 def rescore(folder, tracker=None, log=print) -> int:
@@ -391,7 +408,7 @@ def rescore(folder, tracker=None, log=print) -> int:
     follower, name = _motion_test(tracker, sizes[0])
     if follower is None:
         raise MagrefInputError(f"No learnt motion test ships for {sizes[0]} px videos.", f"pass --tracker FOLDER (`magref world tracker --size {sizes[0]}`).")
-    _check_one_tracker(folder, rows, name)
+    _check_one_tracker(folder, rows, follower, name)
     todo = [r for r in rows if "motion_learnt_accuracy" not in r]
     for r in todo:
         k, j = r["subjects"], int(r["case"].split("_")[1])
@@ -407,14 +424,14 @@ def rescore(folder, tracker=None, log=print) -> int:
         else:
             raise MagrefInputError(f"{folder}: no video {video.relative_to(folder)} for {r['model']}'s case {r['case']}, seed {r['seed']}.",
                                    "rescore the folder `world evaluate` wrote the videos into (a merged results file has none).")
-        r.update(learnt_motion(frames, case, follower), tracker=name)
+        r.update(learnt_motion(frames, case, follower), **_tracker_fields(follower, name))
     tmp = folder / "results.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, folder / "results.jsonl")
     summary = summarise(rows)
     if (folder / "summary.json").is_file():
         settings = json.loads((folder / "summary.json").read_text()).get("settings", {})
-        write_json(folder / "summary.json", {"settings": {**settings, "tracker": name}, "summary": summary})
+        write_json(folder / "summary.json", {"settings": {**settings, **_tracker_fields(follower, name)}, "summary": summary})
     (folder / "table.md").write_text(table_markdown(summary, IDENTITY_CHANCE))
     log(f"world rescore: {len(todo)} of {len(rows)} videos scored by the learnt motion test ({name}) -> {folder / 'table.md'}")
     return len(todo)
@@ -474,7 +491,7 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     identifier = Path(identifier).expanduser() if identifier else identifier_path(size)
     judge = load_identifier(identifier)
     follower, tracker_name = _motion_test(tracker, size)
-    _check_one_tracker(out, rows, tracker_name)
+    _check_one_tracker(out, rows, follower, tracker_name)
     if follower is not None and any("motion_learnt_accuracy" not in r for r in rows):
         log(f"world evaluate: {sum('motion_learnt_accuracy' not in r for r in rows)} videos there lack the learnt motion test: "
             f"`magref world rescore {out}` adds it")
@@ -497,15 +514,15 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
                    "device": str(device) if sources[name] else None, "subjects": k, "seed": s, "ids": case.ids,
                    "prompt": case.prompt,
                    "steps": steps, "guidance": guidance, "shift": shift, **score_video(frames, case, identifier=judge, tracker=follower)}
-            if follower is not None:
-                row["tracker"] = tracker_name
+            row.update(_tracker_fields(follower, tracker_name))
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance, "shift": shift,
                                                     "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
-                                                    "identifier": identifier.name, "tracker": tracker_name}, "summary": summary})
+                                                    "identifier": identifier.name, "tracker": tracker_name,
+                                                    **_tracker_fields(follower, tracker_name)}, "summary": summary})
     (out / "table.md").write_text(table_markdown(summary, IDENTITY_CHANCE))
     # pictures: the first case of each subject count, first seed, every model
     (out / "sheets").mkdir(exist_ok=True)

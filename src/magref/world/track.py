@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import sha256_file
 from .clips import make_clip
 from .identities import identity_ids
 from .identify import fit, heldout_clips, to_classifier_size, to_input, vae_name, vae_round_trip
@@ -139,6 +140,7 @@ def load_tracker(folder) -> SubjectTracker:
     model = SubjectTracker(cfg["ids"], cfg["width"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
     model.size = cfg["size"]
+    model.sha256 = sha256_file(folder / "model.safetensors")  # what tells two trackers apart: a folder can be renamed or reused
     return model.eval()
 
 
