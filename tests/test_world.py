@@ -963,16 +963,27 @@ def test_world_rescore_adds_the_learnt_motion_test_from_the_kept_videos(tmp_path
     save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, tmp_path / "other" / "t" / "model.safetensors")
     rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "other" / "t")
     assert rc == 2 and "scored by the motion test t, not by the motion test t given now, whose weights differ" in err, err[-2000:]
-    assert "--tracker with t's folder" in err
+    assert f"the folder whose model.safetensors has sha256 {rows[0]['tracker_sha256'][:12]}" in err
     for tracker in (("--tracker", tmp_path / "other" / "t"), ()):  # evaluate into it with another test, or with none: refused alike
         rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e", "--subjects", "1", "2", "--cases", "1",
                              "--seeds", "0", "--steps", "1", *tracker)
         assert rc == 2 and "scored by the motion test t, not by" in err, err[-2000:]
-    # rows from before the hash was recorded are told apart by the test's folder name
-    (tmp_path / "e" / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "tracker_sha256"}) + "\n" for r in rows))
+    # evaluate records the test in its rows and summary, and goes on in the folder with the same weights moved
+    args = ("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e3", "--subjects", "1", "--cases", "1", "--steps", "1")
+    assert run_cli(*args, "--seeds", "0", "--tracker", tmp_path / "t")[0] == 0
+    assert run_cli(*args, "--seeds", "0", "1", "--tracker", tmp_path / "t2")[0] == 0
+    fresh = _read_results(tmp_path / "e3" / "results.jsonl")
+    assert len(fresh) == 4 and {(r["tracker"], r["tracker_sha256"]) for r in fresh} == {("t", rows[0]["tracker_sha256"]), ("t2", rows[0]["tracker_sha256"])}
+    assert json.loads((tmp_path / "e3" / "summary.json").read_text())["settings"]["tracker_sha256"] == rows[0]["tracker_sha256"]
+    # rows from before the hash was recorded are told apart by the test's folder name, or by the hash
+    # that rows of the same name record beside them
+    old = [{k: v for k, v in r.items() if k != "tracker_sha256"} for r in rows]
+    (tmp_path / "e" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "other" / "t")[1]
     rc, _, err = run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")
     assert rc == 2 and "scored by the motion test t, not by the motion test t2" in err
+    (tmp_path / "e" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old[:2] + rows[2:]))
+    assert "0 of 4" in run_cli("world", "rescore", tmp_path / "e", "--tracker", tmp_path / "t2")[1]
     config = json.loads((tmp_path / "t2" / "config.json").read_text())
     (tmp_path / "t2" / "config.json").write_text(json.dumps({**config, "size": 128}))
     rc, _, err = run_cli("world", "evaluate", "--model", "tiny=tiny-random", "--out", tmp_path / "e2", "--subjects", "1", "--cases", "1",

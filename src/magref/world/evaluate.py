@@ -369,11 +369,15 @@ def _check_one_tracker(out, rows: list[dict], follower, name: str | None) -> Non
     """A folder's learnt motion column comes from one test: the rows it scored record its weights'
     hash (rows from before the hash was recorded: its folder's name), and another is refused."""
     sha = getattr(follower, "sha256", None)
+    known = {r.get("tracker"): r["tracker_sha256"] for r in rows if "tracker_sha256" in r}  # an older row's test, by its name
+
+    def row_sha(r):
+        return r.get("tracker_sha256") or known.get(r.get("tracker"))
 
     def same(r):
         if follower is None:
             return False
-        return r["tracker_sha256"] == sha if "tracker_sha256" in r else r.get("tracker") == name
+        return row_sha(r) == sha if row_sha(r) is not None else r.get("tracker") == name
 
     other = next((r for r in rows if "motion_learnt_accuracy" in r and not same(r)), None)
     if other is not None:
@@ -381,10 +385,11 @@ def _check_one_tracker(out, rows: list[dict], follower, name: str | None) -> Non
 
         was = other.get("tracker") or "(unnamed)"
         now = f"the motion test {name}" if name else "no learnt motion test (none ships for these videos)"
+        fix = f"pass --tracker with {was}'s folder, or use another --out." if other.get("tracker") else "use another --out."
         if follower is not None and was == name:
-            now = f"the motion test {name} given now, whose weights differ (sha256 {sha[:12]}, not {other['tracker_sha256'][:12]})"
-        raise MagrefInputError(f"{out}'s videos were scored by the motion test {was}, not by {now}.",
-                               f"pass --tracker with {was}'s folder, or use another --out." if other.get("tracker") else "use another --out.")
+            now = f"the motion test {name} given now, whose weights differ (sha256 {sha[:12]}, not {row_sha(other)[:12]})"
+            fix = f"pass --tracker with the folder whose model.safetensors has sha256 {row_sha(other)[:12]}..., or use another --out."
+        raise MagrefInputError(f"{out}'s videos were scored by the motion test {was}, not by {now}.", fix)
 
 
 def rescore(folder, tracker=None, log=print) -> int:
