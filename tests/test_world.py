@@ -152,9 +152,23 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     from conftest import run_cli
 
     rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
-                         "--repeats-by-references", "3", "1", "1")
+                         "--repeats-by-references", "3", "1", "1", "--train-shift", "1")
     assert rc == 0, err[-2000:]
-    assert yaml.safe_load((tmp_path / "cli" / "dit.yaml").read_text())["repeats_by_references"] == [3]  # what the trainer reads
+    written = yaml.safe_load((tmp_path / "cli" / "dit.yaml").read_text())  # what the trainer reads
+    assert written["repeats_by_references"] == [3] and written["shift"] == 1.0
+
+    # --train-shift: the trainer's noise-level shift, kept on a resume like the repeats
+    from magref.world.train import _run_setting
+
+    assert _run_setting(started, "shift", None, 3.0, "--train-shift", normalise=float) == 3.0  # a run from before the option
+    (started / "dit.yaml").write_text(yaml.safe_dump({"shift": 1.0}))
+    assert _run_setting(started, "shift", None, 3.0, "--train-shift", normalise=float) == 1.0
+    assert _run_setting(started, "shift", 1, 3.0, "--train-shift", normalise=float) == 1.0
+    with pytest.raises(MagrefInputError, match="trained with --train-shift 1.0, not 3.0"):
+        _run_setting(started, "shift", 3, 3.0, "--train-shift", normalise=float)
+    rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
+                         "--train-shift", "0")
+    assert rc != 0 and "--train-shift 0.0: the shift must be positive" in err, err[-2000:]
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):

@@ -371,7 +371,7 @@ def cmd_world_train(args) -> int:
         vae_init=args.vae_init, size=_world_size(args.size), checkpoint_every=args.checkpoint_every, stop_after_data=args.data_only,
         transformer_init=args.transformer_init, learning_rate=args.lr, lr_schedule=args.lr_schedule, dit_layers=args.dit_layers,
         dit_heads=args.dit_heads, encode_batch=args.encode_batch, source_order=args.source_order, data_seed=args.data_seed,
-        repeats_by_references=args.repeats_by_references,
+        repeats_by_references=args.repeats_by_references, train_shift=args.train_shift,
         **({"train_identities": args.train_identities} if args.train_identities is not None else {}))
     return 0
 
@@ -599,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats-by-references", type=int, nargs="+", default=None, metavar="R",
                    help="how often an epoch shows a clip with 1, 2, 3 references, e.g. 3 1 1: single-subject clips three times as often "
                    "(a 0 leaves such clips out; default: on a resume the run's own, else every clip once)")
+    p.add_argument("--train-shift", type=float, default=None, metavar="S",
+                   help="the shift of the noise levels the transformer trains at (default 3, the sampler's; 1 draws them uniformly, so more "
+                   "training is at low noise, where fine texture is learnt; default on a resume: the run's own)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

@@ -526,8 +526,8 @@ def evaluate(models: dict[str, str], out, subjects=(1, 2, 3), cases: int = 10, s
     summary = summarise([r for r in rows if r["model"] in sources])
     write_json(out / "summary.json", {"settings": {"cases_per_count": cases, "seeds": list(seeds), "steps": steps, "guidance": guidance, "shift": shift,
                                                     "case_seed": case_seed, "size": size, "captions": caption_style, "models": models,
-                                                    "identifier": identifier.name, "tracker": tracker_name,
-                                                    **_tracker_fields(follower, tracker_name)}, "summary": summary})
+                                                    "identifier": identifier.name,
+                                                    **(_tracker_fields(follower, tracker_name) or {"tracker": None})}, "summary": summary})
     (out / "table.md").write_text(table_markdown(summary, IDENTITY_CHANCE))
     # pictures: the first case of each subject count, first seed, every model
     (out / "sheets").mkdir(exist_ok=True)

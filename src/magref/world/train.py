@@ -398,7 +398,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         vae_init: str | Path | None = None, size: int = SIZE, checkpoint_every: int = 100, stop_after_data: bool = False,
         transformer_init: str | Path | None = None, learning_rate: float = 1e-3, lr_schedule: str = "constant_with_warmup",
         dit_layers: int = 6, dit_heads: int = 4, encode_batch: int | None = None, source_order: float = 0.0, data_seed: int = 0,
-        train_identities: int = TRAIN_IDENTITIES, repeats_by_references: list[int] | None = None) -> Path:
+        train_identities: int = TRAIN_IDENTITIES, repeats_by_references: list[int] | None = None,
+        train_shift: float | None = None) -> Path:
     """`size`: the clips' height and width (64, the shipped miniature's; 128 gives the 8x VAE
     8x8 tokens per latent frame, room for several subjects); the VAE stages train at 64.
     `vae_stride`: 8 (the shipped miniature's geometry) or 4 (16x16 latents at 64x64; its stage 1
@@ -435,7 +436,10 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     `repeats_by_references`: how often an epoch shows a clip with 1, 2, 3 references (the
     trainer's `repeats_by_references`), e.g. [3, 1, 1] for more single-subject clips from the
     multi recipe's data without new clips to encode; [] every clip once; None the run's own on a
-    resume (its dit.yaml), else every clip once."""
+    resume (its dit.yaml), else every clip once. `train_shift`: the shift of the shifted-uniform
+    noise levels the transformer trains at (sigma = s u / (1 + (s - 1) u); 3, the sampler's, by
+    default; below 3 more of the draws are low noise, where fine texture is learnt); None the
+    run's own on a resume."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -448,6 +452,11 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     _check_clips(out, size, data_seed, reuse_from, train_identities)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
     repeats_by_references = _run_repeats(out, repeats_by_references, recipe)
+    if train_shift is not None and not train_shift > 0:
+        from ..errors import MagrefInputError
+
+        raise MagrefInputError(f"--train-shift {train_shift}: the shift must be positive.", "pass e.g. 1 (uniform noise levels) or 3 (the default).")
+    train_shift = _run_setting(out, "shift", train_shift, 3.0, "--train-shift", normalise=float)
     init = _check_transformer_init(out, transformer_init)
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
@@ -553,7 +562,7 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         "warmup_steps": 100, "ema_decay": 0.999,
         # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
         "cache_layouts": 2, "cache_encode_batch": encode_batch,
-        "mode": "full", "sigma_sampling": "shifted_uniform", "shift": 3.0, "checkpoint_every": checkpoint_every,
+        "mode": "full", "sigma_sampling": "shifted_uniform", "shift": train_shift, "checkpoint_every": checkpoint_every,
         # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
         # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
         # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
@@ -583,33 +592,43 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
 
 def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]:
-    """The run's `repeats_by_references`, checked before anything is written: None keeps what the
-    run's dit.yaml says (a resume need not repeat the option); a value that differs from the one a
-    started transformer trained with is refused here, not after the data stages."""
-    import yaml
-
+    """The run's `repeats_by_references`, checked before anything is written (see `_run_setting`)."""
     from ..errors import MagrefInputError
     from ..training.config import check_repeats_by_references, normalised_repeats
 
+    if repeats is not None:
+        check_repeats_by_references(list(repeats), "--repeats-by-references")
+        repeats = normalised_repeats(repeats)
+        counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
+        given = " ".join(map(str, repeats))
+        if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
+            raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
+                                   "give one of those counts a repeat of 1 or more.")
+        if repeats and len(counts) == 1:
+            raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
+                                   "use it with --recipe multi, or leave it out.")
+    return _run_setting(out, "repeats_by_references", repeats, [], "--repeats-by-references",
+                        show=lambda r: " ".join(map(str, r)) or "(every clip once)", normalise=normalised_repeats)
+
+
+def _run_setting(out: Path, key: str, given, default, option: str, show=str, normalise=lambda v: v):
+    """A transformer setting a resume keeps: None reads the run's own from its dit.yaml (else
+    `default`), so a resume need not repeat the option; a value other than the one a started
+    transformer trained with is refused here, before any stage runs, rather than by the trainer's
+    fingerprint after the data stages."""
+    import yaml
+
+    from ..errors import MagrefInputError
+
     config = out / "dit.yaml"
-    had = normalised_repeats((yaml.safe_load(config.read_text()) or {}).get("repeats_by_references", [])) if config.is_file() else []
-    if repeats is None:
+    had = normalise((yaml.safe_load(config.read_text()) or {}).get(key, default) if config.is_file() else default)
+    if given is None:
         return had
-    check_repeats_by_references(list(repeats), "--repeats-by-references")
-    repeats = normalised_repeats(repeats)
-    counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
-    given = " ".join(map(str, repeats))
-    if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
-        raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
-                               "give one of those counts a repeat of 1 or more.")
-    if repeats and len(counts) == 1:
-        raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
-                               "use it with --recipe multi, or leave it out.")
-    if repeats != had and (out / "dit" / "checkpoints").is_dir():
-        raise MagrefInputError(f"{out}: its transformer trained with --repeats-by-references {' '.join(map(str, had)) or '(every clip once)'}, "
-                               f"not {' '.join(map(str, repeats)) or '(every clip once)'}.",
-                               "resume without the option (or with the run's own), or train the other repeats in another --out.")
-    return repeats
+    given = normalise(given)
+    if given != had and (out / "dit" / "checkpoints").is_dir():
+        raise MagrefInputError(f"{out}: its transformer trained with {option} {show(had)}, not {show(given)}.",
+                               "resume without the option (or with the run's own value), or train the other value in another --out.")
+    return given
 
 
 def _z_dim(out: Path, vae_from, reuse_from) -> int:
