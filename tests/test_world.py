@@ -140,7 +140,8 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
         run(tmp_path / "single", vae_from=WORLD_VAE_PATH, clips=12, dit_steps=1, recipe="single", repeats_by_references=[0], log=lambda *a: None)
     assert not (tmp_path / "single" / "dit.yaml").exists() and not (tmp_path / "single" / "data").exists()
     started = tmp_path / "started"
-    (started / "dit" / "checkpoints").mkdir(parents=True)
+    (started / "dit" / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (started / "dit" / "checkpoints" / "step-00000001" / "state.json").write_text("{}")  # a complete checkpoint: the transformer has trained
     (started / "dit.yaml").write_text(yaml.safe_dump({"repeats_by_references": [3, 1, 1]}))
     assert _run_repeats(started, None, "multi") == [3] == _run_repeats(started, [3, 1], "multi")
     with pytest.raises(MagrefInputError, match="trained with --repeats-by-references 3, not 2"):
@@ -160,15 +161,32 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     # --train-shift: the trainer's noise-level shift, kept on a resume like the repeats
     from magref.world.train import _run_setting
 
-    assert _run_setting(started, "shift", None, 3.0, "--train-shift", normalise=float) == 3.0  # a run from before the option
+    def shift(folder, given=None):
+        return _run_setting(folder, "shift", given, 3.0, "--train-shift", normalise=float)
+
     (started / "dit.yaml").write_text(yaml.safe_dump({"shift": 1.0}))
-    assert _run_setting(started, "shift", None, 3.0, "--train-shift", normalise=float) == 1.0
-    assert _run_setting(started, "shift", 1, 3.0, "--train-shift", normalise=float) == 1.0
+    assert shift(started) == 1.0 == shift(started, 1)
     with pytest.raises(MagrefInputError, match="trained with --train-shift 1.0, not 3.0"):
-        _run_setting(started, "shift", 3, 3.0, "--train-shift", normalise=float)
-    rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
-                         "--train-shift", "0")
-    assert rc != 0 and "--train-shift 0.0: the shift must be positive" in err, err[-2000:]
+        shift(started, 3)
+    stopped = tmp_path / "stopped"  # stopped in the VAE or data stages: dit.yaml not written yet, run.json says what was asked
+    stopped.mkdir()
+    (stopped / "run.json").write_text(json.dumps({"size": 64, "shift": 0.5}))
+    assert shift(stopped) == 0.5 and shift(tmp_path / "fresh") == 3.0
+
+    def cli(*options):
+        rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
+                             *options)
+        return rc, err, yaml.safe_load((tmp_path / "cli" / "dit.yaml").read_text())["shift"]
+
+    rc, err, written = cli()  # a resume without the option keeps the run's own
+    assert rc == 0 and written == 1.0, err[-2000:]
+    for bad in ("0", "inf"):
+        rc, err, written = cli("--train-shift", bad)
+        assert rc != 0 and "the shift must be a positive, finite number" in err and written == 1.0, err[-2000:]
+    (tmp_path / "cli" / "dit" / "checkpoints" / "step-00000010").mkdir(parents=True)
+    (tmp_path / "cli" / "dit" / "checkpoints" / "step-00000010" / "state.json").write_text("{}")
+    rc, err, written = cli("--train-shift", "3")
+    assert rc != 0 and "trained with --train-shift 1.0, not 3.0" in err and "resume without --train-shift" in err and written == 1.0, err[-2000:]
 
 
 def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path):

@@ -18,6 +18,7 @@ bundled model folder. Default budgets: `defaults.MINIATURE_BUDGET`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -452,17 +453,22 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     _check_clips(out, size, data_seed, reuse_from, train_identities)  # before anything is written: a refused run stays as it was
     _check_dit_size(out, dit_layers, dit_heads)
     repeats_by_references = _run_repeats(out, repeats_by_references, recipe)
-    if train_shift is not None and not train_shift > 0:
+    if train_shift is not None and not (math.isfinite(train_shift) and train_shift > 0):
         from ..errors import MagrefInputError
 
-        raise MagrefInputError(f"--train-shift {train_shift}: the shift must be positive.", "pass e.g. 1 (uniform noise levels) or 3 (the default).")
+        raise MagrefInputError(f"--train-shift {train_shift}: the shift must be a positive, finite number.",
+                               "pass e.g. 1 (uniform noise levels) or 3 (the default).")
     train_shift = _run_setting(out, "shift", train_shift, 3.0, "--train-shift", normalise=float)
     init = _check_transformer_init(out, transformer_init)
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
             fitted_init(miniature_transformer(ablation, _z_dim(out, vae_from, reuse_from), dit_layers, dit_heads), transformer_init)
-    # the requested start, kept until the base records it: a resume during the VAE stages need not repeat the option
-    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init}, indent=2))
+    # the requested start and the transformer's settings, kept until the base and dit.yaml record them:
+    # a resume during the VAE and data stages need not repeat the options
+    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init,
+                                              "shift": train_shift, "repeats_by_references": repeats_by_references}, indent=2))
+    if train_shift != 3.0:  # an ablation that reuses this run's data does not inherit it: say which it trains at
+        log(f"transformer: noise levels drawn at shift {train_shift} (--train-shift; the default 3)")
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     if reuse_from is not None:
@@ -612,22 +618,27 @@ def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]
 
 
 def _run_setting(out: Path, key: str, given, default, option: str, show=str, normalise=lambda v: v):
-    """A transformer setting a resume keeps: None reads the run's own from its dit.yaml (else
-    `default`), so a resume need not repeat the option; a value other than the one a started
-    transformer trained with is refused here, before any stage runs, rather than by the trainer's
-    fingerprint after the data stages."""
+    """A transformer setting a resume keeps: None reads the run's own (its dit.yaml, what the
+    trainer read; before that is written, its run.json; else `default`), so a resume need not
+    repeat the option; a value other than the one a started transformer trained with is refused
+    here, before any stage runs, rather than by the trainer's fingerprint after the data stages."""
     import yaml
 
     from ..errors import MagrefInputError
+    from ..training.checkpointing import latest_checkpoint
 
-    config = out / "dit.yaml"
-    had = normalise((yaml.safe_load(config.read_text()) or {}).get(key, default) if config.is_file() else default)
+    had = default
+    for path, load in ((out / "run.json", json.loads), (out / "dit.yaml", yaml.safe_load)):  # the later one wins
+        recorded = (load(path.read_text()) or {}) if path.is_file() else {}
+        if recorded.get(key) is not None:
+            had = recorded[key]
+    had = normalise(had)
     if given is None:
         return had
     given = normalise(given)
-    if given != had and (out / "dit" / "checkpoints").is_dir():
+    if given != had and latest_checkpoint(out / "dit") is not None:
         raise MagrefInputError(f"{out}: its transformer trained with {option} {show(had)}, not {show(given)}.",
-                               "resume without the option (or with the run's own value), or train the other value in another --out.")
+                               f"resume without {option} (the run's own: {show(had)}), or train {option} {show(given)} in another --out.")
     return given
 
 
