@@ -172,6 +172,13 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     stopped.mkdir()
     (stopped / "run.json").write_text(json.dumps({"size": 64, "shift": 0.5}))
     assert shift(stopped) == 0.5 and shift(tmp_path / "fresh") == 3.0
+    (stopped / "dit.yaml").write_text(yaml.safe_dump({"shift": 1.0, "repeats_by_references": [2]}))  # an older request's, before any step
+    assert shift(stopped) == 0.5 and shift(stopped, 3) == 3.0  # the last request wins until the transformer trains
+    (stopped / "run.json").write_text(json.dumps({"size": 64, "shift": 0.5, "repeats_by_references": [3]}))
+    assert _run_repeats(stopped, None, "multi") == [3]
+    (stopped / "dit" / "checkpoints" / "step-00000005").mkdir(parents=True)
+    (stopped / "dit" / "checkpoints" / "step-00000005" / "state.json").write_text("{}")
+    assert shift(stopped) == 1.0 and _run_repeats(stopped, None, "multi") == [2]  # then what the trainer read
 
     def cli(*options):
         rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",

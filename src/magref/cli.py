@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a 0 leaves such clips out; default: on a resume the run's own, else every clip once)")
     p.add_argument("--train-shift", type=float, default=None, metavar="S",
                    help="the shift of the noise levels the transformer trains at (default 3, the sampler's; 1 draws them uniformly, so more "
-                   "training is at low noise, where fine texture is learnt; default on a resume: the run's own)")
+                   "of the draws are at low noise; default on a resume: the run's own)")
     p.set_defaults(func=cmd_world_train)
     p = world.add_parser("export", help="save a `world train` run as a self-contained model folder (bf16, with its generation defaults)")
     p.add_argument("run", help="a `magref world train --out` folder")

@@ -437,10 +437,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     `repeats_by_references`: how often an epoch shows a clip with 1, 2, 3 references (the
     trainer's `repeats_by_references`), e.g. [3, 1, 1] for more single-subject clips from the
     multi recipe's data without new clips to encode; [] every clip once; None the run's own on a
-    resume (its dit.yaml), else every clip once. `train_shift`: the shift of the shifted-uniform
-    noise levels the transformer trains at (sigma = s u / (1 + (s - 1) u); 3, the sampler's, by
-    default; below 3 more of the draws are low noise, where fine texture is learnt); None the
-    run's own on a resume."""
+    resume, else every clip once. `train_shift`: the shift of the shifted-uniform noise levels the
+    transformer trains at (sigma = s u / (1 + (s - 1) u); 3, the sampler's, by default; below 3
+    more of the draws are at low noise); None the run's own on a resume."""
     from diffusers import AutoencoderKLWan
 
     from ..data.shards import ClipDataset
@@ -618,17 +617,21 @@ def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]
 
 
 def _run_setting(out: Path, key: str, given, default, option: str, show=str, normalise=lambda v: v):
-    """A transformer setting a resume keeps: None reads the run's own (its dit.yaml, what the
-    trainer read; before that is written, its run.json; else `default`), so a resume need not
-    repeat the option; a value other than the one a started transformer trained with is refused
-    here, before any stage runs, rather than by the trainer's fingerprint after the data stages."""
+    """A transformer setting a resume keeps: None reads the run's own, so a resume need not repeat
+    the option: once the transformer has trained, what its dit.yaml gave the trainer; before, what
+    the last request asked for (run.json, written before the VAE and data stages; dit.yaml for
+    runs from before it recorded settings); else `default`. A value other than the one a started
+    transformer trained with is refused here, before any stage runs, rather than by the trainer's
+    fingerprint after the data stages."""
     import yaml
 
     from ..errors import MagrefInputError
     from ..training.checkpointing import latest_checkpoint
 
+    started = latest_checkpoint(out / "dit") is not None
+    sources = [(out / "run.json", json.loads), (out / "dit.yaml", yaml.safe_load)]
     had = default
-    for path, load in ((out / "run.json", json.loads), (out / "dit.yaml", yaml.safe_load)):  # the later one wins
+    for path, load in sources if started else sources[::-1]:  # the later one wins
         recorded = (load(path.read_text()) or {}) if path.is_file() else {}
         if recorded.get(key) is not None:
             had = recorded[key]
@@ -636,7 +639,7 @@ def _run_setting(out: Path, key: str, given, default, option: str, show=str, nor
     if given is None:
         return had
     given = normalise(given)
-    if given != had and latest_checkpoint(out / "dit") is not None:
+    if given != had and started:
         raise MagrefInputError(f"{out}: its transformer trained with {option} {show(had)}, not {show(given)}.",
                                f"resume without {option} (the run's own: {show(had)}), or train {option} {show(given)} in another --out.")
     return given
