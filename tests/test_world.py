@@ -591,8 +591,13 @@ def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
     assert d[1]["identity_learnt_top1"] == pytest.approx((0.5, 0.5, 2))  # differences 1 and 0
     assert d[2]["identity_learnt_top1"] == pytest.approx((0.25, 0.25, 2))
     assert d["all"]["identity_learnt_top1"][2] == 4 and d["all"]["motion_accuracy"][:2] == (0.0, 0.0)
+    # how many videos moved each way (a mean of 0 can be two flips that cancel, or none)
+    assert d[1]["identity_learnt_top1_higher_lower"] == (1, 0) and d["all"]["identity_learnt_top1_higher_lower"] == (2, 0)
+    back = paired_differences(results_of(tmp_path / "b"), results_of(tmp_path / "a"))
+    assert back["all"]["identity_learnt_top1_higher_lower"] == (0, 2)
     rc, out, err = run_cli("world", "compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert rc == 0 and "| 1 | +0.500 ± 0.500 |" in out and "| all | +0.375" in out, err
+    assert "videos higher / lower (learnt top-1) | pairs |" in out and "| 2 / 0 | 4 |" in out, out
     write(tmp_path / "c", "m@3", b, case_seed=2)
     with pytest.raises(MagrefInputError, match="case seeds"):
         paired_differences(results_of(tmp_path / "a"), results_of(tmp_path / "c"))

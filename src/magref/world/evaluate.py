@@ -203,6 +203,8 @@ METRICS = {  # key: column
     "identity_top1": "identity top-1 (colour)", "identity_margin": "margin (colour)",
     "motion_learnt_accuracy": "motion accuracy (learnt)", "motion_accuracy": "motion accuracy (colour)", "quality": "quality",
 }
+LEARNT_TOP1 = "identity_learnt_top1"
+HIGHER_LOWER = "identity_learnt_top1_higher_lower"  # paired videos where a's learnt top-1 is above / below b's
 
 
 def _mean_and_error(values: list[float]) -> tuple[float, float, int]:
@@ -283,16 +285,23 @@ def paired_differences(a: list[dict], b: list[dict]) -> dict:
         for m in METRICS:
             if all(m in ra and m in rb for ra, rb in group):
                 stats[m] = _mean_and_error([ra[m] - rb[m] for ra, rb in group])
+        if LEARNT_TOP1 in stats:  # a mean near 0 can be many videos flipping both ways or none: say which
+            d = [ra[LEARNT_TOP1] - rb[LEARNT_TOP1] for ra, rb in group]
+            stats[HIGHER_LOWER] = (sum(x > 0 for x in d), sum(x < 0 for x in d))
         out[k] = stats
     return out
 
 
 def differences_markdown(diffs: dict, a: str, b: str) -> str:
     shown = [m for m in METRICS if any(m in s for s in diffs.values())]
+    counts = any(HIGHER_LOWER in s for s in diffs.values())
     lines = [f"{a} minus {b}, paired by case and seed (mean ± standard error of the differences):", "",
-             "| subjects | " + " | ".join(METRICS[m] for m in shown) + " | pairs |", "|---" * (len(shown) + 2) + "|"]
+             "| subjects | " + " | ".join(METRICS[m] for m in shown) + (" | videos higher / lower (learnt top-1)" if counts else "") + " | pairs |",
+             "|---" * (len(shown) + 2 + counts) + "|"]
     for k, s in diffs.items():
         cells = [f"{s[m][0]:+.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
+        if counts:
+            cells.append("{} / {}".format(*s[HIGHER_LOWER]) if HIGHER_LOWER in s else "")
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {next(iter(s.values()))[2] if s else 0} |")
     return "\n".join(lines) + "\n"
 
