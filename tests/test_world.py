@@ -598,6 +598,10 @@ def test_world_compare_pairs_videos_by_case_and_seed(tmp_path):
     rc, out, err = run_cli("world", "compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert rc == 0 and "| 1 | +0.500 ± 0.500 |" in out and "| all | +0.375" in out, err
     assert "videos higher / lower (learnt top-1) | pairs |" in out and "| 2 / 0 | 4 |" in out, out
+    assert len({line.count("|") for line in out.splitlines() if line.startswith("|")}) == 1  # header, separator and rows align
+    write(tmp_path / "d", "m@4", {**a, ("1s_1", 0, 1): 0.0})  # one video up, one down: a mean of 0 that is not "the same videos"
+    d = paired_differences(results_of(tmp_path / "d"), results_of(tmp_path / "b"))
+    assert d[1]["identity_learnt_top1"][0] == 0.0 and d[1]["identity_learnt_top1_higher_lower"] == (1, 1)
     write(tmp_path / "c", "m@3", b, case_seed=2)
     with pytest.raises(MagrefInputError, match="case seeds"):
         paired_differences(results_of(tmp_path / "a"), results_of(tmp_path / "c"))

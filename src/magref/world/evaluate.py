@@ -264,7 +264,8 @@ def results_of(folder, model: str | None = None) -> list[dict]:
 
 def paired_differences(a: list[dict], b: list[dict]) -> dict:
     """{subjects or "all": {metric: (mean of a - b, its standard error, pairs)}} over the videos
-    both sides made of the same case and seed: paired, so the cases' own spread cancels."""
+    both sides made of the same case and seed: paired, so the cases' own spread cancels; with the
+    learnt top-1, also {HIGHER_LOWER: (videos where a's is higher, where it is lower)}."""
     from ..errors import MagrefInputError
 
     va, vb = {r.get("case_seed", 2) for r in a}, {r.get("case_seed", 2) for r in b}
@@ -302,7 +303,8 @@ def differences_markdown(diffs: dict, a: str, b: str) -> str:
         cells = [f"{s[m][0]:+.3f} ± {s[m][1]:.3f}" if m in s else "" for m in shown]
         if counts:
             cells.append("{} / {}".format(*s[HIGHER_LOWER]) if HIGHER_LOWER in s else "")
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {next(iter(s.values()))[2] if s else 0} |")
+        pairs = next((s[m][2] for m in shown if m in s), 0)
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {pairs} |")
     return "\n".join(lines) + "\n"
 
 
