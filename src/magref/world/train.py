@@ -457,7 +457,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
         raise MagrefInputError(f"--train-shift {train_shift}: the shift must be a positive, finite number.",
                                "pass e.g. 1 (uniform noise levels) or 3 (the default).")
-    train_shift = _run_setting(out, "shift", train_shift, 3.0, "--train-shift", normalise=float)
+    from ..training.config import TrainConfig
+
+    train_shift = _run_setting(out, "shift", train_shift, TrainConfig.shift, "--train-shift", normalise=float)
     init = _check_transformer_init(out, transformer_init)
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
@@ -466,8 +468,8 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     # a resume during the VAE and data stages need not repeat the options
     (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init,
                                               "shift": train_shift, "repeats_by_references": repeats_by_references}, indent=2))
-    if train_shift != 3.0:  # an ablation that reuses this run's data does not inherit it: say which it trains at
-        log(f"transformer: noise levels drawn at shift {train_shift} (--train-shift; the default 3)")
+    if train_shift != TrainConfig.shift:  # an ablation that reuses this run's data does not inherit it: say which it trains at
+        log(f"transformer: noise levels drawn at shift {train_shift} (--train-shift; the default {TrainConfig.shift:g})")
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
     if reuse_from is not None:
