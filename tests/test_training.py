@@ -206,8 +206,14 @@ def test_resume_is_bit_exact(tmp_path, dataset):
     straight = _cfg(tmp_path, dataset, "straight", ema_decay=0.9)
     split = _cfg(tmp_path, dataset, "split", ema_decay=0.9)
     assert run_cli("train", straight)[0] == 0
+    # a first save cut short (only a `.part` folder) holds nothing to resume: the run starts over
+    (tmp_path / "split" / "checkpoints" / "step-0000010.part").mkdir(parents=True)
+    rc, _, err = run_cli("train", split, "--resume")
+    assert rc != 0 and "has no checkpoint" in err and "start without --resume" in err
     rc, _, err = run_cli("train", split, "--set", "max_steps=10")
     assert rc == 0, err
+    rc, _, err = run_cli("train", split, "--set", "max_steps=10")  # a started run is not overwritten
+    assert rc != 0 and "already holds a training run" in err and "--resume" in err
     rc, _, err = run_cli("train", split, "--resume")
     assert rc == 0, err
     a = load_file(tmp_path / "straight" / "checkpoints" / "step-0000020" / "trainable.safetensors")

@@ -176,9 +176,14 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     assert shift(stopped) == 0.5 and shift(stopped, 3) == 3.0  # the last request wins until the transformer trains
     (stopped / "run.json").write_text(json.dumps({"size": 64, "shift": 0.5, "repeats_by_references": [3]}))
     assert _run_repeats(stopped, None, "multi") == [3]
+    with pytest.raises(MagrefInputError, match=r"3 \(the run's own.*weights nothing in recipe 'single'") as e:  # stopped, rerun as another recipe
+        _run_repeats(stopped, None, "single")
+    assert "--repeats-by-references 1" in e.value.fix and _run_repeats(stopped, [1], "single") == []
     (stopped / "dit" / "checkpoints" / "step-00000005").mkdir(parents=True)
     (stopped / "dit" / "checkpoints" / "step-00000005" / "state.json").write_text("{}")
     assert shift(stopped) == 1.0 and _run_repeats(stopped, None, "multi") == [2]  # then what the trainer read
+    with pytest.raises(MagrefInputError, match="with the recipe it trained with"):
+        _run_repeats(stopped, None, "single")
 
     def cli(*options):
         rc, _, err = run_cli("world", "train", "--out", tmp_path / "cli", "--vae", WORLD_VAE_PATH, "--recipe", "multi", "--clips", "4", "--data-only",
@@ -257,6 +262,13 @@ def test_world_train_stages_run_end_to_end(tmp_path):
 
     with pytest.raises(MagrefInputError, match="step 7"):
         pipeline_from_run(out, step=7)
+    import shutil
+
+    ckpts = out / "dit" / "checkpoints"
+    shutil.copytree(ckpts / "step-0000002", ckpts / "step-0000004.part")  # a save in progress is no checkpoint
+    with pytest.raises(MagrefInputError, match=r"step 4 \(have: 2\)"):
+        pipeline_from_run(out, step=4)
+    shutil.rmtree(ckpts / "step-0000004.part")
     exported = tmp_path / "exported"
     rc, _, err = run_cli("world", "export", out, exported, "--step", "2")
     assert rc == 0, err[-2000:]
@@ -269,6 +281,14 @@ def test_world_train_stages_run_end_to_end(tmp_path):
     meta = json.loads((tmp_path / "d.json").read_text())
     assert (meta["output"]["height"], meta["output"]["width"], meta["output"]["frames"]) == (64, 64, 9)
     assert meta["settings"]["negative_prompt"] == "" and meta["settings"]["steps"] == 2 and meta["settings"]["fps"] == 8.0
+
+    # a first save cut short leaves only a `.part` folder: nothing to resume, so a rerun trains from the start
+    shutil.rmtree(ckpts)
+    (ckpts / "step-0000001.part").mkdir(parents=True)
+    rc, _, err = run_cli("world", "train", "--out", out, "--vae-steps", "2", "--decoder-steps", "2", "--subject-vae-steps", "2", "--clips", "8",
+                         "--dit-steps", "2", "--batch-size", "2")
+    assert rc == 0, err[-2000:]
+    assert [p.name for p in ckpts.iterdir()] == ["step-0000002"] and (ckpts / "step-0000002" / "state.json").is_file()
 
 
 def test_world_train_with_a_4x_vae_gives_16x16_latents_end_to_end(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -378,8 +379,12 @@ class Trainer(Checkpointing):
                                            "each process reads its own shards, so the stream would not continue.",
                                            f"resume with {saved} process(es), or use data_loading: random.")
                 self.stream.skip(self.step * cfg.gradient_accumulation_steps * cfg.batch_size)
-        elif is_main() and (self.out / "checkpoints").exists():
+        elif is_main() and self.latest_checkpoint() is not None:
             raise MagrefInputError(f"{self.out} already holds a training run.", "pass --resume to continue it, or choose a new output_dir.")
+        elif is_main():
+            # a first save cut short leaves only `.part` folders: nothing to resume, so the run starts over
+            for part in (self.out / "checkpoints").glob("step-*.part"):
+                shutil.rmtree(part, ignore_errors=True)
         if is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", {**config_dict(cfg), "fingerprint": cfg.fingerprint()})

@@ -590,7 +590,9 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
         log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
         return config
     t = time.time()
-    train_run(str(config), resume=(out / "dit" / "checkpoints").is_dir())
+    from ..training.checkpointing import latest_checkpoint
+
+    train_run(str(config), resume=latest_checkpoint(out / "dit") is not None)  # a first save cut short is no start
     timings["dit_s"] = timings.get("dit_s", 0) + time.time() - t
     timings["total_s_this_run"] = time.time() - t_start
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -599,23 +601,29 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
 
 
 def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]:
-    """The run's `repeats_by_references`, checked before anything is written (see `_run_setting`)."""
+    """The run's `repeats_by_references`, checked before anything is written (see `_run_setting`);
+    the recipe checks hold for a value a resume inherits as for a given one."""
     from ..errors import MagrefInputError
+    from ..training.checkpointing import latest_checkpoint
     from ..training.config import check_repeats_by_references, normalised_repeats
 
     if repeats is not None:
         check_repeats_by_references(list(repeats), "--repeats-by-references")
-        repeats = normalised_repeats(repeats)
-        counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
-        given = " ".join(map(str, repeats))
-        if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
-            raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
-                                   "give one of those counts a repeat of 1 or more.")
-        if repeats and len(counts) == 1:
-            raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
-                                   "use it with --recipe multi, or leave it out.")
-    return _run_setting(out, "repeats_by_references", repeats, [], "--repeats-by-references",
-                        show=lambda r: " ".join(map(str, r)) or "(every clip once)", normalise=normalised_repeats)
+    inherited = repeats is None
+    repeats = _run_setting(out, "repeats_by_references", repeats, [], "--repeats-by-references",
+                           show=lambda r: " ".join(map(str, r)) or "(every clip once)", normalise=normalised_repeats)
+    counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
+    given = " ".join(map(str, repeats)) + (f" (the run's own, asked for earlier in {out})" if inherited else "")
+    clear = None if not inherited else (  # a started transformer keeps its repeats: the recipe is what changed
+        f"resume {out} with the recipe it trained with, or use another --out." if latest_checkpoint(out / "dit") is not None
+        else "pass --repeats-by-references 1 to show every clip once.")
+    if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
+        raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
+                               clear or "give one of those counts a repeat of 1 or more.")
+    if repeats and len(counts) == 1:
+        raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
+                               clear or "use it with --recipe multi, or leave it out.")
+    return repeats
 
 
 def _run_setting(out: Path, key: str, given, default, option: str, show=str, normalise=lambda v: v):
@@ -809,12 +817,12 @@ def pipeline_from_run(run: str | Path, step: int | None = None):
     from ..pipeline import MagrefPipeline
 
     run = Path(run).expanduser()
-    ckpts = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*")
-                   if (p / "trainable.safetensors").is_file() or (p / "ema.safetensors").is_file())  # a GPU run's packed weights are EMA only
+    saved = sorted(p for p in (run / "dit" / "checkpoints").glob("step-*") if not p.name.endswith(".part"))  # a save in progress is no checkpoint
+    ckpts = [p for p in saved if (p / "trainable.safetensors").is_file() or (p / "ema.safetensors").is_file()]  # a GPU run's packed weights are EMA only
     if step is not None:
         ckpts = [p for p in ckpts if int(p.name.split("-")[1]) == step]
     if not (run / "base" / "model_index.json").is_file() or not ckpts:
-        have = ", ".join(str(int(p.name.split("-")[1])) for p in sorted((run / "dit" / "checkpoints").glob("step-*"))) or "none"
+        have = ", ".join(str(int(p.name.split("-")[1])) for p in saved) or "none"
         raise MagrefInputError(f"{run} has no base pipeline or no transformer checkpoint at step {step} (have: {have}).",
                                "pass a `magref world train --out` folder and one of its checkpoint steps.")
     pipe = MagrefPipeline.from_pretrained(str(run / "base"))
