@@ -207,11 +207,17 @@ def test_resume_is_bit_exact(tmp_path, dataset):
     split = _cfg(tmp_path, dataset, "split", ema_decay=0.9)
     assert run_cli("train", straight)[0] == 0
     # a first save cut short (only a `.part` folder) holds nothing to resume: the run starts over
-    (tmp_path / "split" / "checkpoints" / "step-0000010.part").mkdir(parents=True)
+    ckpts = tmp_path / "split" / "checkpoints"
+    (ckpts / "step-0000007.part").mkdir(parents=True)
     rc, _, err = run_cli("train", split, "--resume")
     assert rc != 0 and "has no checkpoint" in err and "start without --resume" in err
+    (ckpts / "step-0000003").mkdir()  # not a checkpoint (no state.json), and not ours to overwrite
+    rc, _, err = run_cli("train", split, "--set", "max_steps=10")
+    assert rc != 0 and "holds step-0000003 but no complete checkpoint" in err
+    (ckpts / "step-0000003").rmdir()
     rc, _, err = run_cli("train", split, "--set", "max_steps=10")
     assert rc == 0, err
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000010"]  # the stale save removed
     rc, _, err = run_cli("train", split, "--set", "max_steps=10")  # a started run is not overwritten
     assert rc != 0 and "already holds a training run" in err and "--resume" in err
     rc, _, err = run_cli("train", split, "--resume")

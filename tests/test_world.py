@@ -176,13 +176,14 @@ def test_multi_subject_recipe_data_mixes_one_to_three_subjects_each_cut_out(tmp_
     assert shift(stopped) == 0.5 and shift(stopped, 3) == 3.0  # the last request wins until the transformer trains
     (stopped / "run.json").write_text(json.dumps({"size": 64, "shift": 0.5, "repeats_by_references": [3]}))
     assert _run_repeats(stopped, None, "multi") == [3]
+    (stopped / "run.json").write_text(json.dumps({"size": 64, "recipe": "multi", "shift": 0.5, "repeats_by_references": [3]}))
     with pytest.raises(MagrefInputError, match=r"3 \(the run's own.*weights nothing in recipe 'single'") as e:  # stopped, rerun as another recipe
         _run_repeats(stopped, None, "single")
-    assert "--repeats-by-references 1" in e.value.fix and _run_repeats(stopped, [1], "single") == []
+    assert "pass --recipe multi" in e.value.fix and "--repeats-by-references 1" in e.value.fix and _run_repeats(stopped, [1], "single") == []
     (stopped / "dit" / "checkpoints" / "step-00000005").mkdir(parents=True)
     (stopped / "dit" / "checkpoints" / "step-00000005" / "state.json").write_text("{}")
     assert shift(stopped) == 1.0 and _run_repeats(stopped, None, "multi") == [2]  # then what the trainer read
-    with pytest.raises(MagrefInputError, match="with the recipe it trained with"):
+    with pytest.raises(MagrefInputError, match="resume with --recipe multi"):
         _run_repeats(stopped, None, "single")
 
     def cli(*options):
@@ -266,8 +267,10 @@ def test_world_train_stages_run_end_to_end(tmp_path):
 
     ckpts = out / "dit" / "checkpoints"
     shutil.copytree(ckpts / "step-0000002", ckpts / "step-0000004.part")  # a save in progress is no checkpoint
+    (ckpts / "step-0000004.part" / "ema.safetensors").write_bytes(b"half written")
     with pytest.raises(MagrefInputError, match=r"step 4 \(have: 2\)"):
         pipeline_from_run(out, step=4)
+    assert pipeline_from_run(out).transformer is not None  # the latest complete one, not the save in progress
     shutil.rmtree(ckpts / "step-0000004.part")
     exported = tmp_path / "exported"
     rc, _, err = run_cli("world", "export", out, exported, "--step", "2")

@@ -381,8 +381,13 @@ class Trainer(Checkpointing):
                 self.stream.skip(self.step * cfg.gradient_accumulation_steps * cfg.batch_size)
         elif is_main() and self.latest_checkpoint() is not None:
             raise MagrefInputError(f"{self.out} already holds a training run.", "pass --resume to continue it, or choose a new output_dir.")
-        elif is_main():
-            # a first save cut short leaves only `.part` folders: nothing to resume, so the run starts over
+        elif is_main() and (self.out / "checkpoints").is_dir():
+            # a first save cut short leaves only `.part` folders: nothing to resume, so the run starts over;
+            # anything else there (a checkpoint without its state) is not ours to overwrite
+            kept = sorted(p.name for p in (self.out / "checkpoints").iterdir() if not p.name.endswith(".part"))
+            if kept:
+                raise MagrefInputError(f"{self.out / 'checkpoints'} holds {', '.join(kept)} but no complete checkpoint (one with its state.json), "
+                                       "so the run can neither resume nor start over there.", "move those away, or choose a new output_dir.")
             for part in (self.out / "checkpoints").glob("step-*.part"):
                 shutil.rmtree(part, ignore_errors=True)
         if is_main():
