@@ -282,12 +282,10 @@ def paired_differences(a: list[dict], b: list[dict]) -> dict:
     out: dict = {}
     for k in sorted({ra["subjects"] for ra, _ in pairs}) + ["all"]:
         group = [(ra, rb) for ra, rb in pairs if k == "all" or ra["subjects"] == k]
-        stats = {}
-        for m in METRICS:
-            if all(m in ra and m in rb for ra, rb in group):
-                stats[m] = _mean_and_error([ra[m] - rb[m] for ra, rb in group])
-        if LEARNT_TOP1 in stats:  # a mean near 0 can be many videos flipping both ways or none: say which
-            d = [ra[LEARNT_TOP1] - rb[LEARNT_TOP1] for ra, rb in group]
+        diffs = {m: [ra[m] - rb[m] for ra, rb in group] for m in METRICS if all(m in ra and m in rb for ra, rb in group)}
+        stats = {m: _mean_and_error(d) for m, d in diffs.items()}
+        if LEARNT_TOP1 in diffs:  # a mean near 0 can be many videos flipping both ways or none: say which
+            d = diffs[LEARNT_TOP1]
             stats[HIGHER_LOWER] = (sum(x > 0 for x in d), sum(x < 0 for x in d))
         out[k] = stats
     return out

@@ -614,18 +614,20 @@ def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]
                            show=lambda r: " ".join(map(str, r)) or "(every clip once)", normalise=normalised_repeats)
     counts = [RECIPES[recipe]] if isinstance(RECIPES[recipe], int) else list(RECIPES[recipe])
     given = " ".join(map(str, repeats)) + (f" (the run's own, asked for earlier in {out})" if inherited else "")
-    asked = (json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}).get("recipe")
-    was = f" --recipe {asked} (what {out} was asked for)" if asked and asked != recipe else " the recipe it was asked for"
-    clear = None if not inherited else (  # the repeats are the run's own: the recipe is what changed
-        f"resume with{was}, or use another --out." if latest_checkpoint(out / "dit") is not None
-        else f"pass{was}, or --repeats-by-references 1 to train recipe {recipe!r} with every clip once.")
     if repeats and not any(repeats[k - 1] if k <= len(repeats) else 1 for k in counts):
-        raise MagrefInputError(f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s)).",
-                               clear or "give one of those counts a repeat of 1 or more.")
-    if repeats and len(counts) == 1:
-        raise MagrefInputError(f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s).",
-                               clear or "use it with --recipe multi, or leave it out.")
-    return repeats
+        problem = f"--repeats-by-references {given} leaves out every clip of recipe {recipe!r} (clips with {counts} reference(s))."
+        fix = "give one of those counts a repeat of 1 or more."
+    elif repeats and len(counts) == 1:
+        problem = f"--repeats-by-references {given} weights nothing in recipe {recipe!r}: every clip has {counts[0]} reference(s)."
+        fix = "use it with --recipe multi, or leave it out."
+    else:
+        return repeats
+    if inherited:  # the repeats are the run's own: the recipe is what changed
+        asked = (json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}).get("recipe")
+        was = f" --recipe {asked} (what {out} was asked for)" if asked and asked != recipe else " the recipe it was asked for"
+        fix = (f"resume with{was}, or use another --out." if latest_checkpoint(out / "dit") is not None
+               else f"pass{was}, or --repeats-by-references 1 to train recipe {recipe!r} with every clip once.")
+    raise MagrefInputError(problem, fix)
 
 
 def _run_setting(out: Path, key: str, given, default, option: str, show=str, normalise=lambda v: v):
