@@ -419,7 +419,7 @@ def test_two_batches_in_one_folder_do_not_both_run_and_a_killed_runs_parts_are_r
     out = tmp_path / "out"
     with batch_lock(out):
         rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)
-    assert rc == 2 and "Another magref batch (pid" in err and len(err.strip().splitlines()) == 1, err
+    assert rc == 2 and "magref batch (pid" in err and "is already writing to" in err and len(err.strip().splitlines()) == 1, err
     assert not list(out.glob("*.mp4"))
     (out / ".one.x1y2.part.mp4").write_bytes(b"half")
     rc, _, err = run_cli("batch", batch, "--out-dir", out, *SMALL)

@@ -191,6 +191,34 @@ def test_a_resume_that_changes_the_config_is_refused_naming_what_changed(tmp_pat
     assert rc == 0, err[-2000:]
 
 
+def test_a_training_folder_has_one_writer_and_a_killed_one_holds_it_no_longer(tmp_path):
+    """The folder lock of `magref train` / `world train` / `batch` (their refusals:
+    test_resume_is_bit_exact and others): another process holding it refuses this one, naming it;
+    once that process is killed (no clean-up, as in a crash) the folder is free again: an OS lock,
+    not a marker file that a crash would leave behind."""
+    import subprocess
+    import sys
+
+    from conftest import kill_tree
+    from magref.errors import MagrefInputError
+    from magref.io import folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from magref.io import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}, '.magref-train.lock', 'the holder', 'wait'):\n"
+                               "    print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MagrefInputError, match=rf"the holder \(pid {holder.pid} on .*\) is already writing to"):
+            with folder_lock(tmp_path, ".magref-train.lock", "magref train", "wait"):
+                pass
+    finally:
+        kill_tree(holder.pid)
+        holder.wait(timeout=30)
+    with folder_lock(tmp_path, ".magref-train.lock", "magref train", "wait"):  # free again: taken at once, not refused
+        assert (tmp_path / ".magref-train.lock").read_text().startswith(f"magref train (pid {os.getpid()}")
+
+
 @pytest.mark.parametrize("mode,lr", [("full", 1e-3), ("lora", 5e-3)])
 def test_loss_goes_down(tmp_path, dataset, mode, lr):
     cfg = _cfg(tmp_path, dataset, mode, mode=mode, learning_rate=lr, max_steps=40, checkpoint_every=40, lora={"rank": 4, "alpha": 4})
@@ -220,6 +248,11 @@ def test_resume_is_bit_exact(tmp_path, dataset):
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000010"]  # the stale save removed
     rc, _, err = run_cli("train", split, "--set", "max_steps=10")  # a started run is not overwritten
     assert rc != 0 and "already holds a training run" in err and "--resume" in err
+    from magref.io import folder_lock
+
+    with folder_lock(tmp_path / "split", ".magref-train.lock", "magref train", "wait"):  # another trainer writes the folder: refused
+        rc, _, err = run_cli("train", split, "--resume")
+    assert rc == 2 and f"magref train (pid {os.getpid()}" in err and "is already writing to" in err, err[-2000:]
     rc, _, err = run_cli("train", split, "--resume")
     assert rc == 0, err
     a = load_file(tmp_path / "straight" / "checkpoints" / "step-0000020" / "trainable.safetensors")

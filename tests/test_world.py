@@ -673,6 +673,12 @@ def test_world_train_refuses_a_run_of_the_other_vae_stride(tmp_path, monkeypatch
     shutil.rmtree(out / "vae" / "model")  # only the resumable state left: it is refused too
     rc, _, err = run_cli("world", "train", "--out", out, "--vae-only", "--vae-steps", "2")
     assert rc == 2 and "another spatial stride than 8" in err and len(err.strip().splitlines()) == 1, err
+    from magref.io import folder_lock
+
+    with folder_lock(out, ".magref-train.lock", "magref world train", "wait"):  # a run still writing: a second one there is refused
+        rc, _, err = run_cli("world", "train", "--out", out, "--vae-stride", "4", "--vae-only", "--vae-steps", "2")
+    assert rc == 2 and "magref world train (pid" in err and "is already writing to" in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "vae" / "model").exists()
 
 
 def test_vae_stage_can_start_from_the_shipped_4x_vae(tmp_path):

@@ -181,6 +181,39 @@ def check_output_dir(path: str | os.PathLike, what: str = "Output folder") -> Pa
     return path
 
 
+@contextmanager
+def folder_lock(folder: str | os.PathLike, name: str, holder: str, fix: str) -> Iterator[Path]:
+    """Held while this process is the one writer of `folder` (a batch's videos, a training run):
+    `flock` on `folder/name`, an OS lock that a killed process releases, so a crash never leaves a
+    stale lock. The file records `holder` (e.g. "magref train") and the PID for the refusal that
+    another process gets; `fix` is that refusal's remedy. The file itself stays (removing a lock
+    file that others may have opened is racy)."""
+    import fcntl
+    import socket
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise MagrefInputError(f"{f.read().strip() or 'Another process'} is already writing to {folder}.", fix) from None
+        except OSError as e:  # a file system without flock (some network mounts): go on, unguarded, and say so
+            print(f"warning: {folder} cannot be locked ({e.strerror}); make sure no other process writes there", file=sys.stderr)
+            yield folder
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()})")
+        f.flush()
+        try:
+            yield folder
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _is_magref_sidecar(path: Path) -> bool:
     try:
         meta = json.loads(path.read_text())

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import MagrefInputError
-from .io import is_complete, parse_official_line, sha256_file, sidecar_path, write_json, write_video
+from .io import folder_lock, is_complete, parse_official_line, sha256_file, sidecar_path, write_json, write_video
 from .request import GenerationRequest, GenerationSettings, ModelSpec
 
 
@@ -253,30 +253,12 @@ def batch_lock(out_dir: str | Path, writes: bool = True):
     if not writes:
         yield
         return
-    import fcntl
-    import os
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".magref-batch.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise MagrefInputError(f"Another magref batch ({holder}) is writing to {out_dir}.",
-                                   "wait for it to finish (a rerun then resumes), or use another --out-dir.") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
+    with folder_lock(out_dir, ".magref-batch.lock", "magref batch",
+                     "wait for it to finish (a rerun then resumes), or use another --out-dir.") as out_dir:
         for part in out_dir.glob(".*.part.*"):  # a killed run's half-written files (io.atomic_path's names)
             if part.is_file():
                 part.unlink(missing_ok=True)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def run_batch(model: LoadedModel | None, items: list[BatchItem], out_dir: str | Path, log=print, writes: bool = True) -> dict:

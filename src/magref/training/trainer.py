@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import shutil
 import sys
@@ -37,7 +38,7 @@ from ..data.masking import LayoutSampler
 from ..data.shards import ClipDataset
 from ..distributed import default_device, init_from_env, rank_and_world
 from ..errors import MagrefInputError
-from ..io import write_json
+from ..io import folder_lock, write_json
 from .checkpointing import Checkpointing, is_main
 from .config import TrainConfig, config_dict
 from .flow import flow_pair, latent_subject_mask, sample_sigmas, weighted_mse
@@ -450,8 +451,15 @@ def run(config_path: str, resume: bool = False, overrides: dict | None = None) -
     from .config import load_config
 
     cfg = load_config(config_path, overrides)
+    # One trainer per output folder, refused before anything loads (a second model on the same GPU,
+    # or hours of cache building, before a refusal would be worse). Rank 0 holds it: the ranks of
+    # one torchrun share the folder by design; a resume of a folder that does not exist is refused later, with nothing made.
+    unheld = int(os.environ.get("RANK", "0")) or (resume and not Path(cfg.output_dir).is_dir())
+    held = nullcontext() if unheld else folder_lock(
+        cfg.output_dir, ".magref-train.lock", "magref train", "wait for that run to finish (or stop it), then resume; or use another output_dir.")
     try:
-        return Trainer(cfg).train(resume=resume)
+        with held:
+            return Trainer(cfg).train(resume=resume)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..defaults import MINIATURE_BUDGET
+from ..io import folder_lock
 from .build import build_world_dataset
 from .identities import TRAIN_IDENTITIES, identity_ids
 from .clips import make_clip
@@ -464,140 +465,143 @@ def run(out: str | Path, vae_steps: int = MINIATURE_BUDGET["vae_steps"], clips: 
     if transformer_init is not None:  # before the VAE stages (hours from scratch): weights that cannot start this transformer
         with torch.device("meta"):
             fitted_init(miniature_transformer(ablation, _z_dim(out, vae_from, reuse_from), dit_layers, dit_heads), transformer_init)
-    # the requested start and the transformer's settings, kept until the base and dit.yaml record them:
-    # a resume during the VAE and data stages need not repeat the options
-    (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init,
-                                              "shift": train_shift, "repeats_by_references": repeats_by_references}, indent=2))
-    if train_shift != TrainConfig.shift:  # an ablation that reuses this run's data does not inherit it: say which it trains at
-        log(f"transformer: noise levels drawn at shift {train_shift} (--train-shift; the default {TrainConfig.shift:g})")
-    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    # from here on this process writes the run: a second `world train` into it (a resume started too soon) is refused
+    with folder_lock(out, ".magref-train.lock", "magref world train",
+                     "wait for that run to finish (or stop it), then run the same command again to resume; or use another --out."):
+        # the requested start and the transformer's settings, kept until the base and dit.yaml record them:
+        # a resume during the VAE and data stages need not repeat the options
+        (out / "run.json").write_text(json.dumps({"size": size, "recipe": recipe, "ablation": ablation, "transformer_init": init,
+                                                  "shift": train_shift, "repeats_by_references": repeats_by_references}, indent=2))
+        if train_shift != TrainConfig.shift:  # an ablation that reuses this run's data does not inherit it: say which it trains at
+            log(f"transformer: noise levels drawn at shift {train_shift} (--train-shift; the default {TrainConfig.shift:g})")
+        timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
-    if reuse_from is not None:
-        reuse_from = Path(reuse_from).expanduser()
-        for part in ("vae", "data"):
-            if not (out / part).exists():
-                (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
-    if vae_from is not None and not (out / "vae" / "model" / "config.json").is_file():
-        vae = AutoencoderKLWan.from_pretrained(Path(vae_from).expanduser(), torch_dtype=torch.float32)
-        for stage in ("model", *VAE_STAGES):  # a finished VAE: the tuning stages have nothing to do
-            vae.save_pretrained(out / "vae" / stage)
-        log(f"vae: from {vae_from}")
-    from ..distributed import default_device
+        if reuse_from is not None:
+            reuse_from = Path(reuse_from).expanduser()
+            for part in ("vae", "data"):
+                if not (out / part).exists():
+                    (out / part).symlink_to((reuse_from / part).resolve(), target_is_directory=True)
+        if vae_from is not None and not (out / "vae" / "model" / "config.json").is_file():
+            vae = AutoencoderKLWan.from_pretrained(Path(vae_from).expanduser(), torch_dtype=torch.float32)
+            for stage in ("model", *VAE_STAGES):  # a finished VAE: the tuning stages have nothing to do
+                vae.save_pretrained(out / "vae" / stage)
+            log(f"vae: from {vae_from}")
+        from ..distributed import default_device
 
-    device = device or default_device()
-    try:
-        torch.device(device)
-    except RuntimeError:
-        from ..errors import MagrefInputError
-
-        raise MagrefInputError(f"Unknown device {device!r}.", "use --device cpu or --device cuda.") from None
-    if (out / "vae" / "model" / "config.json").is_file():
-        have = json.loads((out / "vae" / "model" / "config.json").read_text()).get("scale_factor_spatial") or 8
-        if vae_from is None and have != vae_stride:
+        device = device or default_device()
+        try:
+            torch.device(device)
+        except RuntimeError:
             from ..errors import MagrefInputError
 
-            raise MagrefInputError(f"{out} holds a VAE of spatial stride {have}, not {vae_stride}.", f"pass --vae-stride {have}, or use another --out.")
-        vae_stride = have  # a --vae folder brings its own stride
-    if not (out / "vae" / "model" / "config.json").is_file():
-        t = time.time()
-        train_vae(out, vae_steps, log, vae_stride, device, init=vae_init)
-        timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
-    if vae_stride != 8:
-        decoder_steps = subject_vae_steps = 0
-    for stage, budget in zip(VAE_STAGES, (decoder_steps, subject_vae_steps)):
-        if budget and reuse_from is None and not (out / "vae" / stage / "config.json").is_file():  # reused: the source run tunes it
-            if VAE_STAGES[stage]["src"] != "model" and not (out / "vae" / VAE_STAGES[stage]["src"] / "config.json").is_file():
-                continue  # its source stage was skipped
+            raise MagrefInputError(f"Unknown device {device!r}.", "use --device cpu or --device cuda.") from None
+        if (out / "vae" / "model" / "config.json").is_file():
+            have = json.loads((out / "vae" / "model" / "config.json").read_text()).get("scale_factor_spatial") or 8
+            if vae_from is None and have != vae_stride:
+                from ..errors import MagrefInputError
+
+                raise MagrefInputError(f"{out} holds a VAE of spatial stride {have}, not {vae_stride}.", f"pass --vae-stride {have}, or use another --out.")
+            vae_stride = have  # a --vae folder brings its own stride
+        if not (out / "vae" / "model" / "config.json").is_file():
             t = time.time()
-            tune_vae(out, budget, log, stage)
-            timings[f"vae_{stage}_s"] = timings.get(f"vae_{stage}_s", 0) + time.time() - t
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    if stop_after_vae:
-        return run_vae(out)
-    if not (out / "base" / "model_index.json").is_file() or init != _base_init(out):
-        vae = AutoencoderKLWan.from_pretrained(run_vae(out))
-        comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim, layers=dit_layers,
-                                     heads=dit_heads)
-        if init is not None:
-            load_transformer_init(comps["transformer"], init["path"])
-        comps["vae"] = vae
-        tmp = out / "base.tmp"  # the base and the record of its start appear together
-        shutil.rmtree(tmp, ignore_errors=True)
-        MagrefPipeline(**comps).save_pretrained(tmp)
-        (tmp / "init.json").write_text(json.dumps({"transformer_init": init}))
-        shutil.rmtree(out / "base", ignore_errors=True)
-        tmp.rename(out / "base")
-        log(f"transformer: starts from {init['path']}" if init else "transformer: random init")
-    if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
-        stale, data = [], ClipDataset(out / "data")
-        if data.masks(0) is None:
-            stale.append("without per-frame subject masks")
-        if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
-            stale.append("with captions that name colours")
-        if data.manifest["world"].get("subjects") != _json_subjects(RECIPES[recipe]):
-            from ..errors import MagrefInputError
+            train_vae(out, vae_steps, log, vae_stride, device, init=vae_init)
+            timings["vae_s"] = timings.get("vae_s", 0) + time.time() - t
+        if vae_stride != 8:
+            decoder_steps = subject_vae_steps = 0
+        for stage, budget in zip(VAE_STAGES, (decoder_steps, subject_vae_steps)):
+            if budget and reuse_from is None and not (out / "vae" / stage / "config.json").is_file():  # reused: the source run tunes it
+                if VAE_STAGES[stage]["src"] != "model" and not (out / "vae" / VAE_STAGES[stage]["src"] / "config.json").is_file():
+                    continue  # its source stage was skipped
+                t = time.time()
+                tune_vae(out, budget, log, stage)
+                timings[f"vae_{stage}_s"] = timings.get(f"vae_{stage}_s", 0) + time.time() - t
+        (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        if stop_after_vae:
+            return run_vae(out)
+        if not (out / "base" / "model_index.json").is_file() or init != _base_init(out):
+            vae = AutoencoderKLWan.from_pretrained(run_vae(out))
+            comps = miniature_components(ablation=ablation, vae_stride=vae.config.scale_factor_spatial, z_dim=vae.config.z_dim, layers=dit_layers,
+                                         heads=dit_heads)
+            if init is not None:
+                load_transformer_init(comps["transformer"], init["path"])
+            comps["vae"] = vae
+            tmp = out / "base.tmp"  # the base and the record of its start appear together
+            shutil.rmtree(tmp, ignore_errors=True)
+            MagrefPipeline(**comps).save_pretrained(tmp)
+            (tmp / "init.json").write_text(json.dumps({"transformer_init": init}))
+            shutil.rmtree(out / "base", ignore_errors=True)
+            tmp.rename(out / "base")
+            log(f"transformer: starts from {init['path']}" if init else "transformer: random init")
+        if (out / "data" / "manifest.json").is_file() and not (out / "data").is_symlink():
+            stale, data = [], ClipDataset(out / "data")
+            if data.masks(0) is None:
+                stale.append("without per-frame subject masks")
+            if data.manifest["world"].get("captions", "appearance") != CAPTIONS:
+                stale.append("with captions that name colours")
+            if data.manifest["world"].get("subjects") != _json_subjects(RECIPES[recipe]):
+                from ..errors import MagrefInputError
 
-            raise MagrefInputError(f"{out / 'data'} holds clips with {data.manifest['world'].get('subjects')} subject(s), not those of recipe {recipe!r}.",
-                                   "use another --out for another recipe (an ablation shares its recipe's data through --reuse-from).")
-        if stale:  # same clips and keys: the encoding cache (canvas, target, CLIP; not the captions) stays valid
-            log(f"data: written {' and '.join(stale)}; rebuilding the shards, keeping the encoding cache")
-            (out / "data" / "manifest.json").unlink()
-    if not (out / "data" / "manifest.json").is_file():
+                raise MagrefInputError(f"{out / 'data'} holds clips with {data.manifest['world'].get('subjects')} subject(s), not those of recipe {recipe!r}.",
+                                       "use another --out for another recipe (an ablation shares its recipe's data through --reuse-from).")
+            if stale:  # same clips and keys: the encoding cache (canvas, target, CLIP; not the captions) stays valid
+                log(f"data: written {' and '.join(stale)}; rebuilding the shards, keeping the encoding cache")
+                (out / "data" / "manifest.json").unlink()
+        if not (out / "data" / "manifest.json").is_file():
+            t = time.time()
+            if (out / "data" / "encodings").is_dir():  # same clips, same keys: keep the encoders' work
+                for shard in (out / "data").glob("shard-*.tar"):
+                    shard.unlink()
+            else:
+                shutil.rmtree(out / "data", ignore_errors=True)
+            # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
+            build_world_dataset(out / "data", clips, "train", seed=data_seed, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
+                                identities=train_identities, samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
+                                workers=max(1, min(len(os.sched_getaffinity(0)), clips // 250, 16)))
+            timings["data_s"] = time.time() - t
+        (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+        config = out / "dit.yaml"
+        import yaml
+
+        if encode_batch is None:  # the run's own setting, else that of the run whose cache it reads
+            source = config if config.is_file() else Path(reuse_from).expanduser() / "dit.yaml" if reuse_from else None
+            encode_batch = (yaml.safe_load(source.read_text()) or {}).get("cache_encode_batch", 1) if source and source.is_file() else 1
+
+        config.write_text(yaml.safe_dump({
+            "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
+            "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": learning_rate, "lr_scheduler": lr_schedule,
+            "warmup_steps": 100, "ema_decay": 0.999,
+            # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
+            "cache_layouts": 2, "cache_encode_batch": encode_batch,
+            "mode": "full", "sigma_sampling": "shifted_uniform", "shift": train_shift, "checkpoint_every": checkpoint_every,
+            # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
+            # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
+            # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
+            # transformers trained on such targets learn undecodable latents. The canvas still reaches
+            # the model through the condition channels (or tokens), which is what the method is about.
+            "log_every": 10, "caption_dropout": 0.1, "first_frame": "clip",
+            # Half the layouts put the reference where the subject starts in the clip: a model trained
+            # from scratch on random layouts alone ignored the canvas (its removal cost < 0.01 flow MSE
+            # at 1600 steps), because copying a subject to another place needs a correspondence it
+            # has no reason to learn before it copies in place. The other half are the method's.
+            "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6, "p_source_boxes": 0.5, "p_source_order": source_order},
+            # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
+            # caption alone predicts; the world knows where subjects are, so their cells count 5x.
+            "subject_loss_weight": 5.0,
+            **({"repeats_by_references": repeats_by_references} if repeats_by_references else {}),
+        }))
+        if stop_after_data:
+            log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
+            return config
         t = time.time()
-        if (out / "data" / "encodings").is_dir():  # same clips, same keys: keep the encoders' work
-            for shard in (out / "data").glob("shard-*.tar"):
-                shard.unlink()
-        else:
-            shutil.rmtree(out / "data", ignore_errors=True)
-        # cut-outs from frame 0, the target's first frame: their boxes are where the subject starts
-        build_world_dataset(out / "data", clips, "train", seed=data_seed, frames=FRAMES, height=size, width=size, subjects=RECIPES[recipe],
-                            identities=train_identities, samples_per_shard=500, log=log, cutout_frame=0, caption_style=CAPTIONS,
-                            workers=max(1, min(len(os.sched_getaffinity(0)), clips // 250, 16)))
-        timings["data_s"] = time.time() - t
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        from ..training.checkpointing import latest_checkpoint
 
-    config = out / "dit.yaml"
-    import yaml
-
-    if encode_batch is None:  # the run's own setting, else that of the run whose cache it reads
-        source = config if config.is_file() else Path(reuse_from).expanduser() / "dit.yaml" if reuse_from else None
-        encode_batch = (yaml.safe_load(source.read_text()) or {}).get("cache_encode_batch", 1) if source and source.is_file() else 1
-
-    config.write_text(yaml.safe_dump({
-        "model": str(out / "base"), "data": str(out / "data"), "output_dir": str(out / "dit"), "seed": 0,
-        "max_steps": dit_steps, "batch_size": batch_size, "learning_rate": learning_rate, "lr_scheduler": lr_schedule,
-        "warmup_steps": 100, "ema_decay": 0.999,
-        # the frozen encoders' work, done once for all runs that share the data: ~4x faster steps
-        "cache_layouts": 2, "cache_encode_batch": encode_batch,
-        "mode": "full", "sigma_sampling": "shifted_uniform", "shift": train_shift, "checkpoint_every": checkpoint_every,
-        # The target's frame 0 stays the clip's own. MAGREF puts the canvas there; this VAE, trained
-        # on continuous clips only, cannot code that cut (L1 0.31 against 0.08, the scene after it
-        # garbled, and tuning the decoder does not recover it: the encoder has lost it), so
-        # transformers trained on such targets learn undecodable latents. The canvas still reaches
-        # the model through the condition channels (or tokens), which is what the method is about.
-        "log_every": 10, "caption_dropout": 0.1, "first_frame": "clip",
-        # Half the layouts put the reference where the subject starts in the clip: a model trained
-        # from scratch on random layouts alone ignored the canvas (its removal cost < 0.01 flow MSE
-        # at 1600 steps), because copying a subject to another place needs a correspondence it
-        # has no reason to learn before it copies in place. The other half are the method's.
-        "layout": {"p_official_grid": 0.3, "p_drop": 0.0, "min_scale": 0.6, "p_source_boxes": 0.5, "p_source_order": source_order},
-        # The subject covers a tenth of a frame, so the plain loss is mostly background, which the
-        # caption alone predicts; the world knows where subjects are, so their cells count 5x.
-        "subject_loss_weight": 5.0,
-        **({"repeats_by_references": repeats_by_references} if repeats_by_references else {}),
-    }))
-    if stop_after_data:
-        log(f"world train: clips and config written; encode ahead with `magref encode {config}`, then run again to train")
-        return config
-    t = time.time()
-    from ..training.checkpointing import latest_checkpoint
-
-    train_run(str(config), resume=latest_checkpoint(out / "dit") is not None)  # a first save cut short is no start
-    timings["dit_s"] = timings.get("dit_s", 0) + time.time() - t
-    timings["total_s_this_run"] = time.time() - t_start
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
-    return out / "dit" / "final"
+        train_run(str(config), resume=latest_checkpoint(out / "dit") is not None)  # a first save cut short is no start
+        timings["dit_s"] = timings.get("dit_s", 0) + time.time() - t
+        timings["total_s_this_run"] = time.time() - t_start
+        (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        log(f"world train: done; pipeline at {out / 'dit' / 'final'}")
+        return out / "dit" / "final"
 
 
 def _run_repeats(out: Path, repeats: list[int] | None, recipe: str) -> list[int]:
