@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (the README's test command): two test processes share the machine's cores, so each
+    # computes on one thread (before torch loads; its subprocesses inherit it), as two torch
+    # processes at the default thread count oversubscribe the cores and slow each other many times over
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 from magref.models import generation_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +23,12 @@ EXAMPLES = ROOT / "src" / "magref" / "assets" / "examples"
 DEFAULTS = generation_defaults(None)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never fetch from a hub
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked heavy run first (a stable sort keeps the rest in file order): under -n 2 a
+    long test that started last would finish alone while the other process idles."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def golden(*parts) -> Path:

@@ -273,6 +273,7 @@ def _write_batch(tmp_path, n=5):
     return path
 
 
+@pytest.mark.heavy
 def test_batch_killed_after_two_then_resumed(tmp_path):
     batch, out = _write_batch(tmp_path), tmp_path / "out"
     cmd = [sys.executable, "-m", "magref.cli", "batch", str(batch), "--out-dir", str(out), *SMALL]
@@ -556,6 +557,7 @@ def test_generate_under_torchrun_shards_encoders_and_matches_one_process(tmp_pat
 MAIN_JOB_PROMPT = "A person moves from left to right and a mug jumps up and down in a meadow."  # README's main job
 
 
+@pytest.mark.heavy
 def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
     """The README's main job: with no --model, `magref generate` uses the bundled miniature MAGREF
     at the settings it was trained for, and both referenced held-out subjects (the bundled
@@ -625,6 +627,7 @@ def _torchrun_batch(batch, out, *extra, wait=True):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.heavy
 def test_item_parallel_batch_splits_items_and_a_killed_run_resumes(tmp_path):
     """torchrun with --parallel items: each process makes whole videos of its own, none twice, one
     summary; a run killed mid-way and rerun ends with every item once, and what was finished

@@ -386,6 +386,7 @@ def _final_weights(run_dir, mode):
     return {k: v for f in sorted((final / "transformer").glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
     """Two FSDP processes (stopped after 6 steps, resumed to 12) take the steps one process takes
@@ -652,6 +653,7 @@ def test_cache_encode_batch_sets_the_examples_per_encoder_call_and_not_the_finge
     assert calls["fingerprints"][0] == calls["fingerprints"][1]
 
 
+@pytest.mark.heavy
 def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_path, dataset):
     """`magref encode` under torchrun: each of 2 gloo processes writes its own parts, and the
     cache equals the one a single process writes, part for part; `magref train` then reads it

@@ -223,6 +223,7 @@ def test_source_box_layout_puts_the_reference_where_the_subject_starts(tmp_path)
         assert drawn.sum() > 50 and np.abs(canvas[drawn] - s.frames[0].astype(int)[drawn]).max() <= 1
 
 
+@pytest.mark.heavy
 def test_world_train_stages_run_end_to_end(tmp_path):
     """A few steps of every stage (VAE, data, DiT), then the result generates a video."""
     from conftest import run_cli
@@ -968,6 +969,7 @@ def test_tracker_training_writes_a_loadable_model_whose_maps_follow_the_masks(tm
         load_tracker(IDENTIFIER_PATHS[128])
 
 
+@pytest.mark.heavy
 def test_learnt_motion_test_reads_held_out_subjects_motions_through_the_vae():
     """The shipped tracker (128 px videos) on fresh clips it was not trained on: it reads the
     motions of 1-3 held-out subjects from the world's rendering and from that rendering decoded by
