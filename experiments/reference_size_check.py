@@ -1,7 +1,7 @@
 """Are the single subjects a model misses missed because its references look unlike the training ones?
 
-Training references are cut-outs of the clip's middle frame: the sprite drawn at twice the clip's
-base size and shrunk bilinearly to 40-70 px (128 px clips), as `make_clip` pastes it. `world
+Training references are cut-outs of the clip's first frame (`world train`): the sprite drawn at
+twice the clip's base size and shrunk bilinearly to 40-70 px (128 px clips), as `make_clip` pastes it. `world
 evaluate` gives the model the held-out sprite drawn at 96 px (Lanczos from a 4x supersample), which
 is sharper, so its fine patterns (dots, checks) are something the model never saw in a canvas.
 This samples the same cases as `world evaluate` with each reference drawn as a training cut-out of

@@ -159,7 +159,8 @@ def _non_loopback_address() -> str | None:
 
 def start_server(out_dir, *extra):
     port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    # each server its own gradio upload cache: two test processes (-n 2) may serve at once
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": f"{out_dir}-gradio"}
     proc = subprocess.Popen([sys.executable, "-m", "magref.cli", "app", "--port", str(port), "--out-dir", str(out_dir), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"

@@ -16,6 +16,9 @@ from conftest import DEFAULTS, EXAMPLES
 from test_app import PROMPT, start_server
 
 REFS = [str(EXAMPLES / "character.png"), str(EXAMPLES / "mug.png")]
+# One server and one browser for the module, in one test process under -n 2 (`--dist loadgroup`):
+# the history test restores a video that an earlier test of the module made on the same server.
+pytestmark = pytest.mark.xdist_group("browser")
 
 
 def _chromium() -> str:

@@ -427,6 +427,24 @@ def test_two_batches_in_one_folder_do_not_both_run_and_a_killed_runs_parts_are_r
     assert rc == 0 and is_complete(out / "one.mp4") and not list(out.glob(".*.part*")), err
 
 
+def test_a_folder_that_cannot_be_locked_is_written_unguarded_and_keeps_its_part_files(tmp_path, monkeypatch, capsys):
+    """On a file system without flock (some network mounts) a batch warns and goes on, but leaves
+    the `.part` files alone: without the lock they may be another batch's work in progress."""
+    import errno
+    import fcntl
+
+    from magref.jobs import batch_lock
+
+    def no_flock(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    (tmp_path / ".one.x1y2.part.mp4").write_bytes(b"half")
+    with batch_lock(tmp_path):
+        pass
+    assert (tmp_path / ".one.x1y2.part.mp4").exists() and "cannot be locked (No locks available)" in capsys.readouterr().err
+
+
 def test_batch_redoes_an_item_whose_video_was_corrupted(tmp_path):
     batch = tmp_path / "b.txt"
     batch.write_text(f"one@@x@@{CHAR}\n")

@@ -182,12 +182,14 @@ def check_output_dir(path: str | os.PathLike, what: str = "Output folder") -> Pa
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, name: str, holder: str, fix: str) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, name: str, holder: str, fix: str) -> Iterator[bool]:
     """Held while this process is the one writer of `folder` (a batch's videos, a training run):
     `flock` on `folder/name`, an OS lock that a killed process releases, so a crash never leaves a
     stale lock. The file records `holder` (e.g. "magref train") and the PID for the refusal that
     another process gets; `fix` is that refusal's remedy. The file itself stays (removing a lock
-    file that others may have opened is racy)."""
+    file that others may have opened is racy). Yields whether the lock is held: False on a file
+    system without `flock` (some network mounts), where the work goes on unguarded after a warning,
+    so a caller must not do what only a sole writer may (e.g. remove others' temporary files)."""
     import fcntl
     import socket
     import sys
@@ -197,19 +199,22 @@ def folder_lock(folder: str | os.PathLike, name: str, holder: str, fix: str) -> 
     with open(folder / name, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
             f.seek(0)
             raise MagrefInputError(f"{f.read().strip() or 'Another process'} is already writing to {folder}.", fix) from None
-        except OSError as e:  # a file system without flock (some network mounts): go on, unguarded, and say so
+        except OSError as e:
             print(f"warning: {folder} cannot be locked ({e.strerror}); make sure no other process writes there", file=sys.stderr)
-            yield folder
+            held = False
+        if not held:
+            yield False
             return
         f.seek(0)
         f.truncate()
         f.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()})")
         f.flush()
         try:
-            yield folder
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

@@ -453,8 +453,10 @@ def run(config_path: str, resume: bool = False, overrides: dict | None = None) -
     cfg = load_config(config_path, overrides)
     # One trainer per output folder, refused before anything loads (a second model on the same GPU,
     # or hours of cache building, before a refusal would be worse). Rank 0 holds it: the ranks of
-    # one torchrun share the folder by design; a resume of a folder that does not exist is refused later, with nothing made.
-    unheld = int(os.environ.get("RANK", "0")) or (resume and not Path(cfg.output_dir).is_dir())
+    # one torchrun share the folder by design. A resume of a folder that does not exist is not locked
+    # (the lock would create the folder): the trainer refuses it, having found no checkpoint.
+    other_rank = int(os.environ.get("WORLD_SIZE") or 1) > 1 and os.environ.get("RANK", "0") not in ("", "0")  # as init_from_env reads them
+    unheld = other_rank or (resume and not Path(cfg.output_dir).is_dir())
     held = nullcontext() if unheld else folder_lock(
         cfg.output_dir, ".magref-train.lock", "magref train", "wait for that run to finish (or stop it), then resume; or use another output_dir.")
     try:
