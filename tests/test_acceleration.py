@@ -262,13 +262,6 @@ if dist.is_initialized():
 """
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
     """Ulysses over the transformer and FSDP2-sharded encoders (each rank holds half of them)."""
@@ -278,7 +271,7 @@ def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), str(tmp_path / "two")],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script), str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]

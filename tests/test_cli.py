@@ -551,16 +551,11 @@ def test_generate_magcache_calibrates_then_reuses(tmp_path, monkeypatch):
 def test_generate_under_torchrun_shards_encoders_and_matches_one_process(tmp_path):
     """Two gloo processes: Ulysses over the transformer, FSDP2 over the encoders; rank 0 writes
     the same video as one process, and the sidecar says what ran."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = ["generate", "--prompt", "a man lifts a mug", "--ref", CHAR, *SMALL, "--device", "cpu", "--keep-first-frames"]
     rc, _, err = run_cli(*args, "--out", tmp_path / "one.mp4")
     assert rc == 0, err[-2000:]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "magref.cli",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "magref.cli",
                           *map(str, args), "--out", str(tmp_path / "two.mp4")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     acc = json.loads((tmp_path / "two.json").read_text())["acceleration"]
@@ -632,12 +627,8 @@ def test_default_model_composes_the_two_bundled_example_subjects(tmp_path):
 
 
 def _torchrun_batch(batch, out, *extra, wait=True):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "magref.cli", "batch", str(batch),
+    # --standalone: the rendezvous binds a port of its own (no free-port probe that two test processes could race for)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "magref.cli", "batch", str(batch),
            "--out-dir", str(out), *SMALL, "--device", "cpu", *map(str, extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if not wait:

@@ -371,13 +371,6 @@ def _a_ref(tmp_path):
     return p
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _final_weights(run_dir, mode):
     final = run_dir / "final"
@@ -401,7 +394,7 @@ def test_two_process_fsdp_gloo_equals_one_process(tmp_path, dataset, mode):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                "-m", "magref.cli", "train", str(two)]
         proc = subprocess.run(cmd + list(extra), capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "Error" in line)[:4000]  # every rank's error
@@ -671,7 +664,7 @@ def test_encode_ahead_over_two_processes_equals_one_and_training_reads_it(tmp_pa
     single = subprocess.run([sys.executable, "-m", "magref.cli", "encode", str(_cfg(tmp_path, one, "e1", **common))],
                             capture_output=True, text=True, timeout=600, env=env)
     assert single.returncode == 0 and "encoded:" in single.stdout, single.stderr[-3000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "magref.cli", "encode",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "magref.cli", "encode",
            str(_cfg(tmp_path, two, "e2", **common))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
