@@ -199,24 +199,23 @@ def folder_lock(folder: str | os.PathLike, name: str, holder: str, fix: str) -> 
     with open(folder / name, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
         except BlockingIOError:
             f.seek(0)
             raise MagrefInputError(f"{f.read().strip() or 'Another process'} is already writing to {folder}.", fix) from None
         except OSError as e:
             print(f"warning: {folder} cannot be locked ({e.strerror}); make sure no other process writes there", file=sys.stderr)
             held = False
-        if not held:
-            yield False
-            return
-        f.seek(0)
-        f.truncate()
-        f.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()})")
-        f.flush()
+        else:
+            held = True
+            f.seek(0)
+            f.truncate()
+            f.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()})")
+            f.flush()
         try:
-            yield True
+            yield held
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _is_magref_sidecar(path: Path) -> bool:

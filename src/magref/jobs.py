@@ -254,10 +254,10 @@ def batch_lock(out_dir: str | Path, writes: bool = True):
         yield
         return
     with folder_lock(out_dir, ".magref-batch.lock", "magref batch", "wait for it to finish (a rerun then resumes), or use another --out-dir.") as held:
-        # a killed run's half-written files (io.atomic_path's names); unlocked, they may be another batch's
-        for part in Path(out_dir).glob(".*.part.*") if held else ():
-            if part.is_file():
-                part.unlink(missing_ok=True)
+        if held:  # a killed run's half-written files (io.atomic_path's names); unlocked, they may be another batch's
+            for part in Path(out_dir).glob(".*.part.*"):
+                if part.is_file():
+                    part.unlink(missing_ok=True)
         yield
 
 
