@@ -802,6 +802,21 @@ def test_encoding_processes_beyond_the_gpus_share_them_over_gloo(monkeypatch, wo
     assert calls.get("backend") == backend and calls.get("device") == device
 
 
+@pytest.mark.parametrize("env,rank", [({}, 0), ({"RANK": "1"}, 0), ({"RANK": "1", "WORLD_SIZE": "1"}, 0), ({"RANK": "", "WORLD_SIZE": "4"}, 0),
+                                      ({"RANK": "0", "WORLD_SIZE": "4"}, 0), ({"RANK": "3", "WORLD_SIZE": "4"}, 3)])
+def test_the_launch_rank_is_torchruns_only_in_a_multi_process_launch(monkeypatch, env, rank):
+    """What one process of a launch does alone (warn, print, lock a folder) follows the rank only
+    when WORLD_SIZE says several processes run, as `init_from_env` decides: a stray RANK in a
+    single process's environment must not silence it or leave its folder unlocked."""
+    from magref.distributed import launch_rank
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launch_rank() == rank
+
+
 def test_training_with_more_processes_than_gpus_is_refused_before_anything_loads(tmp_path, monkeypatch):
     """FSDP over gloo on CUDA tensors is not supported: training (not encoding) with 4 processes
     on 2 GPUs stops at once with a line that says how many to start."""

@@ -100,7 +100,9 @@ def _load(spec, options):
 
 
 def _warn(args, lines: list[str]) -> None:
-    if os.environ.get("RANK", "0") != "0":  # one copy under torchrun
+    from .distributed import launch_rank
+
+    if launch_rank() != 0:  # one copy under torchrun
         return
     for line in lines:
         print(f"magref {args.command}: warning: {line}", file=sys.stderr)
@@ -141,7 +143,9 @@ def _run_items(args, spec, items) -> int:
     check_output_dir(args.out_dir)
     prepare_items(items, spec)
     _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
-    writes = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 locks the folder and prints one summary
+    from .distributed import launch_rank
+
+    writes = launch_rank() == 0  # under torchrun rank 0 locks the folder and prints one summary
     with batch_lock(args.out_dir, writes):
         options = _acceleration(args, [it.request for it in items])
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -302,10 +306,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    from .distributed import launch_rank
     from .training.trainer import encode
 
     roots = encode(args.config, overrides=_config_overrides(args))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank() == 0:
         print("encoded: " + ", ".join(str(r) for r in roots))
     return 0
 

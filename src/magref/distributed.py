@@ -33,6 +33,13 @@ def init_from_env(timeout=None, share_gpus: bool = False) -> tuple[int, int]:
     return rank_and_world()
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun's environment gives it, before (or without) a process group:
+    0 unless a multi-process launch (WORLD_SIZE > 1, as `init_from_env` reads it) says otherwise.
+    For what one process of a launch does alone: print, warn, lock a folder."""
+    return int(os.environ.get("RANK") or 0) if int(os.environ.get("WORLD_SIZE") or 1) > 1 else 0
+
+
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 

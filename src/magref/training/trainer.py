@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 import shutil
 import sys
@@ -36,7 +35,7 @@ from ..composition import compose_references
 from ..conditioning import canvas_to_tensor
 from ..data.masking import LayoutSampler
 from ..data.shards import ClipDataset
-from ..distributed import default_device, init_from_env, rank_and_world
+from ..distributed import default_device, init_from_env, launch_rank, rank_and_world
 from ..errors import MagrefInputError
 from ..io import folder_lock, write_json
 from .checkpointing import Checkpointing, is_main
@@ -455,8 +454,7 @@ def run(config_path: str, resume: bool = False, overrides: dict | None = None) -
     # or hours of cache building, before a refusal would be worse). Rank 0 holds it: the ranks of
     # one torchrun share the folder by design. A resume of a folder that does not exist is not locked
     # (the lock would create the folder): the trainer refuses it, having found no checkpoint.
-    other_rank = int(os.environ.get("WORLD_SIZE") or 1) > 1 and os.environ.get("RANK", "0") not in ("", "0")  # as init_from_env reads them
-    unheld = other_rank or (resume and not Path(cfg.output_dir).is_dir())
+    unheld = launch_rank() != 0 or (resume and not Path(cfg.output_dir).is_dir())
     held = nullcontext() if unheld else folder_lock(
         cfg.output_dir, ".magref-train.lock", "magref train", "wait for that run to finish (or stop it), then resume; or use another output_dir.")
     try:
