@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -218,6 +219,7 @@ def test_server_listens_on_loopback_only_by_default(server):
     (["--host", "0.0.0.0", "--auth", "nopassword"], "--auth must be USER:PASS"),
     (["--port", "70000"], "--port 70000 is not a port number"),
     (["--out-dir", str(EXAMPLES / "mug.png")], "is a file"),
+    (["--device", "warp9"], "Unknown device 'warp9'"),  # at start, not on the page's first Generate
 ])
 def test_app_refuses_unsafe_or_bad_options(extra, needle):
     rc, _, err = run_cli("app", *extra)
@@ -230,10 +232,25 @@ def test_an_exposed_host_with_a_password_warns_and_asks_for_it(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(url + "config", timeout=5)  # the page's components are behind the login
         assert e.value.code == 401
+        # the server answers before launch() returns and the app prints its address: wait for that line
+        # (read in a thread: a readline that never comes must not hang the test)
+        seen = []
+
+        def read_until_address():
+            for line in proc.stdout:
+                seen.append(line)
+                if "magref app: open" in line:
+                    return
+
+        reader = threading.Thread(target=read_until_address, daemon=True)
+        reader.start()
+        reader.join(timeout=60)
     finally:
         proc.terminate()
-        out = proc.communicate(timeout=30)[0]
+        out = "".join(seen) + proc.communicate(timeout=30)[0]
     assert "warning: serving on 0.0.0.0: reachable from other machines" in out
+    # the address to open, and none of gradio's advice to make a public share link
+    assert "magref app: open http://" in out and f":{url.rstrip('/').rsplit(':', 1)[1]}" in out and "share=True" not in out, out
 
 
 def test_a_huge_image_under_the_upload_limit_is_refused_in_one_line(studio, tmp_path):

@@ -37,6 +37,10 @@ def test_generate_writes_playable_mp4_and_sidecar(tmp_path):
     assert meta["layout"]["kind"] == "grid" and len(meta["layout"]["boxes"]) == 2
     assert meta["output"]["frames"] == 5 and set(meta["timings_s"]) >= {"generate", "write_video"}
     assert "magref_version" in meta
+    # which images, by content, whatever the folder the command ran from
+    from magref.io import sha256_file
+
+    assert meta["references"] == [{"file": str(p.resolve()), "sha256": sha256_file(p)} for p in (CHAR, MUG)]
     # same settings, same video
     out2 = tmp_path / "again.mp4"
     rc, _, err = run_cli("generate", "--prompt", "a man lifts a mug", "--ref", CHAR, "--ref", MUG, *SMALL, "--seed", "7", "--out", out2)
@@ -75,6 +79,8 @@ BAD = {
     "unknown model path": (lambda d: ["--ref", CHAR, "--model", d / "no-such-model"], "Unknown model"),
     "model folder of the wrong kind": (lambda d: ["--ref", CHAR, "--model", d], "not a MagrefPipeline folder"),
     "too few frames": (lambda d: ["--ref", CHAR, "--frames", "1"], "leaves no frame"),
+    "no frames": (lambda d: ["--ref", CHAR, "--frames", "0"], "leaves no frame. Fix: use --frames 5 (or 9, 13, ...)."),
+    "one frame": (lambda d: ["--ref", CHAR, "--frames", "1"], "Fix: use --frames 5 (or 9, 13, ...), or --keep-first-frames."),
     # numbers: non-finite, negative, out of range, beyond what a machine holds
     "guidance nan": (lambda d: ["--ref", CHAR, "--guidance", "nan"], "not a finite number"),
     "guidance inf": (lambda d: ["--ref", CHAR, "--guidance", "inf"], "not a finite number"),
@@ -85,8 +91,8 @@ BAD = {
     "shift negative": (lambda d: ["--ref", CHAR, "--shift", "-3"], "must be positive"),
     "fps nan": (lambda d: ["--ref", CHAR, "--fps", "nan"], "not a finite number"),
     "fps inf": (lambda d: ["--ref", CHAR, "--fps", "inf"], "not a finite number"),
-    "fps zero": (lambda d: ["--ref", CHAR, "--fps", "0"], "not between"),
-    "fps absurd": (lambda d: ["--ref", CHAR, "--fps", "100000"], "not between"),
+    "fps zero": (lambda d: ["--ref", CHAR, "--fps", "0"], "is not above 0"),
+    "fps absurd": (lambda d: ["--ref", CHAR, "--fps", "100000"], "at most 240"),
     "seed negative": (lambda d: ["--ref", CHAR, "--seed", "-1"], "outside 0..2^63-1"),
     "seed too large": (lambda d: ["--ref", CHAR, "--seed", str(2**63)], "outside 0..2^63-1"),
     "layout seed negative": (lambda d: ["--ref", CHAR, "--layout-seed", "-5"], "outside 0..2^63-1"),
@@ -98,7 +104,7 @@ BAD = {
     "width negative": (lambda d: ["--ref", CHAR, "--width", "-16"], "positive multiple"),
     "steps zero": (lambda d: ["--ref", CHAR, "--steps", "0"], "between 1 and"),
     "steps absurd": (lambda d: ["--ref", CHAR, "--steps", "100000"], "between 1 and"),
-    "frames negative": (lambda d: ["--ref", CHAR, "--frames", "-3"], "4n+1"),
+    "frames negative": (lambda d: ["--ref", CHAR, "--frames", "-3"], "leaves no frame"),
     # layouts
     "layout with 3 numbers": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32]]})], "four whole pixel numbers"),
     "layout with 5 numbers": (lambda d: ["--ref", CHAR, "--layout", _write(d / "l.json", {"boxes": [[0, 0, 32, 32, 1]]})], "four whole pixel numbers"),
@@ -527,6 +533,97 @@ def test_generate_taylorseer_interval_is_recorded_and_a_bad_one_refused(tmp_path
     assert rc == 0, err
     acc = json.loads(out.with_suffix(".json").read_text())["acceleration"]
     assert acc["cache"] == "taylorseer" and acc["cache_interval"] == 2 and acc["use_lite_mode"] is True
+
+
+@pytest.mark.parametrize("opts,needle", [
+    (["--attention", "foo"], "Unknown attention backend 'foo'. Fix: use one of "),
+    (["--cache", "fbcache", "--cache-threshold", "-1"], "--cache-threshold -1.0 is not a number >= 0"),
+    (["--cache", "taylorseer", "--cache-interval", "0"], "cache interval 0"),
+    (["--device", "warp9"], "Unknown device 'warp9'"),
+    # root passes os.access everywhere; /proc refuses the file itself, which used to surface as a
+    # traceback after the whole video was made
+    (["--out", "/proc/magref-out.mp4"], "is not writable: a file made in /proc was refused"),
+])
+def test_options_no_run_could_use_are_refused_before_the_model_loads(tmp_path, monkeypatch, opts, needle):
+    import magref.models
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)  # as root sees it, whoever runs the test
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr(magref.models, "load_pipeline", no_model)
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, *_last_wins(["generate", "x", "x", *opts, "--out", out])[3:])
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and needle in err and "Fix:" in err, err
+    assert not out.exists()
+
+
+def test_too_few_frames_get_a_fix_that_works(tmp_path):
+    """The fix offered for too few frames is one the next check accepts: --keep-first-frames
+    only where it keeps a valid count, and with nothing dropped the count itself is named."""
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--frames", "0", "--keep-first-frames", "--out", tmp_path / "v.mp4")
+    assert rc == 2 and "Frame count 0 is below 1. Fix: use --frames 1 (or 5, 9, ...)." in err and "--keep-first-frames" not in err, err
+    for frames in ("3", "-3"):
+        rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--frames", frames, "--out", tmp_path / "v.mp4")
+        assert rc == 2 and "Fix: use --frames 5 (or 9, 13, ...)." in err and "--keep-first-frames" not in err, err
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--frames", "5", "--steps", "1", "--out", tmp_path / "v.mp4")
+    assert rc == 0, err
+
+
+def test_a_size_far_beyond_the_models_own_is_warned_about():
+    """The miniature was made at 128x128: 2048x2048 (256 times the pixels) is allowed but slow and
+    worse, so the user hears so before waiting; twice its sides (4 times the pixels) is not warned."""
+    from magref.request import GenerationRequest, ModelSpec
+
+    spec = ModelSpec.resolve("miniature")
+
+    def warnings(h, w):
+        return GenerationRequest.prepare(spec.settings({}, prompt="x", refs=[str(CHAR)], height=h, width=w), spec).warnings()
+
+    assert any("256.0 times the pixels of the 128x128 this model was made for" in w and "--height 128 --width 128" in w
+               for w in warnings(2048, 2048)), warnings(2048, 2048)
+    assert warnings(256, 256) == []
+
+
+@pytest.mark.parametrize("error,reason,fix", [
+    (OSError(28, "No space left on device"), "(No space left on device)", "Fix: free space there"),
+    # ffmpeg dead (imageio-ffmpeg's message carries its command and log on later lines)
+    (OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y -f rawvideo ...\n\nFFMPEG STDERR OUTPUT:\nerror"), "([Errno 32] Broken pipe)",
+     "Fix: choose another output place"),
+])
+def test_an_output_that_fails_to_write_is_one_line_and_leaves_no_part_file(tmp_path, monkeypatch, error, reason, fix):
+    """A disk that fills up after the checks, or ffmpeg dying: the user reads what failed and
+    where in one line, not a traceback or ffmpeg's log, and no half-written file is left."""
+    import imageio_ffmpeg
+
+    def failing_writer(*a, **k):
+        yield
+        raise error
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", failing_writer)
+    out = tmp_path / "v.mp4"
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--out", out)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err and "FFMPEG" not in err and last.startswith("magref generate: error: "), err
+    assert f"{out} could not be written {reason}." in last and fix in last, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_generate_does_not_promise_a_resume(tmp_path, monkeypatch):
+    """Ctrl-C: one video has nothing to resume (a batch has, and says so)."""
+    import magref.models
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(magref.models, "load_pipeline", interrupted)
+    rc, _, err = run_cli("generate", "--prompt", "x", "--ref", MUG, *SMALL, "--out", tmp_path / "v.mp4")
+    assert rc == 130 and err.strip() == "magref generate: interrupted; the video was not finished.", err
+    batch = tmp_path / "b.txt"
+    batch.write_text(f"one@@x@@{MUG}\n")
+    rc, _, err = run_cli("batch", batch, "--out-dir", tmp_path / "out", *SMALL)
+    assert rc == 130 and "interrupted; finished outputs are kept, rerun to resume." in err, err
 
 
 def test_generate_fp8_compute_on_cpu_is_refused_with_the_fix(tmp_path):

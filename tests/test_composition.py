@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import golden, golden_canvas, run_cli
+from conftest import EXAMPLES, golden, golden_canvas, run_cli
 from magref.composition import RegionLayout, compose_references, grid_cells, latent_mask_from_pixels
 from magref.conditioning import reference_mask
 from magref.errors import MagrefInputError
@@ -237,3 +237,20 @@ def test_compose_command_uses_a_models_latent_cells(tmp_path):
         assert rc == 0, err
         blocks = json.loads((tmp_path / f"o{stride}" / "layout.json").read_text())["latent_blocks_x0x1y0y1"]
         assert blocks == [[0, 32 // stride, 0, 64 // stride], [32 // stride, 64 // stride, 0, 64 // stride]]
+
+
+def test_cli_compose_is_for_the_model_generate_uses(tmp_path):
+    """Without a size, compose makes the canvas of the model generate would use (the miniature's
+    128x128, not the official 832x480), so its layout.json is one a plain `generate --layout`
+    takes; a size given still wins."""
+    from magref.request import GenerationRequest, ModelSpec
+
+    refs = [EXAMPLES / "character.png", EXAMPLES / "mug.png"]
+    rc, _, err = run_cli("compose", *refs, "--out", tmp_path / "c")
+    assert rc == 0, err
+    assert Image.open(tmp_path / "c" / "canvas.png").size == (128, 128)
+    spec = ModelSpec.resolve(None)
+    request = GenerationRequest.prepare(spec.settings({}, prompt="x", refs=[str(p) for p in refs], layout=str(tmp_path / "c" / "layout.json")), spec)
+    assert np.array_equal(np.asarray(request.composition.canvas), np.asarray(Image.open(tmp_path / "c" / "canvas.png")))
+    rc, _, err = run_cli("compose", *refs, "--height", 480, "--width", 832, "--out", tmp_path / "o")
+    assert rc == 0 and Image.open(tmp_path / "o" / "canvas.png").size == (832, 480), err

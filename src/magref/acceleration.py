@@ -373,8 +373,26 @@ class AccelerationOptions:
         return key
 
     def check_requests(self, requests) -> None:
-        """Combinations refused before the model loads: a step cache compares one forward with the
-        previous one of its branch, and context windows make several forwards per step."""
+        """What is refused before the model loads: values no run could use (a cache interval of 0,
+        a negative threshold, an attention backend or device that does not exist), and
+        combinations: a step cache compares one forward with the previous one of its branch, and
+        context windows make several forwards per step. Whether a backend runs on this device is
+        tried once the model is there (`set_attention_backend`)."""
+        if self.cache_interval is not None and (not isinstance(self.cache_interval, int) or self.cache_interval < 1):
+            raise MagrefInputError(f"The cache interval {self.cache_interval} (--cache-interval) is not a whole number of steps >= 1.",
+                                   "use e.g. --cache-interval 2.")
+        if self.cache_threshold is not None and not 0 <= self.cache_threshold < float("inf"):
+            raise MagrefInputError(f"--cache-threshold {self.cache_threshold} is not a number >= 0 (0 skips nothing; larger skips more).",
+                                   f"use e.g. --cache-threshold {CACHE_THRESHOLDS['fbcache']} (fbcache) or {CACHE_THRESHOLDS['magcache']} (magcache).")
+        if self.attention:
+            from diffusers.models.attention_dispatch import AttentionBackendName
+
+            known = {b.value for b in AttentionBackendName} | set(LOCAL_KERNELS)
+            if self.attention not in known:
+                public = ", ".join(sorted(n for n in known if not n.startswith("_")))
+                raise MagrefInputError(f"Unknown attention backend {self.attention!r}.",
+                                       f"use one of {public} (or diffusers' underscored variants, e.g. _native_cudnn); leave --attention out for the default.")
+        self.resolve_device()
         if self.cache != "none" and any(getattr(r, "context_windows", None) is not None for r in requests):
             raise MagrefInputError(f"--cache {self.cache} does not combine with context windows (a video longer than the model's trained length).",
                                    "leave out --cache, or generate in one pass with --context-frames 0.")

@@ -15,6 +15,7 @@ on its own; `build_ui` lays it out; `serve` applies the server's limits:
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import threading
@@ -497,8 +498,16 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, no
             raise MagrefInputError(f"--host {host} would let anyone on the network use this machine, with no password.",
                                    "add --auth USER:PASS, or --no-auth if the network is yours alone.")
         print(f"magref app: warning: serving on {host}: reachable from other machines" + ("" if credentials else ", without a password"), file=sys.stderr)
+    from .acceleration import AccelerationOptions
+
+    AccelerationOptions(device=device).resolve_device()  # refused here, not on the page's first Generate, which cannot change it
     studio = Studio(out_dir, device)
     page = build_ui(studio, model)
     page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    # quiet: gradio's own lines suggest share=True, a public link this app never makes. GRADIO_DEBUG
+    # would make launch() block despite prevent_thread_lock, and then block_thread() after it
+    os.environ.pop("GRADIO_DEBUG", None)
     page.launch(server_name=host, server_port=port, auth=credentials, share=False, max_file_size=MAX_UPLOAD, inbrowser=open_browser,
-                allowed_paths=[str(studio.out_dir.resolve())], show_error=True, css=CSS)
+                allowed_paths=[str(studio.out_dir.resolve())], show_error=True, css=CSS, quiet=True, prevent_thread_lock=True)
+    print(f"magref app: open {page.local_url} (videos go to {studio.out_dir}; Ctrl-C stops it)", flush=True)
+    page.block_thread()  # what launch() does when it keeps the thread

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .defaults import CACHES, DEFAULTS, MINIATURE_BUDGET, OFFICIAL_SETTINGS, PRESETS, SOLVER_CHOICES
+from .defaults import CACHES, MINIATURE_BUDGET, OFFICIAL_SETTINGS, PRESETS, SOLVER_CHOICES
 from .errors import MagrefInputError
 
 EXIT_USAGE = 2
@@ -212,7 +212,13 @@ def cmd_compose(args) -> int:
 
     from .models import spatial_geometry
 
-    stride, patch = spatial_geometry(args.model) if args.model else (8, 2)  # the official latent cells unless a model says otherwise
+    from .models import generation_defaults
+
+    # the model generate would use, so that layout.json is one `generate --layout` takes as it is
+    stride, patch = spatial_geometry(args.model)
+    size = generation_defaults(args.model)
+    args.height = size["height"] if args.height is None else args.height
+    args.width = size["width"] if args.width is None else args.width
     images = [load_reference(p) for p in args.refs]
     layout = RegionLayout.from_json(args.layout, args.height, args.width) if args.layout else None
     comp = compose_references(images, args.height, args.width, layout=layout, layout_seed=args.layout_seed, spatial_stride=stride, patch_size=patch)
@@ -480,13 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compose", help="write the composed canvas, mask and layout")
     p.add_argument("refs", nargs="+")
-    p.add_argument("--height", type=int, default=DEFAULTS["height"])
-    p.add_argument("--width", type=int, default=DEFAULTS["width"])
+    p.add_argument("--height", type=int, default=None, help="default: the model's own (as generate)")
+    p.add_argument("--width", type=int, default=None, help="default: the model's own (as generate)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--layout", default=None)
     g.add_argument("--layout-seed", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default=None, help="compose in this model's latent cells (its VAE stride); default: the official 8-pixel cells")
+    p.add_argument("--model", default=None, help="compose for this model: its size and latent cells (VAE stride); default: generate's default model")
     p.set_defaults(func=cmd_compose)
 
     p = sub.add_parser("convert", help="official checkpoint -> diffusers/transformers folder(s)")
@@ -653,14 +659,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_torchvision_advice(record) -> bool:
+    return "requires torchvision" not in record.getMessage()
+
+
+def _not_hub_unreachable(record) -> bool:
+    return not record.getMessage().startswith("Couldn't connect to the Hub")
+
+
 def _quiet_known_noise() -> None:
     """Import-time chatter of optional libraries that says nothing about the user's command:
     transformers >= 5 on CLIPImageProcessor's PIL fallback (the backend we use); torchao, when
     installed (fp8), on its CUDA-only kernels, and torch/diffusers on torchao's types. Real
-    problems still surface: these loggers keep ERROR."""
+    problems still surface: these loggers keep ERROR. And diffusers' "Couldn't connect to the Hub"
+    before it tries the local cache: a model that is not there either is refused in our one line,
+    which names the id and the network (`models.load_pipeline`)."""
     import logging
 
-    logging.getLogger("transformers.utils.import_utils").addFilter(lambda r: "requires torchvision" not in r.getMessage())
+    logging.getLogger("transformers.utils.import_utils").addFilter(_not_torchvision_advice)  # one function: added once per process
+    logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_not_hub_unreachable)
     for name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -674,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"magref {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"magref {args.command}: interrupted; finished outputs are kept, rerun to resume.", file=sys.stderr)
+        done = "the video was not finished" if args.command == "generate" else "finished outputs are kept, rerun to resume"
+        print(f"magref {args.command}: interrupted; {done}.", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -261,7 +261,7 @@ def check_canvas_size(height: int, width: int, spatial_stride: int = SPATIAL_STR
         if not isinstance(v, int) or v <= 0 or v % multiple:
             raise MagrefInputError(
                 f"Canvas {name} {v} is not a positive multiple of {multiple} (VAE stride {spatial_stride} x patch {patch_size}).",
-                f"use e.g. {name}={max(multiple, round((v if isinstance(v, int) else 0) / multiple) * multiple)}.",
+                f"use e.g. --{name} {max(multiple, round((v if isinstance(v, int) else 0) / multiple) * multiple)}.",
             )
 
 

@@ -7,6 +7,8 @@ truncated one. The sidecar JSON is written last and marks a video as complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,9 +29,10 @@ def load_reference(path: str | os.PathLike) -> Image.Image:
     """Open a reference image fully (so a truncated file fails here, not mid-generation)."""
     p = Path(path)
     if not p.exists():
-        raise MagrefInputError(f"Reference image {p} does not exist.", "check the path passed with --ref.")
+        raise MagrefInputError(f"Reference image {p} does not exist.",
+                               "check the path (a --ref is relative to the current folder; a batch item's refs to the batch file's folder).")
     if not p.is_file():
-        raise MagrefInputError(f"Reference {p} is not a file.", "pass an image file (PNG, JPEG, WebP) with --ref.")
+        raise MagrefInputError(f"Reference {p} is not a file.", "pass an image file (PNG, JPEG, WebP).")
     try:
         with Image.open(p) as im:
             if im.width * im.height > MAX_REFERENCE_PIXELS:
@@ -69,13 +72,26 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def _first_line(e: OSError) -> str:
+    return e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _write_fix(e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there, or choose another output place, then rerun."
+    return "choose another output place (one you can write to), then rerun."
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it replaces `dest` atomically."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name ends in the real suffix: ffmpeg chooses the container from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".part" + (suffix if suffix is not None else dest.suffix), dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name ends in the real suffix: ffmpeg chooses the container from it.
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".part" + (suffix if suffix is not None else dest.suffix), dir=dest.parent)
+    except OSError as e:  # checked before the work (check_output_dir); a folder can still change or fill up
+        raise MagrefInputError(f"{dest} cannot be written ({_first_line(e)}).", _write_fix(e)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -86,6 +102,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, dest)
+    except OSError as e:  # e.g. the disk filled up, or ffmpeg died of it (a broken pipe, its whole log in the message)
+        raise MagrefInputError(f"{dest} could not be written ({_first_line(e)}).", _write_fix(e)) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -178,6 +196,16 @@ def check_output_dir(path: str | os.PathLike, what: str = "Output folder") -> Pa
         raise MagrefInputError(f"{what} {path} cannot be made: {probe} is a file.", "choose another output place.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MagrefInputError(f"{what} {path} is not writable ({probe} does not allow it).", "choose a place you can write to.")
+    # os.access answers for the permission bits only: root passes them everywhere, and a read-only
+    # mount or a pseudo file system (/sys, /proc) refuses the write itself, after the work is done
+    try:
+        fd, name = tempfile.mkstemp(prefix=".magref-write-check.", dir=probe)
+    except OSError as e:
+        raise MagrefInputError(f"{what} {path} is not writable: a file made in {probe} was refused ({_first_line(e)}).",
+                               "choose a place you can write to.") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
     return path
 
 

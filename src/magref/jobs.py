@@ -111,6 +111,8 @@ def run_job(model: LoadedModel, request: GenerationRequest, out_path: str | Path
         "request_fingerprint": request.fingerprint(model.output_options),
         "acceleration": model.acceleration | cache_info,
         "layout": composition.layout.to_dict(composition.spatial_stride),
+        # the images themselves, by content: settings.refs are paths as given (relative to where the command ran)
+        "references": [{"file": str(Path(p).resolve()), "sha256": h} for p, h in zip(settings.refs, request.reference_sha256)],
         "context_windows": request.context_windows.to_dict() if request.context_windows is not None else None,
         "output": {
             "file": out_path.name,

@@ -104,6 +104,14 @@ class GenerationSettings:
         check_canvas_size(self.height, self.width, *geometry)
         if self.frames > LIMITS["frames"]:
             raise MagrefInputError(f"{self.frames} frames is over the limit of {LIMITS['frames']}.", f"use at most --frames {LIMITS['frames']}.")
+        if self.frames <= self.drop_first_frames:  # before the 4n+1 check, whose "e.g. 1" would be refused here
+            fewest = self.drop_first_frames + 1 + (-self.drop_first_frames) % 4  # the first 4n+1 that leaves a frame
+            kept = self.frames >= 1 and (self.frames - 1) % 4 == 0  # a valid count that --keep-first-frames would keep
+            raise MagrefInputError(
+                f"{self.frames} frames minus the {self.drop_first_frames} dropped first frames leaves no frame." if self.drop_first_frames
+                else f"Frame count {self.frames} is below 1.",
+                f"use --frames {fewest} (or {fewest + 4}, {fewest + 8}, ...)" + (", or --keep-first-frames." if kept and self.drop_first_frames else "."),
+            )
         check_num_frames(self.frames)
         if self.height * self.width * self.frames > LIMITS["voxels"]:
             raise MagrefInputError(
@@ -131,12 +139,7 @@ class GenerationSettings:
         check_guidance(self.guidance)
         check_shift(self.shift)
         if self.fps <= 0 or self.fps > LIMITS["fps"]:
-            raise MagrefInputError(f"fps {self.fps} is not between 0 and {LIMITS['fps']}.", "use e.g. --fps 15.")
-        if self.frames <= self.drop_first_frames:
-            raise MagrefInputError(
-                f"{self.frames} frames minus the {self.drop_first_frames} dropped first frames leaves no frame.",
-                "use --frames 5 or more, or --keep-first-frames.",
-            )
+            raise MagrefInputError(f"fps {self.fps} is not above 0 and at most {LIMITS['fps']}.", "use e.g. --fps 15.")
 
     def _check_types(self) -> None:
         def refuse(name, value, what, example):
@@ -273,9 +276,16 @@ class GenerationRequest:
         if n > MAX_GRID_REFERENCES:
             grid = "an extended grid" if self.composition.layout.extended else "your layout"
             out.append(f"{n} references on {grid}: the official weights were trained with at most {MAX_GRID_REFERENCES}, so identities may suffer.")
-        trained = self.model.defaults()["frames"]
+        defaults = self.model.defaults()
+        trained = defaults["frames"]
         if self.settings.frames > trained and self.context_windows is None:
             out.append(f"{self.settings.frames} frames in one pass, past the {trained} the model was trained on: expect drift (context windows are off).")
+        w, h, w0, h0 = self.settings.width, self.settings.height, defaults["width"], defaults["height"]
+        own = isinstance(w0, int) and isinstance(h0, int) and w0 > 0 and h0 > 0  # a model folder's own file may say anything
+        if own and w * h > 4 * w0 * h0:  # the official 480p model's 720p (2.3x) is a size it was made for too
+            out.append(f"{w}x{h} is {w * h / (w0 * h0):.1f} times the pixels of the {w0}x{h0} this model was made for: "
+                       f"expect it to take far longer (attention grows with the square of the pixels) and to draw worse; "
+                       f"--height {h0} --width {w0} gives its best.")
         return out
 
     def fingerprint(self, output_options: dict | None = None) -> str:
