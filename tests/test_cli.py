@@ -416,6 +416,22 @@ def test_batch_refuses_a_bad_field_in_any_item_before_generating(tmp_path, monke
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_batch_id_that_is_not_a_file_name_is_renamed_with_a_warning(tmp_path, monkeypatch):
+    """An id becomes the video's file name: "../evil" must not write outside --out-dir, and the user
+    who looks for it by that id is told the name it got, before the model loads."""
+    import magref.models
+
+    def no_model(*a, **k):
+        raise KeyboardInterrupt  # stop once the items are checked and the warnings printed
+
+    monkeypatch.setattr(magref.models, "load_pipeline", no_model)
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("".join(json.dumps({"id": i, "prompt": "x", "refs": [str(CHAR)]}) + "\n" for i in ("../evil", "fine")))
+    rc, _, err = run_cli("batch", batch, "--out-dir", tmp_path / "out", *SMALL)
+    assert rc == 130 and "magref batch: warning: evil: the id '../evil' is written as evil.mp4" in err, err
+    assert "fine: the id" not in err
+
+
 def test_two_batches_in_one_folder_do_not_both_run_and_a_killed_runs_parts_are_removed(tmp_path):
     """A second batch into a folder that a batch is writing to is refused in one line (it would
     make every item again); the next run removes the .part files a killed run left."""

@@ -142,7 +142,7 @@ def _run_items(args, spec, items) -> int:
 
     check_output_dir(args.out_dir)
     prepare_items(items, spec)
-    _warn(args, [f"{it.id}: {w}" for it in items for w in it.request.warnings()])
+    _warn(args, [f"{it.id}: {w}" for it in items for w in it.warnings()])
     from .distributed import launch_rank
 
     writes = launch_rank() == 0  # under torchrun rank 0 locks the folder and prints one summary

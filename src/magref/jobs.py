@@ -145,6 +145,12 @@ class BatchItem:
     settings: GenerationSettings
     line: int = 0
     request: GenerationRequest | None = None  # set by prepare_items
+    given_id: str | None = None  # the batch file's id where it is not a safe file name (e.g. "../a" -> "a")
+
+    def warnings(self) -> list[str]:
+        """The request's, and a renamed id: the user looks for the video by the id they wrote."""
+        renamed = [f"the id {self.given_id!r} is written as {self.id}.mp4 (file names keep letters, digits, '.', '_' and '-')."] if self.given_id else []
+        return renamed + (self.request.warnings() if self.request is not None else [])
 
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -204,7 +210,7 @@ def parse_batch(path: str | Path, spec: ModelSpec, options: dict[str, Any]) -> l
             settings = spec.settings(options, **fields)
         except TypeError as e:
             raise MagrefInputError(f"{where}: {e}.", "check the item's options.") from None
-        items.append(BatchItem(safe, settings, lineno))
+        items.append(BatchItem(safe, settings, lineno, given_id=item_id if safe != item_id else None))
     seen: dict[str, int] = {}
     for it in items:
         if it.id in seen:
