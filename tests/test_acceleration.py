@@ -262,7 +262,6 @@ if dist.is_initialized():
 """
 
 
-
 def test_context_parallel_two_gloo_processes_reproduce_one(tmp_path):
     """Ulysses over the transformer and FSDP2-sharded encoders (each rank holds half of them)."""
     script = tmp_path / "cp.py"

@@ -371,7 +371,6 @@ def _a_ref(tmp_path):
     return p
 
 
-
 def _final_weights(run_dir, mode):
     final = run_dir / "final"
     if mode == "lora":

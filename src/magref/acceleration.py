@@ -125,7 +125,22 @@ def enable_lowmem(pipe, onload_device: torch.device) -> None:
 
 
 def cache_threshold(kind: str, given: float | None) -> float:
-    return CACHE_THRESHOLDS[kind] if given is None else given  # 0 is a threshold (skip nothing), not "unset"
+    """The skip threshold a cache runs with: `given`, checked, or the kind's default."""
+    if given is None:
+        return CACHE_THRESHOLDS[kind]
+    if not 0 <= given < float("inf"):  # 0 is a threshold (skip nothing), not "unset"
+        raise MagrefInputError(f"--cache-threshold {given} is not a number >= 0 (0 skips nothing; larger skips more).",
+                               f"use e.g. --cache-threshold {CACHE_THRESHOLDS['fbcache']} (fbcache) or {CACHE_THRESHOLDS['magcache']} (magcache).")
+    return given
+
+
+def cache_interval(given: int | None) -> int:
+    """TaylorSeer's steps between full passes: `given`, checked, or the default."""
+    if given is None:
+        return TAYLORSEER_INTERVAL
+    if not isinstance(given, int) or given < 1:
+        raise MagrefInputError(f"The cache interval {given} (--cache-interval) is not a whole number of steps >= 1.", "use e.g. --cache-interval 2.")
+    return given
 
 
 def enable_step_cache(pipe, kind: str, **params) -> dict:
@@ -142,11 +157,8 @@ def enable_step_cache(pipe, kind: str, **params) -> dict:
         # Lite mode: the whole transformer's output is extrapolated (one Taylor series at
         # `proj_out`) and the blocks are skipped on predicted steps. The per-module mode keeps a
         # float32 series for every attention and FFN output: 120 x 2 x 1.3 GB at 14B and 480p.
-        interval = TAYLORSEER_INTERVAL if params.get("cache_interval") is None else params["cache_interval"]
-        if not isinstance(interval, int) or interval < 1:
-            raise MagrefInputError(f"TaylorSeer cache interval {interval!r} is not a whole number of steps >= 1.", "use e.g. --cache-interval 2.")
         config = TaylorSeerCacheConfig(
-            cache_interval=interval, disable_cache_before_step=params.get("disable_cache_before_step", 3),
+            cache_interval=cache_interval(params.get("cache_interval")), disable_cache_before_step=params.get("disable_cache_before_step", 3),
             max_order=params.get("max_order", 1), taylor_factors_dtype=torch.float32, use_lite_mode=True,
         )
     elif kind == "magcache":
@@ -378,12 +390,9 @@ class AccelerationOptions:
         combinations: a step cache compares one forward with the previous one of its branch, and
         context windows make several forwards per step. Whether a backend runs on this device is
         tried once the model is there (`set_attention_backend`)."""
-        if self.cache_interval is not None and (not isinstance(self.cache_interval, int) or self.cache_interval < 1):
-            raise MagrefInputError(f"The cache interval {self.cache_interval} (--cache-interval) is not a whole number of steps >= 1.",
-                                   "use e.g. --cache-interval 2.")
-        if self.cache_threshold is not None and not 0 <= self.cache_threshold < float("inf"):
-            raise MagrefInputError(f"--cache-threshold {self.cache_threshold} is not a number >= 0 (0 skips nothing; larger skips more).",
-                                   f"use e.g. --cache-threshold {CACHE_THRESHOLDS['fbcache']} (fbcache) or {CACHE_THRESHOLDS['magcache']} (magcache).")
+        cache_interval(self.cache_interval)  # the checks the cache runs with, here before the load
+        if self.cache_threshold is not None:
+            cache_threshold(self.cache, self.cache_threshold)
         if self.attention:
             from diffusers.models.attention_dispatch import AttentionBackendName
 

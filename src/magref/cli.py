@@ -210,18 +210,16 @@ def cmd_compose(args) -> int:
     from .composition import RegionLayout, compose_references, mask_image
     from .io import load_reference, write_json, write_png
 
-    from .models import spatial_geometry
-
-    from .models import generation_defaults
+    from .models import generation_defaults, spatial_geometry
 
     # the model generate would use, so that layout.json is one `generate --layout` takes as it is
     stride, patch = spatial_geometry(args.model)
     size = generation_defaults(args.model)
-    args.height = size["height"] if args.height is None else args.height
-    args.width = size["width"] if args.width is None else args.width
+    height = size["height"] if args.height is None else args.height
+    width = size["width"] if args.width is None else args.width
     images = [load_reference(p) for p in args.refs]
-    layout = RegionLayout.from_json(args.layout, args.height, args.width) if args.layout else None
-    comp = compose_references(images, args.height, args.width, layout=layout, layout_seed=args.layout_seed, spatial_stride=stride, patch_size=patch)
+    layout = RegionLayout.from_json(args.layout, height, width) if args.layout else None
+    comp = compose_references(images, height, width, layout=layout, layout_seed=args.layout_seed, spatial_stride=stride, patch_size=patch)
     out = Path(args.out)
     write_png(out / "canvas.png", comp.canvas)
     write_png(out / "mask.png", mask_image(comp.pixel_mask))
